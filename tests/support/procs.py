@@ -1,0 +1,100 @@
+"""Start the project's console scripts as real processes on free loopback ports and wait for their
+`ready:` line (the process contract in ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def script(name: str) -> str:
+    """Path of a console script installed in this venv (falls back to PATH)."""
+    path = BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} is not installed; run `make test` (it installs the project into .venv)")
+    return found
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENAI_", "ANTHROPIC_", "GEMINI_", "VERTEX_", "PASSTHROUGH_", "REQUIRE_PASSTHROUGH",
+                                "EXT_AUTHZ_", "TRANSLATOR_", "BIG_MODEL", "SMALL_MODEL", "PREFERRED_PROVIDER",
+                                "USE_VERTEX_AUTH"))}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """A child process whose combined output is captured (for log-secrecy assertions) and whose
+    `ready:` line is awaited."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], name: str = "") -> None:
+        self.name = name or Path(argv[0]).name
+        self.argv = argv
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self.popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, bufsize=1, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith("ready:") or " ready: " in line:
+                self._ready.set()
+        self._ready.set()  # EOF: unblock waiters; they check returncode
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_ready(self, timeout: float = 60.0) -> "Proc":
+        if not self._ready.wait(timeout) or self.popen.poll() is not None and not any(
+                l.startswith("ready:") or " ready: " in l for l in self.lines):
+            self.stop()
+            raise RuntimeError(f"{self.name} did not become ready within {timeout}s:\n{self.output[-4000:]}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(sig)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        self._reader.join(5)
+        return self.popen.returncode
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} not listening after {timeout}s")
