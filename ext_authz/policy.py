@@ -1,0 +1,277 @@
+"""The key policy: a typed, precompiled model and its YAML loader.
+
+`load_policy(path)` reads a policy file (shape in docs/interfaces.md, reference in docs/ext_authz.md) and returns
+a frozen `Policy` whose per-route settings are already merged and whose regex is already compiled, so the
+decision path never parses or compiles anything. Every problem raises `PolicyError` naming file, line and cause.
+The loader walks `yaml.compose` nodes (not `yaml.safe_load` output) to keep line numbers and to catch duplicate
+keys, which plain PyYAML loading silently drops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+SCHEMA_VERSION = 1
+KEY_SOURCES = ("x-api-key", "authorization")
+CONFLICT_MODES = ("reject", "first")
+DEFAULT_ROUTE = "default"
+# Route names Envoy sets through context_extensions `keyrelay_route` (docs/interfaces.md).
+KNOWN_ROUTES = ("messages", "count_tokens", "models", "root", "health", DEFAULT_ROUTE)
+DEFAULT_MAX_KEY_LENGTH = 1024
+_ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+
+
+class PolicyError(ValueError):
+    """An invalid policy. `str()` is one line: `<file>:<line>: <problem>`."""
+
+    def __init__(self, source: str, line: int | None, problem: str) -> None:
+        self.source = source
+        self.line = line
+        self.problem = problem
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """Effective settings for one route (file defaults merged with the route's overrides)."""
+
+    passthrough: bool = True
+    require_key: bool = True
+    key_sources: tuple[str, ...] = KEY_SOURCES
+    conflicting_keys: str = "reject"
+    key_format: re.Pattern[str] | None = None
+    max_key_length: int = DEFAULT_MAX_KEY_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    version: int = SCHEMA_VERSION
+    default: RoutePolicy = field(default_factory=RoutePolicy)
+    # Effective settings per route (defaults merged with the route's own fields) ...
+    routes: Mapping[str, RoutePolicy] = field(default_factory=dict)
+    # ... and the fields each route set itself, so that new defaults can be merged again (with_defaults).
+    route_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # sha256 hex digest -> tenant; None means "no allowlist" (every well-formed, unrevoked key passes).
+    allowlist: Mapping[str, str] | None = None
+    revoked: frozenset[str] = frozenset()
+    source: str = "<built-in>"
+    # sha256 of the file content ("" for the built-in policy): shows which policy is live.
+    digest: str = ""
+
+    def for_route(self, route: str) -> RoutePolicy:
+        return self.routes.get(route, self.default)
+
+    @property
+    def short_digest(self) -> str:
+        return self.digest[:12] if self.digest else "built-in"
+
+
+ROUTE_FIELDS = {
+    "passthrough": bool,
+    "require_key": bool,
+    "key_sources": list,
+    "conflicting_keys": str,
+    "key_format": str,
+    "max_key_length": int,
+}
+TOP_FIELDS = {"version", "allowlist", "revoked", "routes", *ROUTE_FIELDS}
+
+
+def builtin_policy() -> Policy:
+    """The policy used without a file: per-user keys required and passed through, conflicting keys rejected,
+    `root` and `health` routes open (the HEAD / probe and health checks carry no key)."""
+    overrides = {"root": {"require_key": False}, "health": {"require_key": False, "passthrough": False}}
+    return with_defaults(Policy(route_overrides=overrides))
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+class _Loader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._constructor = yaml.SafeLoader("")
+
+    def error(self, node: yaml.Node | None, problem: str) -> PolicyError:
+        line = node.start_mark.line + 1 if node is not None else None
+        return PolicyError(self.source, line, problem)
+
+    def scalar(self, node: yaml.Node, what: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.error(node, f"{what} must be a single value, not a {_kind(node)}")
+        return self._constructor.construct_object(node, deep=True)
+
+    def typed(self, node: yaml.Node, what: str, kind: type) -> Any:
+        if kind is list:
+            if not isinstance(node, yaml.SequenceNode):
+                raise self.error(node, f"{what} must be a list")
+            return node.value
+        value = self.scalar(node, what)
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            names = {bool: "true or false", int: "an integer", str: "a string"}
+            raise self.error(node, f"{what} must be {names[kind]}, got {value!r}")
+        return value
+
+    def mapping(self, node: yaml.Node, what: str, allowed: set[str] | None) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{what} must be a mapping, not a {_kind(node)}")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = self.scalar(key_node, f"a key in {what}")
+            if not isinstance(key, str):
+                raise self.error(key_node, f"keys in {what} must be strings, got {key!r}")
+            if key in out:
+                raise self.error(key_node, f"duplicate key {key!r} in {what}")
+            if allowed is not None and key not in allowed:
+                raise self.error(key_node, f"unknown field {key!r} in {what} (allowed: {', '.join(sorted(allowed))})")
+            out[key] = (key_node, value_node)
+        return out
+
+    def route_settings(self, fields: dict[str, tuple[yaml.Node, yaml.Node]], where: str) -> dict[str, Any]:
+        changes: dict[str, Any] = {}
+        for name, kind in ROUTE_FIELDS.items():
+            if name not in fields:
+                continue
+            _, node = fields[name]
+            if name == "key_format" and isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+                changes[name] = None
+                continue
+            value = self.typed(node, f"{where}{name}", kind)
+            if name == "key_sources":
+                value = self.key_sources(node, value, where)
+            elif name == "conflicting_keys" and value not in CONFLICT_MODES:
+                raise self.error(node, f"{where}conflicting_keys must be one of {', '.join(CONFLICT_MODES)}, "
+                                       f"got {value!r}")
+            elif name == "key_format":
+                try:
+                    value = re.compile(value)
+                except re.error as exc:
+                    raise self.error(node, f"{where}key_format is not a valid regular expression: {exc}") from None
+            elif name == "max_key_length" and not 1 <= value <= 16384:
+                raise self.error(node, f"{where}max_key_length must be between 1 and 16384, got {value}")
+            changes[name] = value
+        return changes
+
+    def key_sources(self, node: yaml.Node, items: list[yaml.Node], where: str) -> tuple[str, ...]:
+        sources: list[str] = []
+        for item in items:
+            value = self.typed(item, f"an entry of {where}key_sources", str).lower()
+            if value not in KEY_SOURCES:
+                raise self.error(item, f"unknown key source {value!r} (allowed: {', '.join(KEY_SOURCES)})")
+            if value in sources:
+                raise self.error(item, f"key source {value!r} is listed twice")
+            sources.append(value)
+        if not sources:
+            raise self.error(node, f"{where}key_sources must name at least one source")
+        return tuple(sources)
+
+    def digest_list(self, node: yaml.Node, what: str, with_tenant: bool) -> dict[str, str]:
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            return {}
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, f"{what} must be a list of entries like {{sha256: <64 hex>}}")
+        allowed = {"sha256", "tenant", "note"} if with_tenant else {"sha256", "note"}
+        out: dict[str, str] = {}
+        for item in node.value:
+            fields = self.mapping(item, f"an entry of {what}", allowed)
+            if "sha256" not in fields:
+                raise self.error(item, f"an entry of {what} has no sha256 field")
+            digest_node = fields["sha256"][1]
+            digest = self.scalar(digest_node, "sha256")
+            if not isinstance(digest, str) or not _DIGEST.match(digest):
+                raise self.error(digest_node, "sha256 must be 64 hexadecimal characters (the output of "
+                                              "keyrelay-key-digest), never the key itself")
+            digest = digest.lower()
+            if digest in out:
+                raise self.error(digest_node, f"digest {digest[:16]}... is listed twice in {what}")
+            tenant = ""
+            if with_tenant:
+                if "tenant" not in fields:
+                    raise self.error(item, f"an entry of {what} has no tenant field")
+                tenant_node = fields["tenant"][1]
+                tenant = self.scalar(tenant_node, "tenant")
+                if not isinstance(tenant, str) or not _TENANT.match(tenant):
+                    raise self.error(tenant_node, "tenant must be 1-128 characters of letters, digits and _ . : @ / -")
+            if "note" in fields:
+                self.typed(fields["note"][1], "note", str)
+            out[digest] = tenant
+        return out
+
+
+def _kind(node: yaml.Node) -> str:
+    return {yaml.MappingNode: "mapping", yaml.SequenceNode: "list"}.get(type(node), "value")
+
+
+def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
+    """Parse policy YAML text. Raises PolicyError (file:line: problem)."""
+    raw = text.encode() if isinstance(text, str) else text
+    loader = _Loader(source)
+    try:
+        root = yaml.compose(raw, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        raise PolicyError(source, mark.line + 1 if mark else None, f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, None, f"invalid YAML: {exc}".replace("\n", " ")) from None
+    if root is None:
+        raise PolicyError(source, None, "the policy file is empty")
+    top = loader.mapping(root, "the policy", TOP_FIELDS)
+    if "version" not in top:
+        raise loader.error(root, f"missing field 'version' (use version: {SCHEMA_VERSION})")
+    version = loader.typed(top["version"][1], "version", int)
+    if version != SCHEMA_VERSION:
+        raise loader.error(top["version"][1], f"unsupported version {version} (this build reads {SCHEMA_VERSION})")
+
+    default = replace(RoutePolicy(), **loader.route_settings(top, ""))
+    overrides: dict[str, dict[str, Any]] = {}
+    if "routes" in top:
+        routes_node = top["routes"][1]
+        if not (isinstance(routes_node, yaml.ScalarNode) and routes_node.tag.endswith(":null")):
+            for name, (key_node, value_node) in loader.mapping(routes_node, "routes", None).items():
+                if not _ROUTE_NAME.match(name):
+                    raise loader.error(key_node, f"route name {name!r} must be lower-case letters, digits, _ . -")
+                if name == DEFAULT_ROUTE:
+                    raise loader.error(key_node, "use the top-level fields for the default route, not routes.default")
+                if isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":null"):
+                    fields = {}
+                else:
+                    fields = loader.mapping(value_node, f"routes.{name}", set(ROUTE_FIELDS))
+                overrides[name] = loader.route_settings(fields, f"routes.{name}.")
+
+    allowlist = None
+    if "allowlist" in top:
+        allowlist = loader.digest_list(top["allowlist"][1], "allowlist", with_tenant=True)
+    revoked = frozenset(loader.digest_list(top["revoked"][1], "revoked", with_tenant=False)) \
+        if "revoked" in top else frozenset()
+    return Policy(version=version, default=default, route_overrides=overrides,
+                  routes={name: replace(default, **changes) for name, changes in overrides.items()},
+                  allowlist=allowlist, revoked=revoked, source=source, digest=hashlib.sha256(raw).hexdigest())
+
+
+def with_defaults(policy: Policy, **changes: Any) -> Policy:
+    """A copy of `policy` with new default settings; routes keep the fields they set themselves and
+    inherit the rest from the new defaults."""
+    default = replace(policy.default, **changes)
+    routes = {name: replace(default, **over) for name, over in policy.route_overrides.items()}
+    return replace(policy, default=default, routes=routes)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Load and validate a policy file. Raises PolicyError naming file and line."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise PolicyError(source, None, f"cannot read policy file: {exc.strerror or exc}") from None
+    return parse_policy(raw, source)

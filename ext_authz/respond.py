@@ -1,0 +1,95 @@
+"""Response: turn a Decision into Envoy's CheckResponse (pure).
+
+Envoy applies OkHttpResponse.headers first and headers_to_remove afterwards, so a header that keyrelay sets is
+never listed for removal: sets use OVERWRITE_IF_EXISTS_OR_ADD, which replaces a client-sent copy anyway.
+"""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf.struct_pb2 import Struct
+
+from ._gen.envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
+from ._gen.envoy.type.v3.http_status_pb2 import HttpStatus
+from ._gen.google.rpc.status_pb2 import Status
+from .decide import Decision
+from .extract import API_KEY, AUTHORIZATION
+
+OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+KEY_ID_HEADER = "x-authz-key-id"
+TENANT_HEADER = "x-authz-tenant"
+CREDENTIAL_HEADER = "x-authz-credential"
+SET_BY_US = frozenset({KEY_ID_HEADER, TENANT_HEADER, CREDENTIAL_HEADER})
+
+# google.rpc.Code values
+GRPC_OK = 0
+GRPC_CODE_FOR_STATUS = {400: 3, 401: 16, 403: 7, 500: 13, 503: 14}  # INVALID_ARGUMENT, UNAUTHENTICATED, ...
+
+_OK_STATUS = Status(code=GRPC_OK)
+
+
+def _header(name: str, value: str) -> HeaderValueOption:
+    return HeaderValueOption(header=HeaderValue(key=name, value=value), append_action=OVERWRITE)
+
+
+def error_body(error_type: str, message: str) -> str:
+    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}}, separators=(",", ":"))
+
+
+def headers_to_remove(decision: Decision, client_authz_headers: tuple[str, ...]) -> list[str]:
+    remove = [API_KEY]
+    if decision.forward_key is None:
+        remove.append(AUTHORIZATION)
+    for name in client_authz_headers:
+        if name not in SET_BY_US or (name == TENANT_HEADER and not decision.tenant) or (
+                name == KEY_ID_HEADER and not decision.key_id):
+            remove.append(name)
+    return remove
+
+
+def allow_response(decision: Decision, client_authz_headers: tuple[str, ...] = ()) -> CheckResponse:
+    headers = []
+    meta = {"credential": decision.credential, "route": decision.route}
+    if decision.forward_key is not None:
+        headers.append(_header(AUTHORIZATION, "Bearer " + decision.forward_key))
+    if decision.key_id:
+        headers.append(_header(KEY_ID_HEADER, decision.key_id))
+        meta["key_id"] = decision.key_id
+    if decision.tenant:
+        headers.append(_header(TENANT_HEADER, decision.tenant))
+        meta["tenant"] = decision.tenant
+    headers.append(_header(CREDENTIAL_HEADER, decision.credential))
+    response = CheckResponse(
+        status=_OK_STATUS,
+        ok_response=OkHttpResponse(headers=headers,
+                                   headers_to_remove=headers_to_remove(decision, client_authz_headers)),
+    )
+    response.dynamic_metadata.update(meta)
+    return response
+
+
+_JSON = HeaderValueOption(header=HeaderValue(key="content-type", value="application/json"), append_action=OVERWRITE)
+
+
+def deny_response(decision: Decision) -> CheckResponse:
+    response = CheckResponse(
+        status=Status(code=GRPC_CODE_FOR_STATUS.get(decision.status, 7), message=decision.message),
+        denied_response=DeniedHttpResponse(
+            status=HttpStatus(code=decision.status),
+            headers=[_JSON],
+            body=error_body(decision.error_type, decision.message),
+        ),
+    )
+    meta = {"reason": decision.reason, "route": decision.route}
+    if decision.key_id:
+        meta["key_id"] = decision.key_id
+    response.dynamic_metadata.update(meta)
+    return response
+
+
+def build_response(decision: Decision, client_authz_headers: tuple[str, ...] = ()) -> CheckResponse:
+    if decision.allowed:
+        return allow_response(decision, client_authz_headers)
+    return deny_response(decision)
