@@ -1,0 +1,419 @@
+"""Anthropic Messages request -> OpenAI chat completions request body (pure; see docs/conversion.md).
+
+`anthropic_to_openai(req, model=..., caps=...)` returns a plain dict ready to be JSON-encoded for an
+OpenAI-compatible upstream, or passed as keyword arguments to `litellm.acompletion`. Whatever the backend cannot
+take is dropped deliberately; pass `notes=[]` to collect one short line per dropped thing (names and counts
+only, never content) for a debug log.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from translator.convert.schema_clean import clean_schema_for_gemini
+from translator.schemas.anthropic import (
+    Base64Source,
+    ContentSource,
+    DocumentBlock,
+    ImageBlock,
+    MessagesRequest,
+    RedactedThinkingBlock,
+    ServerToolBlock,
+    TextBlock,
+    TextSource,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    URLSource,
+)
+
+ReasoningEffort = Literal["minimal", "low", "medium", "high"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCaps:
+    """What an OpenAI-style backend accepts. The server builds one per routed model (from routing config and
+    LiteLLM model metadata); the defaults describe a plain OpenAI-compatible chat completions endpoint."""
+
+    # Output limit of the model; the request's max_tokens is capped to it. None: no cap known.
+    max_output_tokens: int | None = None
+    # Newer OpenAI models (o-series, gpt-5) reject `max_tokens` and want `max_completion_tokens`.
+    use_max_completion_tokens: bool = False
+    # The backend takes `reasoning_effort` (OpenAI o-series/gpt-5, LiteLLM for Gemini/Anthropic/DeepSeek, ...).
+    reasoning_effort: bool = False
+    # Effort for `thinking: {"type": "adaptive"}` (the model decides how much to think).
+    adaptive_reasoning_effort: ReasoningEffort = "medium"
+    # The backend accepts earlier-turn reasoning on assistant messages as `reasoning_content` (DeepSeek-style,
+    # LiteLLM). Otherwise earlier thinking is dropped.
+    reasoning_content_input: bool = False
+    # Reasoning models reject temperature/top_p; set False to drop them.
+    sampling_params: bool = True
+    # top_k is not an OpenAI parameter; vLLM, LiteLLM (Gemini, Anthropic) and others take it.
+    top_k: bool = False
+    # Forward metadata.user_id as `user`.
+    user: bool = True
+    # Clean tool JSON schemas to the subset Gemini accepts.
+    gemini_schema: bool = False
+    # The backend takes `{"type": "file"}` content parts with base64 PDFs (OpenAI, LiteLLM for several providers).
+    pdf_file_parts: bool = False
+    # How many stop sequences the backend takes (OpenAI: 4). None: no limit.
+    max_stop_sequences: int | None = 4
+    # The backend takes `parallel_tool_calls`.
+    parallel_tool_calls: bool = True
+    # Role used for mid-conversation system messages ("developer" for OpenAI reasoning models if wanted).
+    system_role: Literal["system", "developer"] = "system"
+
+
+# Thinking budget -> reasoning effort. Claude Code asks budgets of about 4k ("think"), 10k ("think hard") and
+# 32k ("ultrathink"); these thresholds map those to low / medium / high.
+_EFFORT_THRESHOLDS: tuple[tuple[int, ReasoningEffort], ...] = ((4096, "low"), (16384, "medium"))
+
+IMAGE_FROM_TOOL_RESULT = "[image returned by tool call {id}: attached in the next user message]"
+ERROR_PREFIX = "Error: "
+
+
+def reasoning_effort_for(budget_tokens: int | None) -> ReasoningEffort:
+    if budget_tokens is None:
+        return "medium"
+    for limit, effort in _EFFORT_THRESHOLDS:
+        if budget_tokens < limit:
+            return effort
+    return "high"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _document_frame(doc: DocumentBlock, text: str) -> str:
+    title = doc.title or "document"
+    head = f'<document title="{title}">'
+    if doc.context:
+        head += f"\n<context>{doc.context}</context>"
+    return f"{head}\n{text}\n</document>"
+
+
+class _Converter:
+    def __init__(self, caps: BackendCaps, notes: list[str] | None):
+        self.caps = caps
+        self.notes = notes
+        self._counts: dict[str, int] = {}
+
+    def note(self, what: str) -> None:
+        self._counts[what] = self._counts.get(what, 0) + 1
+
+    def flush_notes(self) -> None:
+        if self.notes is not None:
+            for what, n in self._counts.items():
+                self.notes.append(what if n == 1 else f"{what} (x{n})")
+
+    # ------------------------------------------------------------------ parts
+
+    def image_part(self, block: ImageBlock) -> dict | None:
+        src = block.source
+        if isinstance(src, Base64Source):
+            return {"type": "image_url", "image_url": {"url": f"data:{src.media_type};base64,{src.data}"}}
+        if isinstance(src, URLSource):
+            return {"type": "image_url", "image_url": {"url": src.url}}
+        self.note(f"dropped image with source type {src.type!r}")
+        return None
+
+    def document_part(self, block: DocumentBlock) -> dict | None:
+        src = block.source
+        if isinstance(src, TextSource):
+            return {"type": "text", "text": _document_frame(block, src.data)}
+        if isinstance(src, ContentSource):
+            if isinstance(src.content, str):
+                text = src.content
+            else:
+                text = "\n".join(b.text for b in src.content if isinstance(b, TextBlock))
+            return {"type": "text", "text": _document_frame(block, text)}
+        if isinstance(src, Base64Source):
+            if src.media_type == "application/pdf" and self.caps.pdf_file_parts:
+                name = (block.title or "document") + ("" if (block.title or "").endswith(".pdf") else ".pdf")
+                return {
+                    "type": "file",
+                    "file": {"filename": name, "file_data": f"data:application/pdf;base64,{src.data}"},
+                }
+            if src.media_type.startswith("text/"):
+                import base64
+
+                try:
+                    text = base64.b64decode(src.data).decode("utf-8")
+                except ValueError:
+                    self.note("dropped undecodable base64 text document")
+                    return None
+                return {"type": "text", "text": _document_frame(block, text)}
+            self.note(f"dropped {src.media_type} document (backend takes no file parts)")
+            return None
+        self.note(f"dropped document with source type {src.type!r}")
+        return None
+
+    def user_parts(self, blocks: list) -> list[dict]:
+        parts: list[dict] = []
+        for b in blocks:
+            t = b.type
+            if t == "text":
+                parts.append({"type": "text", "text": b.text})
+            elif t == "image":
+                p = self.image_part(b)
+                if p:
+                    parts.append(p)
+            elif t == "document":
+                p = self.document_part(b)
+                if p:
+                    parts.append(p)
+            elif t in ("thinking", "redacted_thinking"):
+                self.note("dropped thinking block in a user message")
+            elif isinstance(b, ServerToolBlock):
+                self.note(f"dropped server tool block {t!r}")
+            elif t == "tool_use":
+                self.note("dropped tool_use block in a user message")
+            else:
+                self.note(f"dropped unknown content block {t!r}")
+        return parts
+
+    # ------------------------------------------------------------------ messages
+
+    @staticmethod
+    def collapse(parts: list[dict]) -> str | list[dict] | None:
+        """Text-only content becomes one string (every OpenAI-compatible backend takes that); parts with an
+        image or file stay a list."""
+        if not parts:
+            return None
+        if all(p["type"] == "text" for p in parts):
+            return "\n\n".join(p["text"] for p in parts)
+        return parts
+
+    def system_text(self, content: Any) -> str:
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content
+        texts = []
+        for b in content:
+            if isinstance(b, TextBlock):
+                texts.append(b.text)
+            else:
+                self.note(f"dropped non-text system block {b.type!r}")
+        return "\n\n".join(texts)
+
+    def tool_result_message(self, block: ToolResultBlock, followup: list[dict]) -> dict:
+        content = block.content
+        if content is None:
+            text = ""
+        elif isinstance(content, str):
+            text = content
+        else:
+            texts: list[str] = []
+            for b in content:
+                t = b.type
+                if t == "text":
+                    texts.append(b.text)
+                elif t == "image":
+                    p = self.image_part(b)
+                    if p:
+                        texts.append(IMAGE_FROM_TOOL_RESULT.format(id=block.tool_use_id))
+                        followup.append(p)
+                elif t == "document":
+                    p = self.document_part(b)
+                    if p is None:
+                        continue
+                    if p["type"] == "text":
+                        texts.append(p["text"])
+                    else:
+                        texts.append(IMAGE_FROM_TOOL_RESULT.format(id=block.tool_use_id).replace("image", "file", 1))
+                        followup.append(p)
+                else:
+                    self.note(f"dropped {t!r} block in a tool_result")
+            text = "\n\n".join(texts)
+        if block.is_error:
+            text = ERROR_PREFIX + text
+        return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+
+    def user_message(self, content: Any, out: list[dict], call_order: dict[str, int]) -> None:
+        if isinstance(content, str):
+            out.append({"role": "user", "content": content})
+            return
+        results = [b for b in content if b.type == "tool_result"]
+        others = [b for b in content if b.type != "tool_result"] if results else content
+        followup: list[dict] = []
+        if results:
+            # Tool messages go right after the assistant message, in the order of its calls; results for ids
+            # the previous assistant message did not ask for keep their relative order at the end.
+            big = len(call_order)
+            results.sort(key=lambda b: call_order.get(b.tool_use_id, big))
+            for b in results:
+                if b.tool_use_id not in call_order:
+                    self.note("tool_result without a matching tool_use in the previous assistant message")
+                out.append(self.tool_result_message(b, followup))
+        parts = followup + self.user_parts(others)
+        collapsed = self.collapse(parts)
+        if collapsed is not None:
+            out.append({"role": "user", "content": collapsed})
+
+    def assistant_message(self, content: Any, out: list[dict]) -> dict[str, int]:
+        """Append the assistant message; return tool call id -> position (for ordering the tool results)."""
+        if isinstance(content, str):
+            if content:
+                out.append({"role": "assistant", "content": content})
+            return {}
+        texts: list[str] = []
+        calls: list[dict] = []
+        reasoning: list[str] = []
+        for b in content:
+            if isinstance(b, TextBlock):
+                texts.append(b.text)
+            elif isinstance(b, ToolUseBlock):
+                calls.append(
+                    {
+                        "id": b.id,
+                        "type": "function",
+                        "function": {"name": b.name, "arguments": _dumps(b.input)},
+                    }
+                )
+            elif isinstance(b, ThinkingBlock):
+                if self.caps.reasoning_content_input:
+                    reasoning.append(b.thinking)
+                else:
+                    self.note("dropped earlier-turn thinking")
+            elif isinstance(b, RedactedThinkingBlock):
+                self.note("dropped earlier-turn redacted_thinking")
+            elif isinstance(b, ServerToolBlock):
+                self.note(f"dropped server tool block {b.type!r}")
+            else:
+                self.note(f"dropped {b.type!r} block in an assistant message")
+        if not texts and not calls:
+            if reasoning:
+                self.note("dropped assistant message holding only thinking")
+            return {}
+        msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+        if calls:
+            msg["tool_calls"] = calls
+        if reasoning:
+            msg["reasoning_content"] = "\n\n".join(reasoning)
+        out.append(msg)
+        return {c["id"]: i for i, c in enumerate(calls)}
+
+    def messages(self, req: MessagesRequest) -> list[dict]:
+        out: list[dict] = []
+        system = self.system_text(req.system)
+        if system:
+            out.append({"role": "system", "content": system})
+        call_order: dict[str, int] = {}
+        for m in req.messages:
+            if m.role == "assistant":
+                call_order = self.assistant_message(m.content, out)
+                continue
+            if m.role == "user":
+                self.user_message(m.content, out, call_order)
+            else:  # mid-conversation system message, kept at its position
+                text = self.system_text(m.content)
+                if text:
+                    out.append({"role": self.caps.system_role, "content": text})
+            call_order = {}
+        return out
+
+    # ------------------------------------------------------------------ tools
+
+    def tools(self, req: MessagesRequest) -> list[dict]:
+        tools: list[dict] = []
+        for t in req.tools or ():
+            if not t.is_custom:
+                self.note(f"dropped Anthropic-defined tool type {t.type!r}")
+                continue
+            params = t.input_schema or {"type": "object", "properties": {}}
+            if self.caps.gemini_schema:
+                params = clean_schema_for_gemini(params)
+            fn: dict[str, Any] = {"name": t.name, "parameters": params}
+            if t.description:
+                fn["description"] = t.description
+            tools.append({"type": "function", "function": fn})
+        return tools
+
+
+def anthropic_to_openai(
+    req: MessagesRequest,
+    *,
+    model: str,
+    caps: BackendCaps,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
+    """The OpenAI chat completions body for `req`, addressed to backend model `model`."""
+    conv = _Converter(caps, notes)
+    body: dict[str, Any] = {"model": model, "messages": conv.messages(req)}
+
+    max_tokens = req.max_tokens
+    if caps.max_output_tokens is not None and max_tokens > caps.max_output_tokens:
+        max_tokens = caps.max_output_tokens
+        conv.note("capped max_tokens to the model's output limit")
+    body["max_completion_tokens" if caps.use_max_completion_tokens else "max_tokens"] = max_tokens
+
+    if req.stop_sequences:
+        stops = req.stop_sequences
+        if caps.max_stop_sequences is not None and len(stops) > caps.max_stop_sequences:
+            stops = stops[: caps.max_stop_sequences]
+            conv.note("dropped stop sequences beyond the backend's limit")
+        body["stop"] = list(stops)
+
+    if caps.sampling_params:
+        if req.temperature is not None:
+            body["temperature"] = req.temperature
+        if req.top_p is not None:
+            body["top_p"] = req.top_p
+    elif req.temperature is not None or req.top_p is not None:
+        conv.note("dropped temperature/top_p (backend rejects sampling parameters)")
+    if req.top_k is not None:
+        if caps.top_k:
+            body["top_k"] = req.top_k
+        else:
+            conv.note("dropped top_k")
+
+    if req.metadata is not None and req.metadata.user_id:
+        if caps.user:
+            body["user"] = req.metadata.user_id
+        else:
+            conv.note("dropped metadata.user_id")
+
+    thinking = req.thinking
+    if thinking is not None and thinking.type != "disabled":
+        if caps.reasoning_effort:
+            body["reasoning_effort"] = (
+                caps.adaptive_reasoning_effort
+                if thinking.type == "adaptive"
+                else reasoning_effort_for(thinking.budget_tokens)
+            )
+        else:
+            conv.note("dropped thinking (backend has no reasoning controls)")
+
+    tools = conv.tools(req)
+    if tools:
+        body["tools"] = tools
+        tc = req.tool_choice
+        if tc is not None:
+            if tc.type == "auto":
+                body["tool_choice"] = "auto"
+            elif tc.type == "any":
+                body["tool_choice"] = "required"
+            elif tc.type == "none":
+                body["tool_choice"] = "none"
+            else:
+                body["tool_choice"] = {"type": "function", "function": {"name": tc.name}}
+            if tc.disable_parallel_tool_use and tc.type != "none":
+                if caps.parallel_tool_calls:
+                    body["parallel_tool_calls"] = False
+                else:
+                    conv.note("dropped disable_parallel_tool_use")
+    elif req.tool_choice is not None and req.tool_choice.type != "none" and req.tools:
+        conv.note("dropped tool_choice (no tool left for this backend)")
+
+    if req.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+
+    for name in req.dropped_fields():
+        conv.note(f"dropped request field {name!r}")
+    conv.flush_notes()
+    return body

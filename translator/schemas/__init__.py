@@ -1,0 +1,1 @@
+"""Typed models of the API shapes the translator accepts (Anthropic Messages API)."""

@@ -1,0 +1,145 @@
+"""Server-sent events: an incremental decoder (upstream OpenAI streams) and the encoder (Anthropic streams).
+
+Why hand-written instead of httpx-sse: httpx-sse decodes line by line on top of httpx's `aiter_lines()` (a str
+line splitter, then one Python call per line and per field). The upstream stream is the translator's hot path
+(thousands of chunks per long answer), so this decoder works on the raw bytes of `aiter_raw()`/`aiter_bytes()`:
+it splits whole events on the blank line with `bytes.split`, takes a fast path for the common single-line
+`data: {...}` event, and decodes UTF-8 once per event (so multibyte characters split across reads are safe).
+Measured numbers are in docs/conversion.md. It follows the WHATWG event-stream parsing rules: LF, CRLF and CR
+line endings (also a CRLF split across two reads), comments (`:` lines), `event:`/`data:`/`id:`/`retry:` fields,
+one optional space after the colon, multi-line data joined with "\\n", events without data not dispatched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+__all__ = ["SSEEvent", "SSEDecoder", "encode_event", "encode_events", "DONE"]
+
+DONE = "[DONE]"
+
+
+class SSEEvent:
+    """One dispatched event. `event` is "message" when the stream named none; `data` is the joined data text."""
+
+    __slots__ = ("event", "data", "id", "retry")
+
+    def __init__(self, data: str, event: str = "message", id: str | None = None, retry: int | None = None):
+        self.data = data
+        self.event = event
+        self.id = id
+        self.retry = retry
+
+    @property
+    def is_done(self) -> bool:
+        """OpenAI's end-of-stream sentinel (`data: [DONE]`)."""
+        return self.data == DONE
+
+    def json(self) -> Any:
+        return orjson.loads(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SSEEvent):
+            return NotImplemented
+        return (self.event, self.data, self.id, self.retry) == (other.event, other.data, other.id, other.retry)
+
+    def __repr__(self) -> str:
+        return f"SSEEvent(event={self.event!r}, data={self.data!r}, id={self.id!r}, retry={self.retry!r})"
+
+
+class SSEDecoder:
+    """Incremental decoder: `feed(bytes)` returns the events completed by those bytes; `flush()` at end of
+    stream dispatches a final event that lacked its blank line (lenient: some servers close right after
+    `data: [DONE]\\n`)."""
+
+    __slots__ = ("_buf", "_cr", "last_event_id")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._cr = False  # previous read ended with "\r": a leading "\n" now is the rest of a CRLF
+        self.last_event_id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not chunk:
+            return []
+        if self._cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._cr = False
+        if b"\r" in chunk:
+            self._cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\n\n" not in buf:
+            self._buf = buf
+            return []
+        parts = buf.split(b"\n\n")
+        self._buf = parts.pop()
+        out: list[SSEEvent] = []
+        for raw in parts:
+            # Fast path: one `data: ...` line, no other field (what OpenAI-compatible servers send).
+            if raw[:6] == b"data: " and b"\n" not in raw:
+                out.append(SSEEvent(raw[6:].decode("utf-8", "replace")))
+                continue
+            ev = self._parse(raw)
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    def flush(self) -> list[SSEEvent]:
+        raw, self._buf = self._buf, b""
+        if not raw.strip(b"\n"):
+            return []
+        ev = self._parse(raw)
+        return [ev] if ev is not None else []
+
+    def _parse(self, raw: bytes) -> SSEEvent | None:
+        data: list[str] = []
+        event = "message"
+        retry = None
+        for line in raw.decode("utf-8", "replace").split("\n"):
+            if not line or line[0] == ":":
+                continue
+            name, sep, value = line.partition(":")
+            if sep and value[:1] == " ":
+                value = value[1:]
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event = value or "message"
+            elif name == "id":
+                if "\0" not in value:
+                    self.last_event_id = value
+            elif name == "retry":
+                if value.isdigit():
+                    retry = int(value)
+        if not data:
+            return None
+        return SSEEvent("\n".join(data), event, self.last_event_id, retry)
+
+
+_PREFIX: dict[str, bytes] = {}
+
+
+def _prefix(name: str) -> bytes:
+    p = _PREFIX.get(name)
+    if p is None:
+        if "\n" in name or "\r" in name:
+            raise ValueError("SSE event name must be one line")
+        p = _PREFIX[name] = b"event: " + name.encode() + b"\ndata: "
+    return p
+
+
+def encode_event(name: str, data: Any) -> bytes:
+    """`event: <name>\\ndata: <compact JSON>\\n\\n` (UTF-8, no ASCII escaping: JSON never contains a raw
+    newline, so one data line always suffices)."""
+    return b"%s%s\n\n" % (_PREFIX.get(name) or _prefix(name), orjson.dumps(data))
+
+
+def encode_events(events: list[tuple[str, Any]]) -> bytes:
+    """Several events as one bytes object (one transport write instead of one per event)."""
+    dumps = orjson.dumps
+    return b"".join(
+        [b"%s%s\n\n" % (_PREFIX.get(name) or _prefix(name), dumps(data)) for name, data in events]
+    )
