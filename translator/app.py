@@ -1,0 +1,374 @@
+"""The translator's HTTP surface (FastAPI): the Anthropic Messages API in front of the routed backends.
+
+Request bodies are read and parsed here (size-limited, orjson, then pydantic) rather than by FastAPI's body
+binding, so malformed JSON and validation failures are 400 invalid_request_error in the Anthropic shape
+(never FastAPI's 422), and so the 32 MB limit is enforced while reading. Every other failure, including 404 and
+405 for unknown paths and methods, is answered in the same shape; no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Mapping
+
+import httpx
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response, StreamingResponse
+
+from translator import credentials
+from translator.caps import caps_for, validate_caps
+from translator.convert.openai_request import anthropic_to_openai
+from translator.convert.openai_response import openai_to_anthropic
+from translator.convert.openai_stream import OpenAIStreamConverter
+from translator.credentials import Credential
+from translator.errors import ApiError, error_body
+from translator.ids import new_message_id
+from translator.metrics import Metrics, build_metrics
+from translator.providers import litellm_path
+from translator.providers.anthropic_native import AnthropicBackend
+from translator.providers.litellm_path import LiteLLMBackend
+from translator.providers.openai_native import OpenAIBackend
+from translator.routing import Router, Target, build_router
+from translator.schemas.anthropic import CountTokensRequest, MessagesRequest, describe_validation_error
+from translator.settings import Settings, load_settings
+from translator.streaming import StreamStats, relay_anthropic, relay_openai
+from translator.tokens import count_tokens_locally
+
+log = logging.getLogger("keyrelay.translator")
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+@dataclass
+class State:
+    settings: Settings
+    router: Router
+    metrics: Metrics
+    client: httpx.AsyncClient | None = None
+    openai: OpenAIBackend | None = None
+    anthropic: AnthropicBackend | None = None
+    litellm: LiteLLMBackend | None = None
+    ready: bool = False
+    preload: asyncio.Task | None = field(default=None, repr=False)
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json",
+                    headers=dict(headers or {}))
+
+
+def error_response(err: ApiError, request_id: str | None = None) -> Response:
+    headers = dict(err.headers)
+    if request_id:
+        headers["request-id"] = request_id
+    return json_response(err.body(), err.status, headers)
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex[:24]
+
+
+async def read_json_body(request: Request, limit: int) -> dict:
+    """The request body as a JSON object; 413 over `limit` (checked on content-length and while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise ApiError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
+        except ValueError:
+            raise ApiError(400, "invalid_request_error", "invalid content-length header") from None
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
+        parts.append(part)
+    raw = b"".join(parts)
+    if not raw.strip():
+        raise ApiError(400, "invalid_request_error", "request body is empty; expected a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_request_error", f"request body is not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_request_error", "request body must be a JSON object")
+    return data
+
+
+def _validate(model: type, data: dict) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_request_error", describe_validation_error(exc)) from None
+
+
+def _lower_headers(request: Request) -> dict[str, str]:
+    # Starlette's Headers are already case-insensitive; a plain dict is cheaper for repeated lookups.
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+
+
+def _drop_unsigned_thinking(body: dict) -> dict:
+    """Thinking blocks the translator made from another backend's reasoning carry a marker signature that
+    Anthropic would reject; an Anthropic passthrough drops them from earlier turns (only those)."""
+    from translator.convert.openai_response import is_synthetic_signature
+
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return body
+    changed = False
+    new_messages = []
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if m.get("role") == "assistant" and isinstance(content, list) and any(
+                isinstance(b, dict) and b.get("type") == "thinking" and is_synthetic_signature(b.get("signature"))
+                for b in content):
+            content = [b for b in content if not (isinstance(b, dict) and b.get("type") == "thinking"
+                                                  and is_synthetic_signature(b.get("signature")))]
+            m = dict(m, content=content or [{"type": "text", "text": ""}])
+            changed = True
+        new_messages.append(m)
+    return dict(body, messages=new_messages) if changed else body
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings([])
+    router = build_router(settings)
+    for rule in router.routes.rules:
+        validate_caps(rule.caps, f"routing rule {rule.match!r}")
+    state = State(settings=settings, router=router, metrics=build_metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = state.settings
+        state.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=s.connect_timeout_s, read=s.read_timeout_s, write=s.read_timeout_s,
+                                  pool=s.connect_timeout_s),
+            limits=httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_connections,
+                                keepalive_expiry=60),
+            headers={"user-agent": "keyrelay-translator/0.1"},
+        )
+        state.openai = OpenAIBackend(state.client)
+        state.anthropic = AnthropicBackend(state.client)
+        state.litellm = LiteLLMBackend(s.read_timeout_s)
+        if s.preload_litellm or state.router.needs_litellm():
+            async def preload() -> None:
+                await litellm_path.get_litellm()
+                state.metrics.litellm_import.set(litellm_path.import_seconds or 0)
+                log.info("litellm imported in %.2fs", litellm_path.import_seconds or 0)
+                state.ready = True
+
+            state.preload = asyncio.create_task(preload())
+        else:
+            state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            if state.preload is not None and not state.preload.done():
+                state.preload.cancel()
+            await state.client.aclose()
+
+    app = FastAPI(title="keyrelay translator", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.keyrelay = state
+    m = state.metrics
+
+    # ------------------------------------------------------------------ error handlers (Anthropic shape only)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        status = exc.status_code
+        if status == 404:
+            err = ApiError(404, "not_found_error", f"no route for {request.method} {request.url.path}")
+        elif status == 405:
+            err = ApiError(405, "invalid_request_error",
+                           f"method {request.method} is not allowed for {request.url.path}")
+        else:
+            err = ApiError(status, "api_error" if status >= 500 else "invalid_request_error",
+                           str(exc.detail) if isinstance(exc.detail, str) else "request failed")
+        m.requests.labels("other", str(status), "").inc()
+        return error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(ApiError(400, "invalid_request_error", "invalid request"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        return error_response(ApiError(500, "api_error", "internal error in the translator"))
+
+    # ------------------------------------------------------------------ probes and metadata
+
+    @app.api_route("/", methods=["GET", "HEAD"])
+    async def root() -> Response:
+        return json_response({"status": "ok", "service": "keyrelay-translator"})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if state.ready:
+            return json_response({"status": "ready"})
+        return json_response(error_body("api_error", "not ready"), 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, ctype = m.render()
+        return Response(body, media_type=ctype)
+
+    def _model_entry(model_id: str, display: str) -> dict:
+        return {"type": "model", "id": model_id, "display_name": display, "created_at": "2025-01-01T00:00:00Z"}
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        data = [_model_entry(i, d) for i, d in state.router.claude_models()]
+        m.requests.labels("models", "200", "").inc()
+        return json_response({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                              "last_id": data[-1]["id"] if data else None})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> Response:
+        for i, d in state.router.claude_models():
+            if i == model_id:
+                return json_response(_model_entry(i, d))
+        raise ApiError(404, "not_found_error", f"model {model_id!r} is not configured")
+
+    # ------------------------------------------------------------------ messages
+
+    def _finish(route: str, target: Target | None, status: int, started: float, cred: Credential | None,
+                request: Request, stream: bool, extra: str = "") -> None:
+        provider = target.provider if target else ""
+        m.requests.labels(route, str(status), provider).inc()
+        m.latency.labels(route, provider).observe(time.perf_counter() - started)
+        if status >= 400 and target is not None:
+            m.upstream_errors.labels(provider, str(status)).inc()
+        log.info("%s %s status=%d provider=%s model=%s key_id=%s source=%s stream=%s ms=%.1f%s",
+                 request.method, request.url.path, status, provider or "-", target.model if target else "-",
+                 cred.key_id if cred else "-", cred.source if cred else "-", stream,
+                 (time.perf_counter() - started) * 1000, extra)
+
+    @app.post("/v1/messages")
+    async def messages(request: Request) -> Response:
+        started = time.perf_counter()
+        request_id = new_request_id()
+        target: Target | None = None
+        cred: Credential | None = None
+        m.inflight.inc()
+        streaming_handed_off = False
+        try:
+            data = await read_json_body(request, state.settings.max_body_bytes)
+            req = _validate(MessagesRequest, data)
+            target = state.router.resolve(req.model)
+            headers = _lower_headers(request)
+            cred = credentials.resolve(headers, target, state.settings)
+            if target.path == "anthropic":
+                resp = await _anthropic_messages(req, data, target, headers, cred, started, request, request_id)
+            else:
+                resp = await _openai_messages(req, target, cred, started, request, request_id)
+            streaming_handed_off = isinstance(resp, StreamingResponse)
+            if not streaming_handed_off:
+                _finish("messages", target, resp.status_code, started, cred, request, False)
+            return resp
+        except ApiError as err:
+            _finish("messages", target, err.status, started, cred, request, False, f" error={err.type}")
+            return error_response(err, request_id)
+        finally:
+            if not streaming_handed_off:
+                m.inflight.dec()
+
+    def _stream_closed(target: Target, cred: Credential, started: float, request: Request):
+        def done(stats: StreamStats) -> None:
+            m.inflight.dec()
+            m.stream_chunks.labels(target.provider).inc(stats.chunks)
+            status = 200
+            extra = f" chunks={stats.chunks}"
+            if stats.error is not None:
+                extra += f" stream_error={stats.error.type}"
+                m.upstream_errors.labels(target.provider, str(stats.error.status)).inc()
+            _finish("messages", target, status, started, cred, request, True, extra)
+        return done
+
+    async def _openai_messages(req: MessagesRequest, target: Target, cred: Credential, started: float,
+                               request: Request, request_id: str) -> Response:
+        body = anthropic_to_openai(req, model=target.model, caps=caps_for(target))
+        backend = state.openai if target.path == "openai" else state.litellm
+        assert backend is not None
+        t0 = time.perf_counter()
+        if not req.stream:
+            raw = await backend.complete(target, body, cred)
+            m.first_byte.labels(target.provider).observe(time.perf_counter() - t0)
+            msg = openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences)
+            return json_response(msg, headers={"request-id": request_id})
+        stream = await backend.open_stream(target, body, cred)
+        m.first_byte.labels(target.provider).observe(time.perf_counter() - t0)
+        converter = OpenAIStreamConverter(model=req.model, message_id=new_message_id(),
+                                          stop_sequences=req.stop_sequences)
+        gen = relay_openai(stream, converter, ping_interval=state.settings.ping_interval_s, stats=StreamStats(),
+                           on_close=_stream_closed(target, cred, started, request))
+        return StreamingResponse(gen, media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, "request-id": request_id})
+
+    async def _anthropic_messages(req: MessagesRequest, data: dict, target: Target, headers: dict[str, str],
+                                  cred: Credential, started: float, request: Request, request_id: str) -> Response:
+        backend = state.anthropic
+        assert backend is not None
+        body = _drop_unsigned_thinking(data)
+        t0 = time.perf_counter()
+        if not req.stream:
+            msg = await backend.complete(target, body, headers, cred, requested_model=req.model)
+            m.first_byte.labels(target.provider).observe(time.perf_counter() - t0)
+            return json_response(msg, headers={"request-id": request_id})
+        stream = await backend.open_stream(target, body, headers, cred, requested_model=req.model)
+        m.first_byte.labels(target.provider).observe(time.perf_counter() - t0)
+        gen = relay_anthropic(stream, ping_interval=state.settings.ping_interval_s, stats=StreamStats(),
+                              on_close=_stream_closed(target, cred, started, request))
+        return StreamingResponse(gen, media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, "request-id": request_id})
+
+    # ------------------------------------------------------------------ count_tokens
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request) -> Response:
+        started = time.perf_counter()
+        target: Target | None = None
+        cred: Credential | None = None
+        try:
+            data = await read_json_body(request, state.settings.max_body_bytes)
+            req = _validate(CountTokensRequest, data)
+            target = state.router.resolve(req.model)
+            headers = _lower_headers(request)
+            if target.path == "anthropic":
+                cred = credentials.resolve(headers, target, state.settings)
+                assert state.anthropic is not None
+                result = await state.anthropic.count_tokens(target, _drop_unsigned_thinking(data), headers, cred)
+            else:
+                result = {"input_tokens": await count_tokens_locally(data, target)}
+            _finish("count_tokens", target, 200, started, cred, request, False)
+            return json_response(result)
+        except ApiError as err:
+            _finish("count_tokens", target, err.status, started, cred, request, False, f" error={err.type}")
+            return error_response(err)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes (`--workers N`): settings come serialized through the environment."""
+    return create_app(load_settings([]))

@@ -1,0 +1,138 @@
+"""`keyrelay-translator`: run the translator under uvicorn.
+
+Prints `ready: translator on http://<host:port>` once the app answers /readyz on its socket (so the line is
+only printed when the server is really serving), exits non-zero with one line on bad configuration, stops
+cleanly (exit 0) on SIGTERM and SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Iterator, Sequence
+
+import uvicorn
+
+from translator.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("keyrelay.translator")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising the captured signal after the graceful shutdown (which would make
+    the process die by the signal instead of exiting 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def _probe_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _announce_when_ready(host: str, port: int, stop: threading.Event, timeout: float = 120.0) -> None:
+    probe = _probe_host(host)
+    shown = f"[{host}]" if ":" in host else host
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(probe, port, timeout=2)
+            conn.request("GET", "/readyz")
+            status = conn.getresponse().status
+            conn.close()
+            if status == 200:
+                print(f"ready: translator on http://{shown}:{port}", flush=True)
+                return
+        except OSError:
+            pass
+        stop.wait(0.05)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # LiteLLM and httpx log request lines (URLs can carry a Gemini key as a query parameter): keep them quiet.
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+        from translator.app import create_app  # validates the routing file and its caps
+
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"keyrelay-translator: configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    _configure_logging(settings)
+    common = dict(log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+                  server_header=False, date_header=True, proxy_headers=False, http="httptools", loop="uvloop")
+    stop = threading.Event()
+    try:
+        if settings.workers == 1:
+            sock = _bind(settings.host, settings.port)
+            port = sock.getsockname()[1]
+            server = _Server(uvicorn.Config(app, **common))
+            threading.Thread(target=_announce_when_ready, args=(settings.host, port, stop), daemon=True).start()
+            server.run(sockets=[sock])
+        else:
+            port = settings.port
+            if port == 0:
+                probe = _bind(settings.host, 0)
+                port = probe.getsockname()[1]
+                probe.close()
+            else:
+                _bind(settings.host, port).close()  # fail with one line when the port is taken
+            os.environ.update(settings.to_env())
+            os.environ["KEYRELAY_TRANSLATOR__port"] = str(port)
+            threading.Thread(target=_announce_when_ready, args=(settings.host, port, stop), daemon=True).start()
+            uvicorn.run("translator.app:app_from_env", factory=True, host=settings.host, port=port,
+                        workers=settings.workers, **common)
+    except ConfigError as exc:
+        print(f"keyrelay-translator: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

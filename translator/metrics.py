@@ -1,0 +1,52 @@
+"""Prometheus metrics of the translator (one registry per app, so tests and workers do not share state).
+
+With `--workers N` each worker process has its own registry; scrape through the pod/sidecar or set
+PROMETHEUS_MULTIPROC_DIR for prometheus-client's multiprocess mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    first_byte: Histogram
+    stream_chunks: Counter
+    upstream_errors: Counter
+    inflight: Gauge
+    litellm_import: Gauge
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def build_metrics() -> Metrics:
+    r = CollectorRegistry()
+    return Metrics(
+        registry=r,
+        requests=Counter("keyrelay_translator_requests", "Requests by route, status and provider",
+                         ["route", "status", "provider"], registry=r),
+        latency=Histogram("keyrelay_translator_request_seconds",
+                          "Request latency (to the last byte for streams)", ["route", "provider"],
+                          buckets=_LATENCY_BUCKETS, registry=r),
+        first_byte=Histogram("keyrelay_translator_upstream_first_byte_seconds",
+                             "Time until the upstream answered (headers for streams)", ["provider"],
+                             buckets=_LATENCY_BUCKETS, registry=r),
+        stream_chunks=Counter("keyrelay_translator_stream_chunks", "Upstream stream chunks relayed",
+                              ["provider"], registry=r),
+        upstream_errors=Counter("keyrelay_translator_upstream_errors",
+                                "Upstream failures by provider and the status answered",
+                                ["provider", "status"], registry=r),
+        inflight=Gauge("keyrelay_translator_inflight_requests", "Requests in flight", registry=r),
+        litellm_import=Gauge("keyrelay_translator_litellm_import_seconds",
+                             "Measured LiteLLM import time (0 until imported)", registry=r),
+    )

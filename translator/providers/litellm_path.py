@@ -1,0 +1,140 @@
+"""Every provider without a native path (gemini/, vertex_ai/, bedrock/, azure/, ...) through LiteLLM.
+
+LiteLLM knows those providers' auth and wire formats; its responses and stream chunks are turned into plain
+OpenAI-shaped dicts with `.model_dump()` so the same conversion layer as the native OpenAI path serves them.
+LiteLLM takes seconds to import, so it is imported on first use in a worker thread (or at startup when a
+configured route needs it, see translator.app), never at module import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any, AsyncIterator
+
+from translator.credentials import Credential
+from translator.errors import (ApiError, extract_message, upstream_broken, upstream_error, upstream_timeout,
+                               upstream_unreachable)
+from translator.routing import Target
+
+_lock = threading.Lock()
+_module: Any = None
+import_seconds: float | None = None  # measured cold import time, exported as a metric and logged
+
+
+def _import_litellm() -> Any:
+    global _module, import_seconds
+    with _lock:
+        if _module is None:
+            # Never fetch the model price map from the internet at import time.
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            t0 = time.perf_counter()
+            import litellm  # noqa: PLC0415 - deliberately lazy
+
+            litellm.telemetry = False
+            litellm.suppress_debug_info = True
+            litellm.drop_params = True  # params a provider does not take are dropped, not a 400
+            import_seconds = time.perf_counter() - t0
+            _module = litellm
+    return _module
+
+
+async def get_litellm() -> Any:
+    if _module is not None:
+        return _module
+    return await asyncio.to_thread(_import_litellm)
+
+
+def loaded() -> bool:
+    return _module is not None
+
+
+def map_exception(exc: BaseException, provider: str, cred: Credential) -> ApiError:
+    """LiteLLM's OpenAI-style exceptions -> Anthropic-shaped errors."""
+    name = type(exc).__name__
+    if isinstance(exc, ApiError):
+        return exc
+    if "Timeout" in name or isinstance(exc, asyncio.TimeoutError):
+        return upstream_timeout(provider)
+    status = getattr(exc, "status_code", None)
+    message = getattr(exc, "message", None) or str(exc)
+    headers: dict[str, str] = {}
+    response = getattr(exc, "response", None)
+    if response is not None:
+        try:
+            headers = dict(response.headers)
+        except Exception:  # noqa: BLE001 - some LiteLLM responses are stubs without headers
+            headers = {}
+    if name == "APIConnectionError":
+        lowered = message.lower()
+        if "connect" in lowered or "refused" in lowered:
+            return upstream_unreachable(provider)
+        return upstream_broken(provider)
+    if not isinstance(status, int) or not 400 <= status < 600:
+        status = 502
+    return upstream_error(status, extract_message(message), provider=provider, headers=headers,
+                          secrets=[cred.key])
+
+
+def _kwargs(target: Target, body: dict, cred: Credential, timeout: float) -> dict[str, Any]:
+    kw = {k: v for k, v in body.items() if k != "model"}
+    kw["model"] = target.model
+    if cred.key:
+        kw["api_key"] = cred.key
+    if target.base_url:
+        kw["api_base"] = target.base_url
+    kw["timeout"] = timeout
+    kw.update(target.extra)
+    return kw
+
+
+class LiteLLMStream:
+    def __init__(self, wrapper: Any, provider: str, cred: Credential) -> None:
+        self._wrapper = wrapper
+        self._provider = provider
+        self._cred = cred
+
+    async def batches(self) -> AsyncIterator[list[dict]]:
+        try:
+            async for chunk in self._wrapper:
+                yield [chunk.model_dump(exclude_none=True)]
+        except ApiError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - LiteLLM raises many types; all become Anthropic errors
+            raise map_exception(exc, self._provider, self._cred) from None
+
+    async def aclose(self) -> None:
+        close = getattr(self._wrapper, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - closing a finished or failed stream must not raise
+                pass
+
+
+class LiteLLMBackend:
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+
+    async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
+        litellm = await get_litellm()
+        kw = _kwargs(target, body, cred, self.timeout_s)
+        kw.pop("stream", None)
+        kw.pop("stream_options", None)
+        try:
+            resp = await litellm.acompletion(**kw)
+        except Exception as exc:  # noqa: BLE001
+            raise map_exception(exc, target.provider, cred) from None
+        return resp.model_dump(exclude_none=True)
+
+    async def open_stream(self, target: Target, body: dict, cred: Credential) -> LiteLLMStream:
+        litellm = await get_litellm()
+        kw = _kwargs(target, body, cred, self.timeout_s)
+        kw["stream"] = True
+        try:
+            wrapper = await litellm.acompletion(**kw)
+        except Exception as exc:  # noqa: BLE001
+            raise map_exception(exc, target.provider, cred) from None
+        return LiteLLMStream(wrapper, target.provider, cred)

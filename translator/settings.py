@@ -1,0 +1,227 @@
+"""Typed translator settings from command-line flags and environment variables (flags win).
+
+The provider variables keep the names of the single-process proxy this project grew from
+(OPENAI_API_KEY, OPENAI_BASE_URL, ANTHROPIC_API_KEY, GEMINI_API_KEY, USE_VERTEX_AUTH, VERTEX_PROJECT,
+VERTEX_LOCATION, PREFERRED_PROVIDER, BIG_MODEL, SMALL_MODEL), so an existing environment keeps working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Mapping, Sequence
+
+PROVIDERS = ("openai", "google", "anthropic")
+
+# Defaults per preferred provider, the same ones the original proxy used.
+DEFAULT_MODELS = {
+    "openai": ("gpt-4.1", "gpt-4.1-mini"),
+    "google": ("gemini-2.5-pro", "gemini-2.5-flash"),
+    "anthropic": ("claude-sonnet-4-5", "claude-haiku-4-5"),
+}
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message is one line and never contains a secret."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8082
+    workers: int = 1
+    routes_file: str | None = None
+    log_level: str = "info"
+
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str = "https://api.openai.com/v1"
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_base_url: str = "https://api.anthropic.com"
+    gemini_api_key: str | None = field(default=None, repr=False)
+    gemini_base_url: str | None = None
+    use_vertex_auth: bool = False
+    vertex_project: str | None = None
+    vertex_location: str | None = None
+    preferred_provider: str = "openai"
+    big_model: str = "gpt-4.1"
+    small_model: str = "gpt-4.1-mini"
+
+    # Streaming and upstream behaviour.
+    ping_interval_s: float = 10.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_connections: int = 512
+    preload_litellm: bool = False
+    # Accept a client's x-api-key as the upstream credential when no bearer credential is present
+    # (direct use without Envoy; behind Envoy ext_authz always removes x-api-key).
+    accept_x_api_key: bool = True
+
+    def to_env(self) -> dict[str, str]:
+        """Serialize for worker processes (uvicorn --workers re-imports the app in each worker)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f"KEYRELAY_TRANSLATOR__{f.name}"] = str(value)
+        return out
+
+    def public_dict(self) -> dict[str, object]:
+        """Settings without secrets, for logs."""
+        d = asdict(self)
+        for name in ("openai_api_key", "anthropic_api_key", "gemini_api_key"):
+            d[name] = "set" if d[name] else None
+        return d
+
+
+# name -> (environment variables in order of preference, flag)
+_SOURCES: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "host": (("TRANSLATOR_HOST",), "--host"),
+    "port": (("TRANSLATOR_PORT",), "--port"),
+    "workers": (("TRANSLATOR_WORKERS",), "--workers"),
+    "routes_file": (("TRANSLATOR_ROUTES",), "--routes"),
+    "log_level": (("TRANSLATOR_LOG_LEVEL",), "--log-level"),
+    "openai_api_key": (("OPENAI_API_KEY",), None),  # secrets only from the environment
+    "openai_base_url": (("OPENAI_BASE_URL", "OPENAI_API_BASE"), "--openai-base-url"),
+    "anthropic_api_key": (("ANTHROPIC_API_KEY",), None),
+    "anthropic_base_url": (("ANTHROPIC_BASE_URL",), "--anthropic-base-url"),
+    "gemini_api_key": (("GEMINI_API_KEY",), None),
+    "gemini_base_url": (("GEMINI_BASE_URL",), "--gemini-base-url"),
+    "use_vertex_auth": (("USE_VERTEX_AUTH",), "--use-vertex-auth"),
+    "vertex_project": (("VERTEX_PROJECT",), "--vertex-project"),
+    "vertex_location": (("VERTEX_LOCATION",), "--vertex-location"),
+    "preferred_provider": (("PREFERRED_PROVIDER",), "--preferred-provider"),
+    "big_model": (("BIG_MODEL",), "--big-model"),
+    "small_model": (("SMALL_MODEL",), "--small-model"),
+    "ping_interval_s": (("TRANSLATOR_PING_INTERVAL",), "--ping-interval"),
+    "connect_timeout_s": (("TRANSLATOR_CONNECT_TIMEOUT",), "--connect-timeout"),
+    "read_timeout_s": (("TRANSLATOR_READ_TIMEOUT",), "--read-timeout"),
+    "max_body_bytes": (("TRANSLATOR_MAX_BODY_BYTES",), "--max-body-bytes"),
+    "max_connections": (("TRANSLATOR_MAX_CONNECTIONS",), "--max-connections"),
+    "preload_litellm": (("TRANSLATOR_PRELOAD_LITELLM",), "--preload-litellm"),
+    "accept_x_api_key": (("TRANSLATOR_ACCEPT_X_API_KEY",), "--accept-x-api-key"),
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="keyrelay-translator",
+        description="Anthropic Messages API in front of OpenAI-compatible, Anthropic, Gemini and other LiteLLM "
+                    "backends. Flags win over environment variables; provider keys come only from the environment.")
+    for name, (envs, flag) in _SOURCES.items():
+        if flag:
+            p.add_argument(flag, dest=name, default=None, metavar="VALUE", help=f"(env {', '.join(envs)})")
+    return p
+
+
+def _bool(name: str, raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _number(name: str, raw: str, kind: type, low: float, high: float) -> int | float:
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {value} is outside {low}..{high}")
+    return value
+
+
+def _url(name: str, raw: str) -> str:
+    v = raw.strip().rstrip("/")
+    if not v.startswith(("http://", "https://")) or len(v) < 9:
+        raise ConfigError(f"{name}: expected an http(s) URL")
+    return v
+
+
+def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from flags and environment. Raises ConfigError (one line) on bad values."""
+    env = os.environ if env is None else env
+    try:
+        ns = _parser().parse_args(list(argv) if argv is not None else [])
+    except SystemExit as exc:  # argparse already printed its usage line
+        raise ConfigError("invalid command line") from exc
+    raw: dict[str, tuple[str, str]] = {}  # name -> (source label, raw value)
+    for name, (envs, flag) in _SOURCES.items():
+        flag_value = getattr(ns, name, None) if flag else None
+        if flag_value is not None:
+            raw[name] = (flag, flag_value)
+            continue
+        for var in envs:
+            if env.get(var) not in (None, ""):
+                raw[name] = (var, env[var])
+                break
+    # Serialized settings from the parent process (multi-worker mode) fill anything not set otherwise.
+    for f in fields(Settings):
+        var = f"KEYRELAY_TRANSLATOR__{f.name}"
+        if f.name not in raw and env.get(var) is not None:
+            raw[f.name] = (var, env[var])
+    return _build(raw)
+
+
+def _build(raw: dict[str, tuple[str, str]]) -> Settings:
+    values: dict[str, object] = {}
+    for name, (label, value) in raw.items():
+        if name in ("port",):
+            values[name] = _number(label, value, int, 0, 65535)
+        elif name == "workers":
+            values[name] = _number(label, value, int, 1, 64)
+        elif name in ("ping_interval_s",):
+            values[name] = _number(label, value, float, 0.05, 3600)
+        elif name in ("connect_timeout_s", "read_timeout_s"):
+            values[name] = _number(label, value, float, 0.05, 86400)
+        elif name == "max_body_bytes":
+            values[name] = _number(label, value, int, 1024, 1 << 31)
+        elif name == "max_connections":
+            values[name] = _number(label, value, int, 1, 100000)
+        elif name in ("use_vertex_auth", "preload_litellm", "accept_x_api_key"):
+            values[name] = _bool(label, value)
+        elif name in ("openai_base_url", "anthropic_base_url", "gemini_base_url"):
+            values[name] = _url(label, value)
+        elif name == "preferred_provider":
+            v = value.strip().lower()
+            if v not in PROVIDERS:
+                raise ConfigError(f"{label}: expected one of {', '.join(PROVIDERS)}, got {value!r}")
+            values[name] = v
+        elif name == "log_level":
+            v = value.strip().lower()
+            if v not in ("critical", "error", "warning", "info", "debug"):
+                raise ConfigError(f"{label}: expected critical, error, warning, info or debug")
+            values[name] = v
+        elif name == "host":
+            v = value.strip()
+            if not v:
+                raise ConfigError(f"{label}: empty host")
+            values[name] = v
+        elif name == "routes_file":
+            v = value.strip()
+            if not os.path.isfile(v):
+                raise ConfigError(f"{label}: routing file {v!r} does not exist")
+            values[name] = v
+        else:
+            values[name] = value.strip()
+    provider = values.get("preferred_provider", "openai")
+    big, small = DEFAULT_MODELS[str(provider)]
+    values.setdefault("big_model", big)
+    values.setdefault("small_model", small)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,53 @@
+"""Token counting for POST /v1/messages/count_tokens on non-Anthropic backends.
+
+The Anthropic request is converted with the same conversion layer as a real call (system, messages including
+tool calls and results, images, tools), then counted with `litellm.token_counter` for the target model: the
+model's own tokenizer where LiteLLM knows it (tiktoken o200k for current OpenAI models, ...), LiteLLM's default
+otherwise. Images count with LiteLLM's default image cost (no image URL is ever fetched). LiteLLM is imported
+lazily and the count runs in a worker thread so the event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+
+from translator.caps import caps_for
+from translator.convert.openai_request import anthropic_to_openai
+from translator.errors import ApiError
+from translator.providers.litellm_path import get_litellm
+from translator.routing import Target
+from translator.schemas.anthropic import MessagesRequest, describe_validation_error
+
+log = logging.getLogger("keyrelay.translator")
+
+
+def tokenizer_model(target: Target) -> str:
+    """The model name LiteLLM's token counter understands (bare names for OpenAI, prefixed otherwise)."""
+    if target.path == "openai":
+        return target.model
+    return target.model  # LiteLLM strings already carry their provider prefix
+
+
+def _count(litellm, model: str, body: dict) -> int:
+    try:
+        return int(litellm.token_counter(model=model, messages=body["messages"], tools=body.get("tools"),
+                                         use_default_image_token_count=True))
+    except Exception as exc:  # noqa: BLE001 - fall back to counting the serialized request text
+        log.debug("token_counter failed for %s (%s); counting the serialized request", model, type(exc).__name__)
+        return int(litellm.token_counter(model=model, text=orjson.dumps(body).decode()))
+
+
+async def count_tokens_locally(data: dict, target: Target) -> int:
+    try:
+        req = MessagesRequest.model_validate({**data, "max_tokens": 1, "stream": False})
+    except Exception as exc:  # noqa: BLE001
+        from pydantic import ValidationError
+        if isinstance(exc, ValidationError):
+            raise ApiError(400, "invalid_request_error", describe_validation_error(exc)) from None
+        raise
+    body = anthropic_to_openai(req, model=target.model, caps=caps_for(target))
+    litellm = await get_litellm()
+    return await asyncio.to_thread(_count, litellm, tokenizer_model(target), body)
