@@ -77,12 +77,14 @@ class SSEDecoder:
         parts = buf.split(b"\n\n")
         self._buf = parts.pop()
         out: list[SSEEvent] = []
+        last_id = self.last_event_id
         for raw in parts:
             # Fast path: one `data: ...` line, no other field (what OpenAI-compatible servers send).
             if raw[:6] == b"data: " and b"\n" not in raw:
-                out.append(SSEEvent(raw[6:].decode("utf-8", "replace")))
+                out.append(SSEEvent(raw[6:].decode("utf-8", "replace"), "message", last_id))
                 continue
             ev = self._parse(raw)
+            last_id = self.last_event_id
             if ev is not None:
                 out.append(ev)
         return out
