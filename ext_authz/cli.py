@@ -1,0 +1,215 @@
+"""Console scripts: `keyrelay-ext-authz` (the service) and `keyrelay-key-digest` (sha256 of a key for the policy).
+
+Flags win over environment variables. Bad configuration exits non-zero with one line on stderr. The ready line
+on stdout is `ready: ext_authz grpc on <host:port> http on <host:port>` (docs/interfaces.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from .policy import Policy, PolicyError, builtin_policy, load_policy, parse_policy
+from .settings import EnvOverrides, SettingsError, apply_overrides, env_overrides, parse_addr
+
+PROG = "keyrelay-ext-authz"
+log = logging.getLogger("ext_authz")
+
+
+@dataclass(frozen=True)
+class Config:
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 9000
+    http_host: str = "127.0.0.1"
+    http_port: int = 9090
+    policy: str | None = None
+    workers: int = 1
+    log_level: str = "info"
+    reload_interval: float = 1.0
+    drain_seconds: float = 5.0
+    overrides: EnvOverrides = EnvOverrides()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + error
+        raise SettingsError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Envoy ext_authz gRPC service that enforces keyrelay's key policy.")
+    p.add_argument("--grpc-addr", help="gRPC listen address host:port (EXT_AUTHZ_GRPC_ADDR; default 127.0.0.1:9000)")
+    p.add_argument("--http-addr", help="metrics/health address host:port (EXT_AUTHZ_HTTP_ADDR; default 127.0.0.1:9090)")
+    p.add_argument("--policy", help="policy YAML file, hot-reloaded (EXT_AUTHZ_POLICY; default: built-in policy)")
+    p.add_argument("--workers", help="worker processes sharing the gRPC port via SO_REUSEPORT "
+                                     "(EXT_AUTHZ_WORKERS; default 1)")
+    p.add_argument("--log-level", help="debug, info, warning, error (EXT_AUTHZ_LOG_LEVEL; default info)")
+    p.add_argument("--reload-interval", help="seconds between policy file checks (EXT_AUTHZ_RELOAD_INTERVAL; "
+                                             "default 1)")
+    p.add_argument("--drain-seconds", help="grace period for in-flight checks on SIGTERM (EXT_AUTHZ_DRAIN_SECONDS; "
+                                           "default 5)")
+    return p
+
+
+def _pick(flag: str | None, environ: Mapping[str, str], env_name: str) -> str | None:
+    if flag is not None:
+        return flag
+    value = environ.get(env_name)
+    return value if value not in (None, "") else None
+
+
+def _number(name: str, value: str | None, default: float, kind: type, low: float, high: float):
+    if value is None:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return number
+
+
+def resolve_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
+    args = build_parser().parse_args(argv)
+    grpc_host, grpc_port = parse_addr("--grpc-addr", _pick(args.grpc_addr, environ, "EXT_AUTHZ_GRPC_ADDR")
+                                      or "127.0.0.1:9000")
+    http_host, http_port = parse_addr("--http-addr", _pick(args.http_addr, environ, "EXT_AUTHZ_HTTP_ADDR")
+                                      or "127.0.0.1:9090")
+    level = (_pick(args.log_level, environ, "EXT_AUTHZ_LOG_LEVEL") or "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise SettingsError(f"--log-level must be debug, info, warning or error, got {level!r}")
+    return Config(
+        grpc_host=grpc_host, grpc_port=grpc_port, http_host=http_host, http_port=http_port,
+        policy=_pick(args.policy, environ, "EXT_AUTHZ_POLICY"),
+        workers=_number("--workers", _pick(args.workers, environ, "EXT_AUTHZ_WORKERS"), 1, int, 1, 64),
+        log_level=level,
+        reload_interval=_number("--reload-interval", _pick(args.reload_interval, environ,
+                                                           "EXT_AUTHZ_RELOAD_INTERVAL"), 1.0, float, 0.05, 3600),
+        drain_seconds=_number("--drain-seconds", _pick(args.drain_seconds, environ, "EXT_AUTHZ_DRAIN_SECONDS"),
+                              5.0, float, 0, 600),
+        overrides=env_overrides(environ),
+    )
+
+
+def initial_policy(cfg: Config) -> Policy:
+    policy = load_policy(cfg.policy) if cfg.policy else builtin_policy()
+    return apply_overrides(policy, cfg.overrides)
+
+
+def policy_builder(overrides: EnvOverrides):
+    def build(raw: bytes, source: str) -> Policy:
+        return apply_overrides(parse_policy(raw, source), overrides)
+    return build
+
+
+def ready_line(grpc_host: str, grpc_port: int, http_host: str, http_port: int) -> str:
+    return f"ready: ext_authz grpc on {grpc_host}:{grpc_port} http on {http_host}:{http_port}"
+
+
+async def run_single(cfg: Config, policy: Policy) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from .httpd import HttpSide, make_app
+    from .metrics import Metrics
+    from .reload import PolicyStore
+    from .server import GrpcConfig, GrpcWorker
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.reloads.labels("success").inc()
+    store = PolicyStore(policy)
+    worker = GrpcWorker(GrpcConfig(cfg.grpc_host, cfg.grpc_port, reuse_port=False, drain_seconds=cfg.drain_seconds,
+                                   reload_interval=cfg.reload_interval),
+                        store, metrics, cfg.policy, policy_builder(cfg.overrides))
+
+    def ready():
+        info = {"policy": store.policy.source, "digest": store.policy.short_digest}
+        return (not worker.draining, info)
+
+    try:
+        http = HttpSide(cfg.http_host, cfg.http_port, make_app(registry, ready)).start()
+    except OSError as exc:
+        raise SettingsError(f"cannot bind HTTP address {cfg.http_host}:{cfg.http_port}: {exc.strerror}") from None
+    try:
+        try:
+            port = await worker.start()
+        except (OSError, RuntimeError) as exc:
+            raise SettingsError(f"cannot bind gRPC address {cfg.grpc_host}:{cfg.grpc_port}: {exc}") from None
+        log.info("serving", extra={"grpc": f"{cfg.grpc_host}:{port}", "http": f"{cfg.http_host}:{http.port}",
+                                   "policy": policy.source, "digest": policy.short_digest, "workers": 1,
+                                   "passthrough": policy.default.passthrough,
+                                   "require_key": policy.default.require_key})
+        print(ready_line(cfg.grpc_host, port, cfg.http_host, http.port), flush=True)
+        await worker.run_until_stopped()
+    finally:
+        http.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import logs
+
+    try:
+        cfg = resolve_config(argv, os.environ)
+        logs.setup(cfg.log_level)
+        policy = initial_policy(cfg)
+    except (SettingsError, PolicyError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if cfg.workers > 1:
+            from .workers import run_workers
+            return run_workers(cfg, policy)
+        return asyncio.run(run_single(cfg, policy))
+    except SettingsError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+# ------------------------------------------------------------------------------------------- key digest
+
+
+def digest_main(argv: Sequence[str] | None = None) -> int:
+    """Print the sha256 hex digest of a key for the policy file, reading the key from stdin (one key per line)
+    or from a no-echo prompt. The key itself is never printed."""
+    import hashlib
+
+    from .decide import KEY_ID_LENGTH
+    from .extract import key_problem
+
+    parser = argparse.ArgumentParser(
+        prog="keyrelay-key-digest",
+        description="Print the SHA-256 digest of an API key for the keyrelay policy (allowlist/revoked). "
+                    "Reads the key from stdin, or prompts without echo on a terminal.")
+    parser.add_argument("--key-id", action="store_true",
+                        help=f"print the {KEY_ID_LENGTH}-hex x-authz-key-id fingerprint instead of the full digest")
+    args = parser.parse_args(argv)
+    if sys.stdin is not None and sys.stdin.isatty():
+        try:
+            keys = [getpass.getpass("API key (input hidden): ").strip()]
+        except (EOFError, KeyboardInterrupt):
+            print("keyrelay-key-digest: no key given", file=sys.stderr)
+            return 1
+    else:
+        keys = [line.strip() for line in (sys.stdin.read() if sys.stdin else "").splitlines() if line.strip()]
+    if not keys or not keys[0]:
+        print("keyrelay-key-digest: no key given (pipe it on stdin or type it at the prompt)", file=sys.stderr)
+        return 1
+    out = []
+    for number, key in enumerate(keys, 1):
+        problem = key_problem(key, 16384)
+        if problem:
+            where = f"key on line {number}" if len(keys) > 1 else "the key"
+            print(f"keyrelay-key-digest: {where} {problem}; ext_authz would reject it", file=sys.stderr)
+            return 1
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        out.append(digest[:KEY_ID_LENGTH] if args.key_id else digest)
+    print("\n".join(out))
+    return 0

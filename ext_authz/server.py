@@ -1,0 +1,157 @@
+"""The gRPC side: envoy.service.auth.v3.Authorization/Check and grpc.health.v1 on grpc.aio.
+
+`Authorizer.Check` never raises: any fault becomes an explicit deny (500 api_error, fail closed) and is
+counted. Allow decisions are logged at debug level only (one log line per allowed request would cost more than
+the decision itself); denials are logged at info with the key fingerprint, never the key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
+from .decide import decide, internal_error
+from .extract import ROUTE_EXTENSION, headers_from_header_map, headers_from_map
+from .metrics import Metrics
+from .policy import DEFAULT_ROUTE, KNOWN_ROUTES, Policy, PolicyError
+from .reload import PolicyStore, PolicyWatcher
+from .respond import build_response, deny_response
+
+log = logging.getLogger("ext_authz.check")
+SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+
+
+class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, store: PolicyStore, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._observe = metrics.check_seconds.observe
+        self._debug = log.isEnabledFor(logging.DEBUG)
+
+    def _route_label(self, route: str, policy: Policy) -> str:
+        return route if route in KNOWN_ROUTES or route in policy.routes else "other"
+
+    def check(self, request) -> object:
+        """Synchronous core of Check (also used by tests without a network)."""
+        start = time.perf_counter()
+        route = DEFAULT_ROUTE
+        policy = self.store.policy
+        try:
+            attributes = request.attributes
+            route = attributes.context_extensions.get(ROUTE_EXTENSION) or DEFAULT_ROUTE
+            http = attributes.request.http
+            if http.HasField("header_map"):
+                headers = headers_from_header_map(http.header_map.headers)
+            else:
+                headers = headers_from_map(http.headers)
+            decision = decide(policy, route, headers)
+            response = build_response(decision, headers.authz_headers)
+        except Exception:
+            self.metrics.internal_errors.inc()
+            log.error("check failed; denied (fail closed)", exc_info=True, extra={"route": route})
+            decision = internal_error(route)
+            response = deny_response(decision)
+            self.metrics.decision("error", decision.reason, self._route_label(route, policy))
+            self._observe(time.perf_counter() - start)
+            return response
+        label = self._route_label(route, policy)
+        if decision.allowed:
+            self.metrics.decision("allow", decision.reason, label)
+            if self._debug:
+                log.debug("allow", extra={"reason": decision.reason, "route": route, "key_id": decision.key_id,
+                                          "tenant": decision.tenant, "credential": decision.credential,
+                                          "request_id": http.id})
+        else:
+            self.metrics.decision("deny", decision.reason, label)
+            log.info("deny", extra={"reason": decision.reason, "status": decision.status, "route": route,
+                                    "key_id": decision.key_id, "request_id": http.id})
+        self._observe(time.perf_counter() - start)
+        return response
+
+    async def Check(self, request, context):  # noqa: N802 - gRPC method name
+        return self.check(request)
+
+
+@dataclass
+class GrpcConfig:
+    host: str
+    port: int
+    reuse_port: bool = False
+    drain_seconds: float = 5.0
+    reload_interval: float = 1.0
+    max_concurrent_rpcs: int | None = None
+
+
+class GrpcWorker:
+    """One gRPC server plus the policy watcher, run until SIGTERM/SIGINT, then drained."""
+
+    def __init__(self, cfg: GrpcConfig, store: PolicyStore, metrics: Metrics, policy_path: str | None,
+                 build: Callable[[bytes, str], Policy]) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.metrics = metrics
+        self.policy_path = policy_path
+        self.build = build
+        self.port = 0
+        self.draining = False
+        self.server: grpc.aio.Server | None = None
+        self.health = health_aio.HealthServicer()
+        self._stop = asyncio.Event()
+
+    def _on_reload(self, policy: Policy) -> None:
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.policy_live(policy.short_digest, policy.source)
+        logging.getLogger("ext_authz.reload").info(
+            "policy reloaded", extra={"policy": policy.source, "digest": policy.short_digest})
+
+    def _on_error(self, error: PolicyError) -> None:
+        self.metrics.reloads.labels("error").inc()
+        self.metrics.reload_errors.inc()
+        logging.getLogger("ext_authz.reload").error(
+            "invalid policy; keeping the last good one", extra={"problem": str(error),
+                                                                "live_digest": self.store.policy.short_digest})
+
+    async def start(self) -> int:
+        options = [("grpc.so_reuseport", 1 if self.cfg.reuse_port else 0),
+                   ("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self.cfg.max_concurrent_rpcs)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Authorizer(self.store, self.metrics), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        if not self.port:
+            raise OSError(f"cannot bind gRPC address {self.cfg.host}:{self.cfg.port}")
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.policy_live(self.store.policy.short_digest, self.store.policy.source)
+        return self.port
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        watcher_task = None
+        if self.policy_path:
+            watcher = PolicyWatcher(self.policy_path, self.store, self.build, self._on_reload, self._on_error)
+            watcher_task = asyncio.create_task(watcher.run(self.cfg.reload_interval))
+        await self._stop.wait()
+        self.draining = True
+        logging.getLogger("ext_authz").info("stopping: draining in-flight checks",
+                                            extra={"grace_seconds": self.cfg.drain_seconds})
+        await self.health.enter_graceful_shutdown()
+        assert self.server is not None
+        await self.server.stop(self.cfg.drain_seconds)
+        if watcher_task:
+            watcher_task.cancel()
+        logging.getLogger("ext_authz").info("stopped")
