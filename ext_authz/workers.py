@@ -51,6 +51,7 @@ def _worker_main(cfg: Config, port: int, index: int, events) -> None:
             events.put(("failed", index, os.getpid(), f"cannot bind gRPC address {cfg.grpc_host}:{port}: {exc}"))
             raise SystemExit(2) from None
         events.put(("ready", index, os.getpid(), ""))
+        log.info("worker ready", extra={"worker": index, "grpc": f"{cfg.grpc_host}:{port}"})
         await worker.run_until_stopped()
 
     asyncio.run(run())
@@ -150,7 +151,7 @@ def run_workers(cfg: Config, policy: Policy) -> int:
         if not stopping.is_set():
             log.info("serving", extra={"grpc": f"{cfg.grpc_host}:{port}", "http": f"{cfg.http_host}:{http.port}",
                                        "policy": policy.source, "digest": policy.short_digest,
-                                       "workers": cfg.workers})
+                                       "workers": cfg.workers, "worker_pids": sorted(ready.values())})
             print(ready_line(cfg.grpc_host, port, cfg.http_host, http.port), flush=True)
         # Supervise: restart a worker that dies (its metrics files are marked dead first).
         while not stopping.wait(0.5):
