@@ -71,10 +71,10 @@ class SSEDecoder:
             self._cr = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buf + chunk if self._buf else chunk
-        if b"\n\n" not in buf:
+        parts = buf.split(b"\n\n")
+        if len(parts) == 1:
             self._buf = buf
             return []
-        parts = buf.split(b"\n\n")
         self._buf = parts.pop()
         out: list[SSEEvent] = []
         last_id = self.last_event_id

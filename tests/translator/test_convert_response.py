@@ -224,3 +224,26 @@ def test_given_message_id_and_synthetic_signature_marker():
     msg = openai_to_anthropic(completion({"content": "x"}), model="m", message_id="msg_fixed")
     assert msg["id"] == "msg_fixed"
     assert is_synthetic_signature(SYNTHETIC_SIGNATURE) and not is_synthetic_signature("EqRealSig")
+
+
+def test_drop_synthetic_thinking_for_anthropic_passthrough():
+    from translator.convert.anthropic_body import drop_synthetic_thinking
+
+    real = {"type": "thinking", "thinking": "signed", "signature": "EqRealSig"}
+    fake = {"type": "thinking", "thinking": "from an OpenAI backend", "signature": SYNTHETIC_SIGNATURE}
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [fake, {"type": "text", "text": "a"}]},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": [real, {"type": "text", "text": "b"}]},
+        ],
+    }
+    out, n = drop_synthetic_thinking(body)
+    assert n == 1
+    assert out["messages"][1]["content"] == [{"type": "text", "text": "a"}]
+    assert out["messages"][3]["content"][0] == real
+    assert body["messages"][1]["content"][0] == fake  # input untouched
+    same, n0 = drop_synthetic_thinking(out)
+    assert same is out and n0 == 0

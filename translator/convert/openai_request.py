@@ -8,6 +8,8 @@ only, never content) for a debug log.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -138,11 +140,9 @@ class _Converter:
                     "file": {"filename": name, "file_data": f"data:application/pdf;base64,{src.data}"},
                 }
             if src.media_type.startswith("text/"):
-                import base64
-
                 try:
                     text = base64.b64decode(src.data).decode("utf-8")
-                except ValueError:
+                except (ValueError, binascii.Error):
                     self.note("dropped undecodable base64 text document")
                     return None
                 return {"type": "text", "text": _document_frame(block, text)}

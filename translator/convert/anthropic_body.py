@@ -1,0 +1,40 @@
+"""Pure helpers for Anthropic-format bodies forwarded to an Anthropic backend (the passthrough path).
+
+Thinking blocks that this translator made from an OpenAI-style backend's reasoning carry the synthetic
+signature `SYNTHETIC_SIGNATURE`. When a conversation that started on such a backend continues on an Anthropic
+backend, Anthropic rejects those signatures ("Invalid signature in thinking block"), so the passthrough drops
+exactly those blocks and leaves everything else (including real signed thinking) untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from translator.convert.openai_response import SYNTHETIC_SIGNATURE
+
+
+def drop_synthetic_thinking(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """(body without synthetic-signature thinking blocks, number dropped). The input is not mutated; when
+    nothing is dropped the same object is returned (no copy on the hot path)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return body, 0
+    dropped = 0
+    new_messages: list[Any] | None = None
+    for i, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(content, list) or m.get("role") != "assistant":
+            continue
+        kept = [
+            b
+            for b in content
+            if not (isinstance(b, dict) and b.get("type") == "thinking" and b.get("signature") == SYNTHETIC_SIGNATURE)
+        ]
+        if len(kept) != len(content):
+            dropped += len(content) - len(kept)
+            if new_messages is None:
+                new_messages = list(messages)
+            new_messages[i] = {**m, "content": kept}
+    if new_messages is None:
+        return body, 0
+    return {**body, "messages": new_messages}, dropped
