@@ -230,6 +230,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if litellm_path.import_seconds is not None:
+            m.litellm_import.set(litellm_path.import_seconds)
         body, ctype = m.render()
         return Response(body, media_type=ctype)
 

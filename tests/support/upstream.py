@@ -171,6 +171,48 @@ def anthropic_stream_text(text: str = "Hello!", *, model: str = "claude-test") -
     ])
 
 
+# ---------------------------------------------------------------- reply builders (Gemini generateContent wire format)
+# For LiteLLM's `gemini/` provider pointed at this server (api_base): it POSTs
+# /models/<model>:generateContent, or :streamGenerateContent?alt=sse, with the key in `x-goog-api-key`.
+
+
+def gemini_parts(text: str | None = None, function_call: tuple[str, dict] | None = None) -> list[dict]:
+    parts: list[dict] = []
+    if text:
+        parts.append({"text": text})
+    if function_call:
+        parts.append({"functionCall": {"name": function_call[0], "args": function_call[1]}})
+    return parts
+
+
+def gemini_response(text: str | None = "Hello!", *, function_call: tuple[str, dict] | None = None,
+                    finish_reason: str = "STOP", prompt_tokens: int = 9, output_tokens: int = 4) -> Reply:
+    return Reply(json_body={
+        "candidates": [{"content": {"role": "model", "parts": gemini_parts(text, function_call)},
+                        "finishReason": finish_reason, "index": 0}],
+        "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": output_tokens,
+                          "totalTokenCount": prompt_tokens + output_tokens},
+        "modelVersion": "gemini-test",
+    })
+
+
+def gemini_stream(pieces: list[str], *, function_call: tuple[str, dict] | None = None,
+                  prompt_tokens: int = 9, output_tokens: int = 4, **kw: Any) -> Reply:
+    """Streamed generateContent (`alt=sse`): one frame per text piece, then the function call (if any) and
+    the finish reason with usage."""
+    frames = []
+    for p in pieces:
+        frames.append({"candidates": [{"content": {"role": "model", "parts": [{"text": p}]}, "index": 0}],
+                       "modelVersion": "gemini-test"})
+    last: dict[str, Any] = {"content": {"role": "model", "parts": gemini_parts(None, function_call) or [{"text": ""}]},
+                            "finishReason": "STOP", "index": 0}
+    frames.append({"candidates": [last], "modelVersion": "gemini-test",
+                   "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": output_tokens,
+                                     "totalTokenCount": prompt_tokens + output_tokens}})
+    return Reply(sse=[f"data: {json.dumps(f)}" for f in frames], headers={"content-type": "text/event-stream"},
+                 **kw)
+
+
 # ---------------------------------------------------------------- the server
 
 
@@ -184,6 +226,7 @@ class ScriptedUpstream:
         self._script: list[Reply] = []
         self._lock = threading.Lock()
         self.requests: list[Recorded] = []
+        self.aborted: list[Recorded] = []  # requests whose reply the client cut off (connection closed)
         self.default = default
         upstream = self
 
@@ -205,7 +248,9 @@ class ScriptedUpstream:
                 try:
                     upstream._send(self, reply)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    # The client went away mid-reply (e.g. a translator cancelling the upstream call).
+                    with upstream._lock:
+                        upstream.aborted.append(rec)
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
@@ -227,6 +272,14 @@ class ScriptedUpstream:
     def push(self, *replies: Reply) -> "ScriptedUpstream":
         with self._lock:
             self._script.extend(replies)
+        return self
+
+    def reset(self) -> "ScriptedUpstream":
+        """Forget the script and everything recorded (for a server shared by several tests)."""
+        with self._lock:
+            self._script.clear()
+            self.requests.clear()
+            self.aborted.clear()
         return self
 
     def _next(self, rec: Recorded) -> Reply:

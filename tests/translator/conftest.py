@@ -13,6 +13,7 @@ import anthropic
 import pytest
 import uvicorn
 
+from tests.support.upstream import ScriptedUpstream
 from translator.app import create_app
 from translator.settings import Settings, load_settings
 
@@ -75,7 +76,25 @@ def make_translator() -> Iterator:
         srv.stop()
 
 
+@pytest.fixture(scope="module")
+def _shared_pair() -> Iterator[tuple[ScriptedUpstream, TranslatorServer]]:
+    with ScriptedUpstream() as up:
+        srv = TranslatorServer(translator_settings(OPENAI_BASE_URL=up.url + "/v1",
+                                                   TRANSLATOR_PING_INTERVAL="0.2")).start()
+        try:
+            yield up, srv
+        finally:
+            srv.stop()
+
+
 @pytest.fixture
-def translator(upstream, make_translator) -> TranslatorServer:
-    """Translator routed to the scripted upstream as an OpenAI-compatible backend, no static keys."""
-    return make_translator(OPENAI_BASE_URL=upstream.url + "/v1", TRANSLATOR_PING_INTERVAL="0.2")
+def upstream(_shared_pair) -> ScriptedUpstream:
+    """The scripted upstream shared by this module's tests, reset for each test."""
+    return _shared_pair[0].reset()
+
+
+@pytest.fixture
+def translator(_shared_pair) -> TranslatorServer:
+    """Translator routed to the scripted upstream as an OpenAI-compatible backend, no static keys
+    (pings after 0.2 s of upstream silence)."""
+    return _shared_pair[1]
