@@ -1,0 +1,223 @@
+"""`python -m bench` (`make bench ARGS=...`): measure the authz path and the translator side by side; print one
+table and write the same figures as JSON to bench/results/. See docs/bench.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from bench import authz, cold, components as C, envoy_config, machine, profile, report, runner
+from bench import translator_path, wrk
+from bench.procs import REPO
+
+RESULTS = REPO / "bench" / "results"
+SECTIONS = ("authz", "translator", "cold")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="3 runs x 1 s per point, no LiteLLM baseline (~2 min)")
+    ap.add_argument("--only", action="append", choices=SECTIONS,
+                    help="run only this section (repeatable); default: all")
+    ap.add_argument("--runs", type=int, help="repetitions per point (default 5; --quick 3)")
+    ap.add_argument("--duration", type=float, help="seconds per run, whole seconds (default 3; --quick 1)")
+    ap.add_argument("--warmup", type=float, help="warm-up seconds per point before the runs (default 1)")
+    ap.add_argument("--json", type=Path, help="write the JSON here (default bench/results/bench-<date>.json)")
+    ap.add_argument("--connections", type=int, default=16, help="wrk connections for the translator section")
+    ap.add_argument("--workers", default="1,2", help="ext_authz --workers values for the authz section")
+    ap.add_argument("--envoy-concurrency", type=int, default=2, help="Envoy worker threads (default 2)")
+    ap.add_argument("--upstream-procs", type=int, default=1, help="processes of the fast upstream (default 1)")
+    ap.add_argument("--chunks", type=int, default=200, help="content chunks per streamed reply (default 200)")
+    ap.add_argument("--pin", choices=("none", "wrk", "split"), default="none",
+                    help="CPU pinning: none (default); wrk = wrk on the last CPU, the rest unpinned; "
+                         "split = wrk on the last CPU, everything else on the others")
+    ap.add_argument("--profile", action="store_true",
+                    help="also sample the translator with py-spy on the Claude-Code-sized body and print the top")
+    ap.add_argument("--no-litellm", action="store_true", help="skip the informational LiteLLM stream baseline")
+    args = ap.parse_args(argv)
+    args.runs = args.runs or (3 if args.quick else 5)
+    args.duration = args.duration or (1.0 if args.quick else 3.0)
+    args.warmup = 1.0 if args.warmup is None else args.warmup
+    if args.quick:
+        args.no_litellm = True
+    args.sections = tuple(args.only or SECTIONS)
+    return args
+
+
+def pinning(mode: str) -> tuple[str | None, str | None, str]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if mode == "none" or len(cpus) < 2:
+        return None, None, "no CPU pinning (wrk -t1 and the processes under test share all cores)"
+    last = str(cpus[-1])
+    rest = ",".join(str(c) for c in cpus[:-1])
+    if mode == "wrk":
+        return last, None, f"wrk pinned to CPU {last}, processes under test unpinned"
+    return last, rest, f"wrk pinned to CPU {last}, processes under test to CPU(s) {rest}"
+
+
+def stream_cost(up: C.Started, workdir: Path, variants: dict, *, tr_us: float | None, runs: int, chunks: int,
+                litellm: bool) -> dict:
+    """The in-process baselines for the per-chunk CPU cost, read against the same upstream stream."""
+    body_file = workdir / "stream_cost_openai.json"
+    body_file.write_text(json.dumps(translator_path.with_stream_openai(variants["tiny"], True)[0]))
+    url = f"http://127.0.0.1:{up.port}/v1/chat/completions"
+    frames = chunks + 3
+
+    def client(mode: str, streams: int) -> dict:
+        out = subprocess.run([sys.executable, "-m", "bench.stream_client", "--url", url, "--body", str(body_file),
+                              "--streams", str(streams), "--mode", mode, "--frames-per-stream", str(frames)],
+                             capture_output=True, text=True, cwd=REPO, env=C.base_env(), timeout=300)
+        if out.returncode != 0:
+            raise RuntimeError(f"stream_client {mode} failed: {out.stderr[-1500:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    httpx_runs = [client("httpx", 300) for _ in range(runs)]
+    httpx_us = runner.median([r["us_per_frame"] for r in httpx_runs])
+    rows = [{"name": "plain httpx + json.loads (in-process loop)", "us_per_frame": httpx_us,
+             "frames_per_cpu_s": 1e6 / httpx_us, "vs_httpx": 1.0}]
+    result: dict = {"frames_per_stream": frames, "httpx_runs": httpx_runs, "rows": rows, "ratio": None}
+    if tr_us is not None:
+        rows.insert(0, {"name": "translator (process CPU, wrk -c16 streaming)", "us_per_frame": tr_us,
+                        "frames_per_cpu_s": 1e6 / tr_us, "vs_httpx": tr_us / httpx_us})
+        result["ratio"] = tr_us / httpx_us
+    if litellm:
+        try:
+            lr = client("litellm", 20)
+            rows.append({"name": "LiteLLM stream wrapper (informational)", "us_per_frame": lr["us_per_frame"],
+                         "frames_per_cpu_s": lr["frames_per_cpu_s"], "vs_httpx": lr["us_per_frame"] / httpx_us})
+            result["litellm"] = lr
+        except Exception as exc:  # noqa: BLE001 - informational only
+            result["litellm_error"] = str(exc)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    wrk_cpus, sut_cpus, pin_text = pinning(args.pin)
+    settings = runner.Settings(runs=args.runs, duration_s=max(1.0, round(args.duration)), warmup_s=args.warmup,
+                               wrk_cpus=wrk_cpus)
+    t_start = time.monotonic()
+    result: dict = {
+        "machine": machine.describe(C.envoy_version(), wrk.wrk_version()),
+        "settings": {"runs": settings.runs, "duration_s": settings.duration_s, "warmup_s": settings.warmup_s,
+                     "quick": args.quick, "sections": list(args.sections), "pinning": pin_text,
+                     "envoy_concurrency": args.envoy_concurrency, "translator_connections": args.connections},
+        "errors": {}, "notes": [],
+    }
+    # The ext_authz filter settings as the project's own Envoy config renders them (defaults until it exists).
+    rendered, _src = envoy_config.stack_bootstrap(admin_port=9901, port=8080, authz_grpc_port=9000,
+                                                  translator_port=8082)
+    stack_settings = envoy_config.stack_ext_authz_settings(rendered)
+
+    with tempfile.TemporaryDirectory(prefix="keyrelay-bench-") as tmp:
+        workdir = Path(tmp)
+        if "authz" in args.sections:
+            try:
+                workers = tuple(int(w) for w in args.workers.split(",") if w)
+                result["authz"] = authz.run(workdir, settings, envoy_concurrency=args.envoy_concurrency,
+                                            worker_counts=workers, sut_cpus=sut_cpus, stack_settings=stack_settings)
+            except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+                result["errors"]["authz"] = f"{exc.__class__.__name__}: {exc}"
+                traceback.print_exc()
+        if "translator" in args.sections:
+            def after(up, tr, workdir, variants, partial):
+                extra: dict = {}
+                tiny_stream = partial["groups"].get("tiny/stream", {})
+                try:
+                    extra["stream_cost"] = stream_cost(up, workdir, variants,
+                                                       tr_us=tiny_stream.get("translator_cpu_us_per_chunk"),
+                                                       runs=settings.runs, chunks=args.chunks,
+                                                       litellm=not args.no_litellm)
+                except Exception as exc:  # noqa: BLE001
+                    extra["stream_cost_error"] = str(exc)
+                if args.profile:
+                    extra["profile"] = run_profiles(tr, workdir, variants, args, settings)
+                return extra
+
+            try:
+                tr_result = translator_path.run(
+                    workdir, settings, connections=args.connections, envoy_concurrency=args.envoy_concurrency,
+                    upstream_procs=args.upstream_procs, chunks=args.chunks, sut_cpus=sut_cpus,
+                    upstream_cpus=sut_cpus, stack_settings=stack_settings, on_ready=after)
+                result["stream_cost"] = tr_result.pop("stream_cost", None)
+                if "stream_cost_error" in tr_result:
+                    result["errors"]["stream_cost"] = tr_result.pop("stream_cost_error")
+                result["profile"] = tr_result.pop("profile", None)
+                result["translator"] = tr_result
+            except Exception as exc:  # noqa: BLE001
+                result["errors"]["translator"] = f"{exc.__class__.__name__}: {exc}"
+                traceback.print_exc()
+        if "cold" in args.sections:
+            try:
+                result["cold_start"] = cold.run(workdir, settings.runs, sut_cpus)
+            except Exception as exc:  # noqa: BLE001
+                result["errors"]["cold"] = f"{exc.__class__.__name__}: {exc}"
+                traceback.print_exc()
+
+    result["peak_rss_mb_max"] = peak_rss(result)
+    result["targets"] = report.targets(result)
+    result["loadavg_end"] = machine.loadavg()
+    result["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    notes = result["notes"]
+    if result.get("translator"):
+        notes.append("the upstream is a pre-encoded asyncio server; '(a) direct' is its own capacity, and "
+                     "'upstream busy' shows how much of a core it needed while serving the translator")
+    print(report.render(result))
+    for section, err in result["errors"].items():
+        print(f"error in {section}: {err}")
+    for name, prof in (result.get("profile") or {}).items():
+        profile.print_summary(name, prof)
+    out = args.json or RESULTS / f"bench-{result['machine']['date_utc'].replace(':', '')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    (RESULTS / "latest.json").parent.mkdir(parents=True, exist_ok=True)
+    if out.resolve() != (RESULTS / "latest.json").resolve():
+        (RESULTS / "latest.json").write_text(out.read_text())
+    print(f"\nJSON: {out}  ({result['elapsed_s']:.0f} s)")
+    return 1 if result["errors"] else 0
+
+
+def peak_rss(result: dict) -> dict:
+    out: dict = {"ext_authz": None, "translator": None}
+    vals_a, vals_t = [], []
+    if result.get("authz"):
+        for label, per_pid in result["authz"]["peak_rss_mb"].items():
+            if label != "envoy":
+                vals_a += list(per_pid.values())
+    if result.get("translator"):
+        vals_a += list(result["translator"]["peak_rss_mb"]["ext_authz"].values())
+        vals_t += list(result["translator"]["peak_rss_mb"]["translator"].values())
+    out["ext_authz"] = max(vals_a) if vals_a else None
+    out["translator"] = max(vals_t) if vals_t else None
+    return out
+
+
+def run_profiles(tr: C.Started, workdir: Path, variants: dict, args: argparse.Namespace,
+                 settings: runner.Settings) -> dict:
+    out = {}
+    for stream in (False, True):
+        body = translator_path.bodies.with_stream(variants["claude_code"], stream)
+        f = workdir / f"profile_{stream}.json"
+        f.write_text(json.dumps(body))
+        req = wrk.Request(f"http://127.0.0.1:{tr.port}/v1/messages?beta=true", str(f),
+                          {"content-type": "application/json", "anthropic-version": "2023-06-01",
+                           "authorization": f"Bearer {C.BENCH_KEY}"})
+        name = f"translator, claude_code body, {'streaming' if stream else 'non-streaming'}"
+        dest = RESULTS / f"profile-claude_code-{'stream' if stream else 'json'}.txt"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        runner.log(f"[profile] {name}")
+        out[name] = profile.record(tr.proc.pid, req, connections=args.connections,
+                                   duration_s=max(4.0, settings.duration_s * 2), out=dest)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

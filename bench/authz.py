@@ -1,0 +1,99 @@
+"""Section 1: the authz path through real Envoy.
+
+One Envoy with three listeners that all answer the same fixed direct_response: `plain` (router only), `w1`
+(ext_authz filter -> keyrelay-ext-authz --workers 1) and `w2` (ext_authz filter -> keyrelay-ext-authz --workers 2).
+Both ext_authz instances run side by side so the three listeners are measured interleaved in one run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import components as C
+from bench import envoy_config, runner, wrk
+from bench.procs import free_port
+from bench.runner import Point, Settings
+
+CONCURRENCIES = (1, 16)
+
+
+def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_counts: tuple[int, ...],
+        sut_cpus: str | None, stack_settings: envoy_config.ExtAuthzSettings) -> dict:
+    policy = workdir / "policy.yaml"
+    policy.write_text(C.policy_yaml())
+    started: list[C.Started] = []
+    try:
+        authz = {}
+        for w in worker_counts:
+            s = C.start_ext_authz(policy, workers=w, cpus=sut_cpus)
+            started.append(s)
+            authz[f"w{w}"] = s
+        ports = {label: (free_port(), s.port) for label, s in authz.items()}
+        plain_port, admin_port = free_port(), free_port()
+        cfg = envoy_config.authz_bootstrap(admin_port=admin_port, plain_port=plain_port, authz=ports,
+                                           settings=stack_settings)
+        envoy = C.start_envoy(cfg, workdir, "envoy-authz", envoy_concurrency, cpus=sut_cpus)
+        started.append(envoy)
+
+        headers = {"x-api-key": C.BENCH_KEY, "content-type": "application/json"}
+        listeners = {"plain": plain_port, **{label: port for label, (port, _) in ports.items()}}
+        body_file = workdir / "authz_body.json"
+        body_file.write_bytes(b'{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[]}')
+        probes = sanity(listeners, headers, body_file.read_bytes())
+
+        points = []
+        for c in CONCURRENCIES:
+            for label, port in listeners.items():
+                procs = {"envoy": envoy.proc}
+                if label != "plain":
+                    procs["ext_authz"] = authz[label].proc
+                points.append(Point(key=f"{label}/c{c}", connections=c, procs=procs,
+                                    request=wrk.Request(f"http://127.0.0.1:{port}/v1/messages", str(body_file),
+                                                        headers)))
+        runner.log(f"[authz] {len(points)} points x {settings.runs} runs x {settings.duration_s:.0f}s")
+        samples = runner.run_interleaved(points, settings)
+
+        result: dict = {"points": {k: runner.summarize(v) for k, v in samples.items()}, "ratios": {},
+                        "probes": probes, "ext_authz_settings_source": stack_settings.source,
+                        "envoy_concurrency": envoy_concurrency}
+        for label in authz:
+            result["ratios"][label] = {
+                "throughput_c16": runner.paired_ratio(samples["plain/c16"], samples[f"{label}/c16"], lambda s: s.rps),
+                "added_p50_ms_c1": runner.paired_diff(samples["plain/c1"], samples[f"{label}/c1"],
+                                                      lambda s: s.p50_ms),
+                "added_p99_ms_c1": runner.paired_diff(samples["plain/c1"], samples[f"{label}/c1"],
+                                                      lambda s: s.p99_ms),
+            }
+        result["peak_rss_mb"] = {label: {str(pid): round(mb, 1) for pid, mb in s.proc.peak_rss_mb().items()}
+                                 for label, s in authz.items()}
+        result["peak_rss_mb"]["envoy"] = {str(pid): round(mb, 1) for pid, mb in envoy.proc.peak_rss_mb().items()}
+        result["worker_cpu_split"] = {label: worker_split(s) for label, s in authz.items()}
+        return result
+    finally:
+        for s in reversed(started):
+            s.proc.stop()
+
+
+def worker_split(s: C.Started) -> dict[str, float]:
+    """CPU seconds per ext_authz process over its lifetime (shows whether both workers got work)."""
+    from bench.procs import cpu_of
+    return {str(pid): round(cpu_of(pid), 2) for pid in s.proc.pids()}
+
+
+def sanity(listeners: dict[str, int], headers: dict[str, str], body: bytes) -> dict:
+    """A valid key must pass everywhere (200), and a missing key must be denied on the authz listeners (401):
+    otherwise the benchmark would measure something else than the authz path."""
+    out = {}
+    for label, port in listeners.items():
+        url = f"http://127.0.0.1:{port}/v1/messages"
+        ok_status, ok_body = C.request(url, body, headers)
+        no_key = {k: v for k, v in headers.items() if k != "x-api-key"}
+        deny_status, deny_body = C.request(url, body, no_key)
+        out[label] = {"valid_key": ok_status, "no_key": deny_status}
+        if ok_status != 200 or ok_body != envoy_config.DIRECT_BODY.encode():
+            raise RuntimeError(f"listener {label}: valid key got {ok_status} {ok_body[:200]!r}")
+        expected = 200 if label == "plain" else 401
+        if deny_status != expected:
+            raise RuntimeError(f"listener {label}: request without key got {deny_status} (expected {expected}) "
+                               f"{deny_body[:200]!r}")
+    return out

@@ -1,0 +1,140 @@
+"""Section 2: the translator, against a fast loopback OpenAI-compatible upstream.
+
+For each body (tiny, Claude-Code-sized) and mode (non-streaming, streaming with ~200 chunks), three points are
+measured interleaved: (a) the upstream directly in OpenAI format, (b) the translator, (c) Envoy + ext_authz +
+translator. CPU seconds are charged per process, per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from bench import bodies, components as C, envoy_config, runner, wrk
+from bench.procs import free_port
+from bench.runner import Point, Settings
+
+ANTHROPIC_BETA = ("claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14,"
+                  "context-management-2025-06-27")
+
+
+def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrency: int, upstream_procs: int,
+        chunks: int, sut_cpus: str | None, upstream_cpus: str | None,
+        stack_settings: envoy_config.ExtAuthzSettings, on_ready=None) -> dict:
+    policy = workdir / "policy.yaml"
+    policy.write_text(C.policy_yaml())
+    started: list[C.Started] = []
+    try:
+        up = C.start_upstream(procs=upstream_procs, chunks=chunks, cpus=upstream_cpus)
+        started.append(up)
+        tr = C.start_translator(up.port, cpus=sut_cpus)
+        started.append(tr)
+        authz = C.start_ext_authz(policy, workers=1, cpus=sut_cpus)
+        started.append(authz)
+        envoy_port, admin_port = free_port(), free_port()
+        cfg, source = envoy_config.stack_bootstrap(admin_port=admin_port, port=envoy_port,
+                                                   authz_grpc_port=authz.port, translator_port=tr.port)
+        if cfg is None:
+            runner.log(f"[translator] full path: {source}; using the bench's own Envoy config")
+            cfg = envoy_config.full_bootstrap(admin_port=admin_port, port=envoy_port, authz_grpc_port=authz.port,
+                                              translator_port=tr.port, settings=stack_settings)
+            source = "bench/envoy_config.full_bootstrap (" + source + ")"
+        envoy = C.start_envoy(cfg, workdir, "envoy-full", envoy_concurrency, cpus=sut_cpus)
+        started.append(envoy)
+
+        cc_body, cc_source = bodies.claude_code_body()
+        variants = {"tiny": bodies.tiny_body(), "claude_code": cc_body}
+        result: dict = {"groups": {}, "bodies": {}, "full_path_envoy_config": source,
+                        "connections": connections, "upstream_procs": upstream_procs, "chunks": chunks}
+        all_samples = {}
+        for body_name, body in variants.items():
+            for stream in (False, True):
+                group = f"{body_name}/{'stream' if stream else 'json'}"
+                a_body = with_stream_openai(body, stream)
+                b_body = bodies.with_stream(body, stream)
+                a_file = workdir / f"{group.replace('/', '_')}_openai.json"
+                b_file = workdir / f"{group.replace('/', '_')}_anthropic.json"
+                a_file.write_text(json.dumps(a_body[0]))
+                b_file.write_text(json.dumps(b_body))
+                result["bodies"][group] = {"anthropic_bytes": b_file.stat().st_size,
+                                           "openai_bytes": a_file.stat().st_size, "openai_from": a_body[1],
+                                           "anthropic_from": cc_source if body_name == "claude_code" else "tiny"}
+                path = "/v1/messages?beta=true" if body_name == "claude_code" else "/v1/messages"
+                common = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
+                if body_name == "claude_code":
+                    common["anthropic-beta"] = ANTHROPIC_BETA
+                reqs = {
+                    "a_direct": wrk.Request(f"http://127.0.0.1:{up.port}/v1/chat/completions", str(a_file),
+                                            {"content-type": "application/json",
+                                             "authorization": f"Bearer {C.BENCH_KEY}"}),
+                    # What the translator sees behind Envoy: the key as a bearer credential.
+                    "b_translator": wrk.Request(f"http://127.0.0.1:{tr.port}{path}", str(b_file),
+                                                {**common, "authorization": f"Bearer {C.BENCH_KEY}"}),
+                    # What Claude Code sends with ANTHROPIC_API_KEY.
+                    "c_full": wrk.Request(f"http://127.0.0.1:{envoy_port}{path}", str(b_file),
+                                          {**common, "x-api-key": C.BENCH_KEY}),
+                }
+                procs = {
+                    "a_direct": {"upstream": up.proc},
+                    "b_translator": {"translator": tr.proc, "upstream": up.proc},
+                    "c_full": {"envoy": envoy.proc, "ext_authz": authz.proc, "translator": tr.proc,
+                               "upstream": up.proc},
+                }
+                probes = {k: probe(r, stream) for k, r in reqs.items()}
+                points = [Point(key=f"{group}/{k}", request=r, connections=connections, procs=procs[k])
+                          for k, r in reqs.items()]
+                runner.log(f"[translator] {group}: 3 points x {settings.runs} runs x {settings.duration_s:.0f}s")
+                samples = runner.run_interleaved(points, settings)
+                all_samples.update(samples)
+                a, b, c = (samples[f"{group}/{k}"] for k in reqs)
+                result["groups"][group] = {
+                    "points": {k: runner.summarize(samples[f"{group}/{k}"]) for k in reqs},
+                    "probes": probes,
+                    "translator_over_direct": runner.paired_ratio(a, b, lambda s: s.rps),
+                    "full_over_translator": runner.paired_ratio(b, c, lambda s: s.rps),
+                    # Is the upstream the bottleneck? Its CPU use while serving the translator, as a share of
+                    # one core, and its own direct capacity.
+                    "upstream_busy_during_b": runner.median(
+                        [s.cpu_s["upstream"] / settings.duration_s for s in b]),
+                }
+                if stream:
+                    frames = chunks + 3  # upstream SSE frames per stream: content chunks, finish, usage, [DONE]
+                    result["groups"][group]["translator_cpu_us_per_chunk"] = runner.median(
+                        [s.cpu_s["translator"] / (s.requests * frames) * 1e6 for s in b if s.requests])
+        result["peak_rss_mb"] = {name: {str(pid): round(mb, 1) for pid, mb in s.proc.peak_rss_mb().items()}
+                                 for name, s in (("translator", tr), ("ext_authz", authz), ("envoy", envoy),
+                                                 ("upstream", up))}
+        if on_ready is not None:  # stream cost and profiling reuse the running upstream and translator
+            result.update(on_ready(up=up, tr=tr, workdir=workdir, variants=variants, partial=result))
+        return result
+    finally:
+        for s in reversed(started):
+            s.proc.stop()
+
+
+def with_stream_openai(body: dict, stream: bool) -> tuple[dict, str]:
+    return bodies.openai_equivalent(bodies.with_stream(body, stream), C.UPSTREAM_MODEL)
+
+
+def probe(req: wrk.Request, stream: bool) -> dict:
+    """Send the point's request once and check it is answered as it should be (never measure errors)."""
+    body = Path(req.body_file).read_bytes() if req.body_file else None
+    status, data = C.request(req.url, body, req.headers, req.method)
+    info: dict = {"status": status, "bytes": len(data), "sha256_12": hashlib.sha256(data).hexdigest()[:12]}
+    if status != 200:
+        raise RuntimeError(f"probe {req.url} -> {status}: {data[:300]!r}")
+    is_openai = "/chat/completions" in req.url
+    if stream:
+        if is_openai:
+            info["upstream_frames"] = data.count(b"data: ")
+            ok = b"data: [DONE]" in data
+        else:
+            info["content_block_deltas"] = C.count_sse_events(data, "content_block_delta")
+            ok = b"event: message_stop" in data and info["content_block_deltas"] > 0
+    else:
+        doc = C.json_or_none(data) or {}
+        ok = doc.get("object") == "chat.completion" if is_openai else doc.get("type") == "message"
+    if not ok:
+        raise RuntimeError(f"probe {req.url}: unexpected answer {data[:300]!r}")
+    return info

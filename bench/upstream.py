@@ -1,0 +1,185 @@
+"""A fast loopback OpenAI-compatible upstream for the benchmark.
+
+`python -m bench.upstream --port P [--procs N] [--chunks 200]` answers every POST with a pre-encoded
+chat.completion, or, when the request body asks for `"stream": true`, with a pre-encoded SSE stream of
+`--chunks` small chunks (each its own HTTP chunk), a usage chunk and `data: [DONE]`.
+
+Hand-written on asyncio Protocols (uvloop when installed) instead of a framework on purpose: the upstream must
+cost far less per request than anything it is compared with, so it does no JSON work per request and writes
+each reply with one `transport.write`. It speaks just enough HTTP/1.1 for keep-alive clients (Content-Length
+or chunked request bodies). With `--procs N` the listening socket is shared by N forked processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+
+MODEL = "gpt-bench"
+
+
+def completion_body(text: str = "Hello! This is a short benchmark reply.") -> bytes:
+    return json.dumps({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30},
+    }, separators=(",", ":")).encode()
+
+
+def stream_frames(chunks: int) -> list[bytes]:
+    """`chunks` content chunks (the first also carries the role), then a finish chunk, a usage chunk, [DONE]."""
+
+    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
+        obj = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": MODEL,
+               "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        if usage:
+            obj["usage"] = usage
+        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+    frames = [chunk({"role": "assistant", "content": "w0 "})]
+    frames += [chunk({"content": f"w{i} "}) for i in range(1, chunks)]
+    frames.append(chunk({}, finish="stop"))
+    frames.append(chunk({}, usage={"prompt_tokens": 21, "completion_tokens": chunks, "total_tokens": 21 + chunks}))
+    frames.append(b"data: [DONE]\n\n")
+    return frames
+
+
+def encode_replies(chunks: int) -> tuple[bytes, bytes]:
+    body = completion_body()
+    plain = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+             + str(len(body)).encode() + b"\r\n\r\n" + body)
+    stream = bytearray(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+                       b"transfer-encoding: chunked\r\n\r\n")
+    for frame in stream_frames(chunks):
+        stream += f"{len(frame):x}\r\n".encode() + frame + b"\r\n"
+    stream += b"0\r\n\r\n"
+    return plain, bytes(stream)
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    plain: bytes = b""
+    stream: bytes = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            consumed = self._one_request()
+            if not consumed:
+                return
+            del self.buf[:consumed]
+
+    def _one_request(self) -> int:
+        """Answer one complete request at the start of the buffer; return its length (0: incomplete)."""
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return 0
+        head = bytes(buf[:end]).lower()
+        pos = end + 4
+        close = b"connection: close" in head
+        if b"transfer-encoding: chunked" in head:
+            body = bytearray()
+            while True:
+                line_end = buf.find(b"\r\n", pos)
+                if line_end < 0:
+                    return 0
+                size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
+                if size == 0:
+                    trailer_end = buf.find(b"\r\n", line_end + 2)
+                    if trailer_end < 0:
+                        return 0
+                    pos = trailer_end + 2
+                    break
+                if len(buf) < line_end + 2 + size + 2:
+                    return 0
+                body += buf[line_end + 2:line_end + 2 + size]
+                pos = line_end + 2 + size + 2
+        else:
+            length = 0
+            i = head.find(b"content-length:")
+            if i >= 0:
+                j = head.find(b"\r\n", i)
+                length = int(head[i + 15:j if j >= 0 else len(head)])
+            if len(buf) < pos + length:
+                return 0
+            body = buf[pos:pos + length]
+            pos += length
+        if head.startswith(b"head ") or head.startswith(b"get "):
+            self.transport.write(self.plain)  # health probes
+        else:
+            # A byte search rather than json.loads: the upstream must stay cheap for 70 KB bodies.
+            wants_stream = b'"stream":true' in body or b'"stream": true' in body
+            self.transport.write(self.stream if wants_stream else self.plain)
+        if close:
+            self.transport.close()
+        return pos
+
+
+def serve(sock: socket.socket, chunks: int) -> None:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+        uvloop.install()
+    except ImportError:
+        pass
+    UpstreamProtocol.plain, UpstreamProtocol.stream = encode_replies(chunks)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(UpstreamProtocol, sock=sock, backlog=1024)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with server:
+            await stop.wait()
+
+    asyncio.run(main())
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.upstream")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--procs", type=int, default=1)
+    ap.add_argument("--chunks", type=int, default=200)
+    args = ap.parse_args(argv)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    children = []
+    for _ in range(args.procs - 1):
+        pid = os.fork()
+        if pid == 0:
+            serve(sock, args.chunks)
+            os._exit(0)
+        children.append(pid)
+    print(f"ready: bench upstream on {args.host}:{args.port} ({args.procs} process(es), {args.chunks} chunks)",
+          flush=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    serve(sock, args.chunks)
+    forward(signal.SIGTERM, None)
+    for pid in children:
+        os.waitpid(pid, 0)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
