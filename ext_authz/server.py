@@ -120,6 +120,10 @@ class GrpcWorker:
                                                                 "live_digest": self.store.policy.short_digest})
 
     async def start(self) -> int:
+        # Signal handlers first: a SIGTERM right after the ready line must already drain, not kill.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
         options = [("grpc.so_reuseport", 1 if self.cfg.reuse_port else 0),
                    ("grpc.max_receive_message_length", 8 * 1024 * 1024)]
         self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self.cfg.max_concurrent_rpcs)
@@ -138,9 +142,6 @@ class GrpcWorker:
         self._stop.set()
 
     async def run_until_stopped(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
         watcher_task = None
         if self.policy_path:
             watcher = PolicyWatcher(self.policy_path, self.store, self.build, self._on_reload, self._on_error)
