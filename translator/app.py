@@ -159,7 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         state.openai = OpenAIBackend(state.client)
         state.anthropic = AnthropicBackend(state.client)
-        state.litellm = LiteLLMBackend(s.read_timeout_s)
+        state.litellm = LiteLLMBackend(s.read_timeout_s, first_chunk_wait_s=s.ping_interval_s)
         if s.preload_litellm or state.router.needs_litellm():
             async def preload() -> None:
                 await litellm_path.get_litellm()

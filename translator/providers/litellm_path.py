@@ -95,10 +95,34 @@ class LiteLLMStream:
         self._wrapper = wrapper
         self._provider = provider
         self._cred = cred
+        self._it = wrapper.__aiter__()
+        self._first: asyncio.Future | None = None
+
+    async def prime(self, wait_s: float) -> None:
+        """Wait up to `wait_s` for the first chunk. LiteLLM only sends some providers' requests (Gemini among
+        them) when the stream is first iterated, so this is where their HTTP errors surface: raised here they
+        become proper HTTP errors instead of an error event after a 200. A slower first chunk is not waited
+        for beyond `wait_s`; the stream then starts and pings cover the silence."""
+        self._first = asyncio.ensure_future(self._it.__anext__())
+        done, _ = await asyncio.wait((self._first,), timeout=wait_s)
+        if done and self._first.exception() is not None:
+            exc = self._first.exception()
+            self._first = None
+            if isinstance(exc, StopAsyncIteration):
+                self._it = _empty()
+                return
+            raise map_exception(exc, self._provider, self._cred)
 
     async def batches(self) -> AsyncIterator[list[dict]]:
         try:
-            async for chunk in self._wrapper:
+            if self._first is not None:
+                first, self._first = self._first, None
+                try:
+                    chunk = await first
+                except StopAsyncIteration:
+                    return
+                yield [chunk.model_dump(exclude_none=True)]
+            async for chunk in self._it:
                 yield [chunk.model_dump(exclude_none=True)]
         except ApiError:
             raise
@@ -106,6 +130,8 @@ class LiteLLMStream:
             raise map_exception(exc, self._provider, self._cred) from None
 
     async def aclose(self) -> None:
+        if self._first is not None and not self._first.done():
+            self._first.cancel()
         close = getattr(self._wrapper, "aclose", None)
         if close is not None:
             try:
@@ -114,9 +140,15 @@ class LiteLLMStream:
                 pass
 
 
+async def _empty() -> AsyncIterator[Any]:
+    return
+    yield  # pragma: no cover
+
+
 class LiteLLMBackend:
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, first_chunk_wait_s: float = 10.0) -> None:
         self.timeout_s = timeout_s
+        self.first_chunk_wait_s = first_chunk_wait_s
 
     async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
         litellm = await get_litellm()
@@ -137,4 +169,10 @@ class LiteLLMBackend:
             wrapper = await litellm.acompletion(**kw)
         except Exception as exc:  # noqa: BLE001
             raise map_exception(exc, target.provider, cred) from None
-        return LiteLLMStream(wrapper, target.provider, cred)
+        stream = LiteLLMStream(wrapper, target.provider, cred)
+        try:
+            await stream.prime(self.first_chunk_wait_s)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
