@@ -6,6 +6,7 @@ invalid edit keeps the last good policy; re-applying the previous policy (the ro
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -106,8 +107,9 @@ def test_policy_rotation_revoke_and_roll_back_without_restart(rendered, tmp_path
     volume = ConfigMapVolume(tmp_path)
     volume.project({"policy.yaml": policy_text})
     grpc_port, http_port = free_port(), free_port()
+    args_policy = f"{tmp_path}{args['policy'][len(MOUNT):]}"
     argv = [script("keyrelay-ext-authz"), f"--grpc-addr=127.0.0.1:{grpc_port}", f"--http-addr=127.0.0.1:{http_port}",
-            f"--policy={tmp_path}{args['policy'][len(MOUNT):]}", f"--workers={args['workers']}"]
+            f"--policy={args_policy}", f"--workers={args['workers']}"]
     proc = Proc(argv, base_env(), name="ext_authz").wait_ready(60)
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     try:
@@ -117,8 +119,12 @@ def test_policy_rotation_revoke_and_roll_back_without_restart(rendered, tmp_path
         # Revoke the key by digest (docs/k8s.md): edit, apply, the kubelet swaps ..data, ext_authz reloads.
         revoked = yaml.safe_load(policy_text)
         revoked["revoked"] = [*revoked.get("revoked", []), {"sha256": key_digest(KEY)}]
-        volume.project({"policy.yaml": yaml.safe_dump(revoked, sort_keys=False)})
+        revoked_text = yaml.safe_dump(revoked, sort_keys=False)
+        volume.project({"policy.yaml": revoked_text})
         wait_for_status(stub, KEY, 403)
+        # The live policy is visible by content digest (docs/k8s.md: `sha256sum policy.yaml | cut -c1-12`).
+        live = hashlib.sha256(revoked_text.encode()).hexdigest()[:12]
+        wait_for_metric(http_port, f'policy_info{{digest="{live}",source="{args_policy}"}}', 1)
 
         # A broken edit is refused; the last good (revoking) policy stays live.
         volume.project({"policy.yaml": "version: 1\nrequire_key: maybe\n"})
