@@ -562,3 +562,40 @@ def test_claude_code_request_converts(claude_code_body, caps):
         assert any(m.get("reasoning_content", "").startswith("The user wants a docstring") for m in msgs)
     else:
         assert "The user wants a docstring" not in text
+
+
+LONG_USER = "user_" + "a" * 64 + "_account__session_0b6c2f4e-8a51-4d3e-9c1e-2f7a5b9d3c10"
+
+
+@pytest.mark.parametrize(
+    "caps, check",
+    [
+        ({}, lambda u: len(u) == 64 and u.startswith("user-sha256-") and u != LONG_USER[:64]),
+        ({"max_user_length": 128}, lambda u: u == LONG_USER),
+        ({"max_user_length": None}, lambda u: u == LONG_USER),
+    ],
+)
+def test_long_user_id_sent_as_stable_hash(caps, check):
+    out1, _ = convert(body(metadata={"user_id": LONG_USER}), **caps)
+    out2, _ = convert(body(metadata={"user_id": LONG_USER}), **caps)
+    assert check(out1["user"]) and out1["user"] == out2["user"]
+    other, _ = convert(body(metadata={"user_id": LONG_USER + "x"}), **caps)
+    assert other["user"] != out1["user"]
+
+
+def test_long_tool_call_ids_shortened_consistently():
+    long_a, long_b = "call_" + "x" * 60, "call_" + "y" * 60
+    out, notes = convert(body([
+        user("go"),
+        assistant([{**TOOL_USE, "id": long_a}, {**TOOL_USE_2, "id": long_b}]),
+        user([
+            {"type": "tool_result", "tool_use_id": long_b, "content": "B"},
+            {"type": "tool_result", "tool_use_id": long_a, "content": "A"},
+        ]),
+    ]))
+    calls = out["messages"][1]["tool_calls"]
+    assert all(len(c["id"]) <= 40 for c in calls) and calls[0]["id"] != calls[1]["id"]
+    tools = out["messages"][2:4]
+    assert [t["tool_call_id"] for t in tools] == [c["id"] for c in calls]  # call order kept
+    assert [t["content"] for t in tools] == ["A", "B"]
+    assert "shortened tool call ids longer than the backend takes (x4)" in notes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -66,6 +67,12 @@ class BackendCaps:
     parallel_tool_calls: bool = True
     # Role used for mid-conversation system messages ("developer" for OpenAI reasoning models if wanted).
     system_role: Literal["system", "developer"] = "system"
+    # Longest `user` the backend takes. Claude Code's metadata.user_id is about 150 characters; OpenAI rejects
+    # long values, OpenRouter takes 128. A longer id is sent as a stable hash (same user, same value). None: any.
+    max_user_length: int | None = 64
+    # Longest tool call id the backend takes (OpenAI chat completions: 40). Longer ids from earlier turns (made
+    # by another backend) are replaced by a stable hash, identically in tool_calls and tool messages.
+    max_tool_call_id_length: int | None = 40
 
 
 # Thinking budget -> reasoning effort. Claude Code asks budgets of about 4k ("think"), 10k ("think hard") and
@@ -85,6 +92,12 @@ def reasoning_effort_for(budget_tokens: int | None) -> ReasoningEffort:
     return "high"
 
 
+def _stable_short(value: str, prefix: str, limit: int) -> str:
+    """A deterministic stand-in for a value that is too long for the backend."""
+    digest = hashlib.sha256(value.encode("utf-8")).hexdigest()
+    return (prefix + digest)[:limit]
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
@@ -102,6 +115,13 @@ class _Converter:
         self.caps = caps
         self.notes = notes
         self._counts: dict[str, int] = {}
+
+    def call_id(self, tool_id: str) -> str:
+        limit = self.caps.max_tool_call_id_length
+        if limit is not None and len(tool_id) > limit:
+            self.note("shortened tool call ids longer than the backend takes")
+            return _stable_short(tool_id, "toolu_", limit)
+        return tool_id
 
     def note(self, what: str) -> None:
         self._counts[what] = self._counts.get(what, 0) + 1
@@ -231,7 +251,7 @@ class _Converter:
             text = "\n\n".join(texts)
         if block.is_error:
             text = ERROR_PREFIX + text
-        return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+        return {"role": "tool", "tool_call_id": self.call_id(block.tool_use_id), "content": text}
 
     def user_message(self, content: Any, out: list[dict], call_order: dict[str, int]) -> None:
         if isinstance(content, str):
@@ -269,7 +289,7 @@ class _Converter:
             elif isinstance(b, ToolUseBlock):
                 calls.append(
                     {
-                        "id": b.id,
+                        "id": self.call_id(b.id),
                         "type": "function",
                         "function": {"name": b.name, "arguments": _dumps(b.input)},
                     }
@@ -295,7 +315,7 @@ class _Converter:
         if reasoning:
             msg["reasoning_content"] = "\n\n".join(reasoning)
         out.append(msg)
-        return {c["id"]: i for i, c in enumerate(calls)}
+        return {b.id: i for i, b in enumerate(x for x in content if isinstance(x, ToolUseBlock))}
 
     def messages(self, req: MessagesRequest) -> list[dict]:
         out: list[dict] = []
@@ -373,7 +393,11 @@ def anthropic_to_openai(
 
     if req.metadata is not None and req.metadata.user_id:
         if caps.user:
-            body["user"] = req.metadata.user_id
+            user = req.metadata.user_id
+            if caps.max_user_length is not None and len(user) > caps.max_user_length:
+                user = _stable_short(user, "user-sha256-", caps.max_user_length)
+                conv.note("sent metadata.user_id as a stable hash (too long for the backend)")
+            body["user"] = user
         else:
             conv.note("dropped metadata.user_id")
 
