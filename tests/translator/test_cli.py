@@ -1,0 +1,71 @@
+"""The `keyrelay-translator` console script as a real process: ready line, serving, clean SIGTERM/SIGINT,
+one-line configuration errors, keys never in its output."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import anthropic
+import httpx
+import pytest
+
+from tests.support.procs import Proc, base_env, free_port, script
+from tests.support.upstream import openai_completion, openai_stream_text
+
+KEY = "sk-user-cli-secret-0001"
+STATIC = "sk-static-cli-secret-0002"
+
+
+@pytest.mark.parametrize("workers,sig", [(1, signal.SIGTERM), (2, signal.SIGINT)])
+def test_console_script_serves_and_stops_cleanly(upstream, workers, sig):
+    port = free_port()
+    proc = Proc([script("keyrelay-translator"), "--port", str(port), "--workers", str(workers)],
+                env=base_env(OPENAI_BASE_URL=upstream.url + "/v1", OPENAI_API_KEY=STATIC,
+                             TRANSLATOR_LOG_LEVEL="debug"))
+    try:
+        proc.wait_ready(60)
+        assert f"ready: translator on http://127.0.0.1:{port}" in proc.lines
+        upstream.push(openai_completion("cli ok"), openai_stream_text(["a", "b"]))
+        client = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=KEY, max_retries=0)
+        assert client.messages.create(model="claude-sonnet-4-5", max_tokens=5,
+                                      messages=[{"role": "user", "content": "x"}]).content[0].text == "cli ok"
+        with client.messages.stream(model="claude-sonnet-4-5", max_tokens=5,
+                                    messages=[{"role": "user", "content": "x"}]) as s:
+            assert s.get_final_message().content[0].text == "ab"
+        assert httpx.head(f"http://127.0.0.1:{port}/").status_code == 200
+        assert upstream.keys == [KEY, KEY]
+    finally:
+        rc = proc.stop(sig)
+    assert rc == 0, proc.output[-2000:]
+    assert KEY not in proc.output and STATIC not in proc.output
+    if workers == 1:
+        # The request log line names the key by fingerprint only.
+        assert "key_id=" in proc.output
+
+
+@pytest.mark.parametrize("args,env,fragment", [
+    (["--port", "notaport"], {}, "--port"),
+    ([], {"PREFERRED_PROVIDER": "nope"}, "PREFERRED_PROVIDER"),
+    (["--routes", "/nonexistent.yaml"], {}, "routing file"),
+])
+def test_bad_configuration_exits_non_zero_with_one_line(args, env, fragment):
+    r = subprocess.run([script("keyrelay-translator"), *args], env=base_env(**env), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert fragment in lines[0]
+
+
+def test_port_in_use_is_one_line(upstream):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = subprocess.run([script("keyrelay-translator"), "--port", str(port)], env=base_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot listen" in lines[0]
