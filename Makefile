@@ -32,7 +32,14 @@ run: $(VENV)/.stack
 test: $(VENV)/.test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmark (docs/bench.md): needs wrk, installed from Debian when running as root. ARGS=--quick for a short run.
 bench: $(VENV)/.test
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing wrk (apt-get)"; (apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk)) >/dev/null; \
+	  else \
+	    echo "make bench needs wrk: run 'sudo apt-get install -y wrk' (Debian/Ubuntu) or 'brew install wrk', then retry" >&2; exit 1; \
+	  fi; }
 	$(PY) -m bench $(ARGS)
 
 # Regenerate the committed gRPC/protobuf code from protos/ (tests fail when it drifts).

@@ -37,42 +37,61 @@ def record(pid: int, req: wrk.Request, *, connections: int, duration_s: float, o
     return summary
 
 
-def short(frame: str) -> str:
+PROJECT_PACKAGES = ("translator", "ext_authz", "keyrelay_stack")
+
+
+def split_frame(frame: str) -> tuple[str, str]:
+    """(function, file relative to site-packages / the stdlib / the repo)."""
     m = FRAME.match(frame.strip())
     if not m:
-        return frame.strip()
+        return frame.strip(), ""
     file = m.group("file")
-    for marker in ("site-packages/", "/lib/python3"):
+    for marker in ("site-packages/", "/lib/python3.11/", "/lib/python3.12/", "/lib/python3.13/"):
         if marker in file:
             file = file.split(marker, 1)[1]
             break
     file = file.replace(str(Path(__file__).resolve().parents[1]) + "/", "")
-    return f"{m.group('func')} ({file})"
+    return m.group("func"), file
+
+
+def package_of(file: str) -> str:
+    if file.startswith("<frozen") or not file:
+        return "python (stdlib/frozen)"
+    head = file.split("/", 1)[0]
+    if head.endswith(".py"):
+        return "python (stdlib)" if "/" not in file else head
+    return head
 
 
 def summarize(raw: str, top: int = 15) -> dict:
     self_counts: collections.Counter[str] = collections.Counter()
-    incl_counts: collections.Counter[str] = collections.Counter()
+    pkg_counts: collections.Counter[str] = collections.Counter()
+    project_incl: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [short(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        frames = [split_frame(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         total += n
-        self_counts[frames[-1]] += n
-        for f in set(frames):
-            incl_counts[f] += n
+        func, file = frames[-1]
+        self_counts[f"{func} ({file})"] += n
+        pkg_counts[package_of(file)] += n
+        # inclusive time of the project's own functions (the entry point `main` excluded: it is on every stack)
+        seen = {f"{fn} ({fl})" for fn, fl in frames
+                if fl.split("/", 1)[0] in PROJECT_PACKAGES and fn not in ("main", "<module>")}
+        for key in seen:
+            project_incl[key] += n
 
     def table(c: collections.Counter[str]) -> list[dict]:
         return [{"function": f, "pct": round(100 * n / total, 1), "samples": n} for f, n in c.most_common(top)]
 
-    # Frames on (nearly) every stack are the entry point and the event loop: they say nothing, leave them out.
-    incl_counts = collections.Counter({f: n for f, n in incl_counts.items() if n < 0.97 * total})
-    return {"samples": total, "top_self": table(self_counts), "top_inclusive": table(incl_counts)}
+    return {"samples": total, "top_self": table(self_counts),
+            "self_by_package": [{"package": p, "pct": round(100 * n / total, 1)} for p, n in pkg_counts.most_common(12)],
+            "top_inclusive_project": table(project_incl)}
 
 
 def print_summary(name: str, s: dict) -> None:
@@ -80,9 +99,10 @@ def print_summary(name: str, s: dict) -> None:
         runner.log(f"[profile] {name}: {s['error']}")
         return
     print(f"\nProfile: {name} ({s['samples']} samples, {s['rps_while_profiling']} req/s while sampled; {s['file']})")
-    print("  own time                                                                      %")
+    print("  own time by package: " + ", ".join(f"{r['package']} {r['pct']:.0f}%" for r in s["self_by_package"]))
+    print(f"  {'own time (top functions)':<76}{'%':>5}")
     for row in s["top_self"]:
-        print(f"  {row['function'][:74]:<74} {row['pct']:5.1f}")
-    print("  inclusive                                                                     %")
-    for row in s["top_inclusive"]:
-        print(f"  {row['function'][:74]:<74} {row['pct']:5.1f}")
+        print(f"  {row['function'][:76]:<76}{row['pct']:5.1f}")
+    print(f"  {'inclusive time, project code':<76}{'%':>5}")
+    for row in s["top_inclusive_project"]:
+        print(f"  {row['function'][:76]:<76}{row['pct']:5.1f}")

@@ -145,6 +145,9 @@ def render(result: dict) -> str:
         for name, c in cold.items():
             lines.append(f"  {name:<14}{c['median_s']:.2f} s   (first {c['first_s']:.2f} s; runs "
                          f"{', '.join(f'{x:.2f}' for x in c['runs_s'])})")
+            if "first_response_median_s" in c:
+                lines.append(f"  {'':<14}{c['first_response_median_s']:.2f} s   to the first answered request "
+                             "(tiny body)")
     ts = result.get("targets") or []
     if ts:
         lines += ["", "Targets (issue 6)", f"  {'target':<54}{'measured':>12}{'wanted':>14}  result"]
