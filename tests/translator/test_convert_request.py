@@ -599,3 +599,31 @@ def test_long_tool_call_ids_shortened_consistently():
     assert [t["tool_call_id"] for t in tools] == [c["id"] for c in calls]  # call order kept
     assert [t["content"] for t in tools] == ["A", "B"]
     assert "shortened tool call ids longer than the backend takes (x4)" in notes
+
+
+def test_long_tool_names_shortened_and_mapped_back():
+    from translator.convert.openai_request import tool_name_map
+    from translator.convert.openai_response import openai_to_anthropic
+    from translator.convert.openai_stream import OpenAIStreamConverter
+
+    long_name = "mcp__plugin_enterprise_knowledge_base__search_documents_by_semantic_similarity"
+    b = body(
+        [user("go"), assistant([{"type": "tool_use", "id": "toolu_1", "name": long_name, "input": {}}]),
+         user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "r"}])],
+        tools=[READ_TOOL, {"name": long_name, "input_schema": {"type": "object"}}],
+        tool_choice={"type": "tool", "name": long_name},
+    )
+    out, _ = convert(b)
+    short = out["tools"][1]["function"]["name"]
+    assert len(short) == 64 and short != long_name[:64]
+    assert out["messages"][1]["tool_calls"][0]["function"]["name"] == short
+    assert out["tool_choice"] == {"type": "function", "function": {"name": short}}
+    names = tool_name_map(MessagesRequest.model_validate(b), BackendCaps())
+    assert names == {short: long_name}
+
+    resp = {"choices": [{"message": {"tool_calls": [{"id": "c", "function": {"name": short, "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]}
+    assert openai_to_anthropic(resp, model="m", tool_names=names)["content"][0]["name"] == long_name
+    conv = OpenAIStreamConverter(model="m", tool_names=names)
+    events = conv.feed({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": short, "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]})
+    starts = [d for n, d in events if n == "content_block_start"]
+    assert starts[0]["content_block"]["name"] == long_name

@@ -372,6 +372,15 @@ CASES = [
         id="content-filter-is-refusal",
     ),
     pytest.param(
+        [chunk({"role": "assistant", "content": None, "refusal": "I can't "}), chunk({"refusal": "help."}), fin("stop"), usage(1, 3)],
+        {},
+        [T("I can't help.")],
+        "refusal",
+        None,
+        {"input_tokens": 1, "output_tokens": 3},
+        id="openai-refusal-delta",
+    ),
+    pytest.param(
         [chunk({"function_call": {"name": "legacy", "arguments": '{"a":'}}), chunk({"function_call": {"arguments": "1}"}}), fin("function_call")],
         {},
         [{"type": "tool_use", "id": "*", "name": "legacy", "input": {"a": 1}}],

@@ -73,6 +73,9 @@ class BackendCaps:
     # Longest tool call id the backend takes (OpenAI chat completions: 40). Longer ids from earlier turns (made
     # by another backend) are replaced by a stable hash, identically in tool_calls and tool messages.
     max_tool_call_id_length: int | None = 40
+    # Longest function name the backend takes (OpenAI: 64; Anthropic allows longer names, e.g. MCP tools).
+    # Longer names are shortened deterministically; `tool_name_map` gives the way back for the response.
+    max_tool_name_length: int | None = 64
 
 
 # Thinking budget -> reasoning effort. Claude Code asks budgets of about 4k ("think"), 10k ("think hard") and
@@ -96,6 +99,26 @@ def _stable_short(value: str, prefix: str, limit: int) -> str:
     """A deterministic stand-in for a value that is too long for the backend."""
     digest = hashlib.sha256(value.encode("utf-8")).hexdigest()
     return (prefix + digest)[:limit]
+
+
+def backend_tool_name(name: str, caps: BackendCaps) -> str:
+    """The function name sent to the backend for Anthropic tool `name` (unchanged unless too long)."""
+    limit = caps.max_tool_name_length
+    if limit is None or len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{name[: limit - 9]}_{digest}"
+
+
+def tool_name_map(req: Any, caps: BackendCaps) -> dict[str, str]:
+    """{backend name: Anthropic name} for every tool whose name `anthropic_to_openai` shortens; pass it to
+    `openai_to_anthropic(tool_names=...)` / `OpenAIStreamConverter(tool_names=...)`. Usually empty."""
+    out: dict[str, str] = {}
+    for t in getattr(req, "tools", None) or ():
+        short = backend_tool_name(t.name, caps)
+        if short != t.name:
+            out[short] = t.name
+    return out
 
 
 def _dumps(obj: Any) -> str:
@@ -291,7 +314,7 @@ class _Converter:
                     {
                         "id": self.call_id(b.id),
                         "type": "function",
-                        "function": {"name": b.name, "arguments": _dumps(b.input)},
+                        "function": {"name": backend_tool_name(b.name, self.caps), "arguments": _dumps(b.input)},
                     }
                 )
             elif isinstance(b, ThinkingBlock):
@@ -347,7 +370,10 @@ class _Converter:
             params = t.input_schema or {"type": "object", "properties": {}}
             if self.caps.gemini_schema:
                 params = clean_schema_for_gemini(params)
-            fn: dict[str, Any] = {"name": t.name, "parameters": params}
+            name = backend_tool_name(t.name, self.caps)
+            if name != t.name:
+                self.note("shortened tool names longer than the backend takes")
+            fn: dict[str, Any] = {"name": name, "parameters": params}
             if t.description:
                 fn["description"] = t.description
             tools.append({"type": "function", "function": fn})
@@ -424,7 +450,7 @@ def anthropic_to_openai(
             elif tc.type == "none":
                 body["tool_choice"] = "none"
             else:
-                body["tool_choice"] = {"type": "function", "function": {"name": tc.name}}
+                body["tool_choice"] = {"type": "function", "function": {"name": backend_tool_name(tc.name, caps)}}
             if tc.disable_parallel_tool_use and tc.type != "none":
                 if caps.parallel_tool_calls:
                     body["parallel_tool_calls"] = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic_core import from_json
 
@@ -179,8 +179,10 @@ def openai_to_anthropic(
     model: str,
     stop_sequences: list[str] | None = None,
     message_id: str | None = None,
+    tool_names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Anthropic message for an OpenAI chat completion `resp`; `model` is the name the client asked for."""
+    """The Anthropic message for an OpenAI chat completion `resp`; `model` is the name the client asked for.
+    `tool_names` maps shortened backend function names back (`openai_request.tool_name_map`)."""
     choices = resp.get("choices") or []
     choice = choices[0] if choices else {}
     message = choice.get("message") or {}
@@ -200,11 +202,14 @@ def openai_to_anthropic(
         content.append({"type": "text", "text": str(refusal)})
     for call in calls:
         fn = call.get("function") or {}
+        name = fn.get("name") or ""
+        if tool_names:
+            name = tool_names.get(name, name)
         content.append(
             {
                 "type": "tool_use",
                 "id": call.get("id") or new_tool_use_id(),
-                "name": fn.get("name") or "",
+                "name": name,
                 "input": parse_tool_arguments(fn.get("arguments")),
             }
         )

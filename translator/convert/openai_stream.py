@@ -22,7 +22,7 @@ pydantic, no copies.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from translator.convert.openai_response import (
     SYNTHETIC_SIGNATURE,
@@ -80,6 +80,8 @@ class OpenAIStreamConverter:
         "_chars",
         "_signature",
         "_tool_blocks",
+        "_tool_names",
+        "_refused",
     )
 
     def __init__(
@@ -89,8 +91,10 @@ class OpenAIStreamConverter:
         message_id: str | None = None,
         input_tokens: int = 0,
         stop_sequences: list[str] | None = None,
+        tool_names: Mapping[str, str] | None = None,
     ) -> None:
         self.model = model
+        self._tool_names = tool_names or None
         self.message_id = message_id or new_message_id()
         self.input_tokens = input_tokens
         self.stop_sequences = stop_sequences
@@ -107,6 +111,7 @@ class OpenAIStreamConverter:
         self._chars = 0  # for an output-token estimate when the backend reports no usage
         self._signature: str | None = None
         self._tool_blocks = 0
+        self._refused = False
 
     # ------------------------------------------------------------------ public
 
@@ -168,6 +173,12 @@ class OpenAIStreamConverter:
                     )
                 else:
                     self._piece(_TEXT, text, out)
+            else:
+                refusal = delta.get("refusal")
+                if refusal and isinstance(refusal, str):
+                    self._refused = True
+                    self._chars += len(refusal)
+                    self._piece(_TEXT, refusal, out)
             calls = delta.get("tool_calls")
             if calls:
                 self._tool_calls(calls, out)
@@ -197,6 +208,8 @@ class OpenAIStreamConverter:
         self._flush(out)
         self._done = True
         stop_reason = map_finish_reason(self._finish_reason, has_tool_calls=self._tool_blocks > 0)
+        if self._refused and stop_reason == "end_turn":
+            stop_reason = "refusal"
         stop_sequence = None
         if (
             stop_reason == "end_turn"
@@ -336,11 +349,14 @@ class OpenAIStreamConverter:
             self._close(out)
 
     def _emit_tool(self, tool: _Tool, out: list[Event]) -> None:
+        name = tool.name or ""
+        if self._tool_names:
+            name = self._tool_names.get(name, name)
         index = self._start_block(
             {
                 "type": "tool_use",
                 "id": tool.id or new_tool_use_id(),
-                "name": tool.name or "",
+                "name": name,
                 "input": {},
             },
             out,
