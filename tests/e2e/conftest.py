@@ -82,8 +82,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 # ---------------------------------------------------------------- processes
 
 
-def start_ext_authz(policy: Path, name: str = "ext_authz", **env: str) -> Proc:
-    grpc, http_port = free_port(), free_port()
+def start_ext_authz(policy: Path, name: str = "ext_authz", grpc_port: int | None = None, **env: str) -> Proc:
+    grpc, http_port = grpc_port or free_port(), free_port()
     proc = Proc([script("keyrelay-ext-authz"), "--grpc-addr", f"127.0.0.1:{grpc}", "--http-addr",
                  f"127.0.0.1:{http_port}", "--policy", str(policy)], base_env(**env), name=name)
     _register(proc).wait_ready(30)
