@@ -244,3 +244,18 @@ def test_policy_configmap_passes_the_ext_authz_loader(rendered, layout, tmp_path
         assert policy.default.require_key is True and policy.default.passthrough is True
         assert policy.for_route("messages").require_key is True
         assert policy.for_route("health").require_key is False
+
+
+@pytest.mark.parametrize("layout", LAYOUT_NAMES)
+def test_containers_keep_serving_until_the_endpoint_is_gone(rendered, layout):
+    """preStop sleeps cover endpoint removal; within a Pod no container stops before the one in front of it
+    (standalone: Envoy keeps accepting while its preStop runs, so ext_authz and the translator must too)."""
+    for w in workloads(rendered[layout]):
+        sleeps = {}
+        for c in containers(w):
+            command = c["lifecycle"]["preStop"]["exec"]["command"]
+            assert command[0] == "/bin/sleep", f"{c['name']}: {command}"
+            sleeps[c["name"]] = int(command[1])
+        assert len(set(sleeps.values())) == 1, f"{w['metadata']['name']}: unequal preStop sleeps {sleeps}"
+        sleep = next(iter(sleeps.values()))
+        assert 5 <= sleep < pod_spec(w)["terminationGracePeriodSeconds"] - 10
