@@ -363,6 +363,36 @@ CASES = [
         id="tool-calls-without-index",
     ),
     pytest.param(
+        [
+            tc(0, id="call_g1", name="Read", args='{"file_path": "/a"}'),
+            tc(0, id="call_g2", name="Read", args='{"file_path": "/b"}'),
+            tc(0, id="call_g2", args=""),
+            fin("stop"),
+        ],
+        {},
+        [TU("call_g1", "Read", {"file_path": "/a"}), TU("call_g2", "Read", {"file_path": "/b"})],
+        "tool_use",
+        None,
+        {"input_tokens": 42, "output_tokens": 10},
+        id="parallel-calls-sharing-index-0",
+    ),
+    pytest.param(
+        [
+            chunk({"role": "assistant", "content": None, "function_call": None, "tool_calls": [
+                {"id": "toolu_01", "function": {"arguments": "", "name": "Read"}, "type": "function", "index": 0}]}),
+            chunk({"content": None, "tool_calls": [{"id": None, "function": {"arguments": '{"file_path"', "name": None}, "type": "function", "index": 0}]}),
+            chunk({"content": None, "tool_calls": [{"id": None, "function": {"arguments": ': "/x"}', "name": None}, "type": "function", "index": 0}]}),
+            fin("tool_calls"),
+            usage(3, 3),
+        ],
+        {},
+        [TU("toolu_01", "Read", {"file_path": "/x"})],
+        "tool_use",
+        None,
+        {"input_tokens": 3, "output_tokens": 3},
+        id="litellm-style-null-fields",
+    ),
+    pytest.param(
         [text("Sorry"), fin("content_filter"), usage(1, 1)],
         {},
         [T("Sorry")],

@@ -313,12 +313,16 @@ class OpenAIStreamConverter:
                 if i is None:
                     i = len(tools) if (cid or not tools) else max(tools)
             tool = tools.get(i)
-            if tool is None:
+            fn = call.get("function")
+            if tool is None or (
+                # A new id with a name on an index already in use is a new call (some Gemini adapters put
+                # every parallel call at index 0); the same id repeated is the same call.
+                cid and tool.id and cid != tool.id and fn and fn.get("name")
+            ):
                 tool = tools[i] = _Tool()
                 self._segments.append(tool)
             if cid and not tool.id:
                 tool.id = cid
-            fn = call.get("function")
             if fn:
                 name = fn.get("name")
                 if name and not tool.name:
