@@ -259,3 +259,17 @@ def test_containers_keep_serving_until_the_endpoint_is_gone(rendered, layout):
         assert len(set(sleeps.values())) == 1, f"{w['metadata']['name']}: unequal preStop sleeps {sleeps}"
         sleep = next(iter(sleeps.values()))
         assert 5 <= sleep < pod_spec(w)["terminationGracePeriodSeconds"] - 10
+
+
+def test_deployed_policy_decides_like_the_example_policy(rendered, tmp_path):
+    """kustomize cannot read examples/policy.yaml from k8s/ (outside the kustomization root), so the cluster's
+    default policy is its own file; it must stay equivalent to the example the stack and the docs use."""
+    from dataclasses import replace
+
+    from ext_authz.policy import load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(one(rendered["istio"], "ConfigMap", POLICY_CONFIGMAP)["data"]["policy.yaml"], encoding="utf-8")
+    deployed = load_policy(path)
+    example = load_policy(REPO / "examples" / "policy.yaml")
+    assert replace(deployed, source="", digest="") == replace(example, source="", digest="")
