@@ -268,6 +268,30 @@ MESSAGE_CASES = [
         id="unknown-and-server-tool-blocks-dropped",
     ),
     pytest.param(
+        body([
+            user("search"),
+            assistant([TOOL_USE]),
+            user([
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                    {"type": "search_result", "source": "https://kb/1", "title": "Doc 1",
+                     "content": [{"type": "text", "text": "fact one"}], "citations": {"enabled": True}},
+                ]},
+                {"type": "search_result", "source": "s2", "title": "T2", "content": [{"type": "text", "text": "fact two"}]},
+            ]),
+        ]),
+        {},
+        [
+            {"role": "user", "content": "search"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "toolu_1", "type": "function", "function": {"name": "Read", "arguments": '{"file_path":"/a","n":1}'}},
+            ]},
+            {"role": "tool", "tool_call_id": "toolu_1",
+             "content": '<search_result source="https://kb/1" title="Doc 1">\nfact one\n</search_result>'},
+            {"role": "user", "content": '<search_result source="s2" title="T2">\nfact two\n</search_result>'},
+        ],
+        id="search-result-blocks-inlined",
+    ),
+    pytest.param(
         body([user("q"), assistant([{"type": "thinking", "thinking": "only thinking", "signature": "s"}]), user("again")]),
         {},
         [{"role": "user", "content": "q"}, {"role": "user", "content": "again"}],

@@ -133,6 +133,24 @@ def _document_frame(doc: DocumentBlock, text: str) -> str:
     return f"{head}\n{text}\n</document>"
 
 
+def _search_result_text(block: Any) -> str:
+    """Anthropic `search_result` blocks (RAG results with source, title and text content) inlined as a framed
+    text; citations are an Anthropic feature other backends do not have."""
+    extra = block.model_extra or {}
+    content = extra.get("content")
+    if isinstance(content, list):
+        text = "\n".join(c.get("text", "") for c in content if isinstance(c, dict) and c.get("type") == "text")
+    elif isinstance(content, str):
+        text = content
+    else:
+        text = ""
+    if not text:
+        return ""
+    source = str(extra.get("source") or "")
+    title = str(extra.get("title") or "")
+    return f'<search_result source="{source}" title="{title}">\n{text}\n</search_result>'
+
+
 class _Converter:
     def __init__(self, caps: BackendCaps, notes: list[str] | None):
         self.caps = caps
@@ -214,6 +232,10 @@ class _Converter:
                 self.note(f"dropped server tool block {t!r}")
             elif t == "tool_use":
                 self.note("dropped tool_use block in a user message")
+            elif t == "search_result":
+                st = _search_result_text(b)
+                if st:
+                    parts.append({"type": "text", "text": st})
             else:
                 self.note(f"dropped unknown content block {t!r}")
         return parts
@@ -269,6 +291,10 @@ class _Converter:
                     else:
                         texts.append(IMAGE_FROM_TOOL_RESULT.format(id=block.tool_use_id).replace("image", "file", 1))
                         followup.append(p)
+                elif t == "search_result":
+                    st = _search_result_text(b)
+                    if st:
+                        texts.append(st)
                 else:
                     self.note(f"dropped {t!r} block in a tool_result")
             text = "\n\n".join(texts)
