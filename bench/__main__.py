@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true",
                     help="also sample the translator with py-spy on the Claude-Code-sized body and print the top")
     ap.add_argument("--no-litellm", action="store_true", help="skip the informational LiteLLM stream baseline")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip the LiteLLM-based reference proxy (calibration of the translator ratios)")
     args = ap.parse_args(argv)
     args.runs = args.runs or (3 if args.quick else 5)
     args.duration = args.duration or (1.0 if args.quick else 3.0)
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 tr_result = translator_path.run(
                     workdir, settings, connections=args.connections, envoy_concurrency=args.envoy_concurrency,
                     upstream_procs=args.upstream_procs, chunks=args.chunks, sut_cpus=sut_cpus,
-                    upstream_cpus=sut_cpus, stack_settings=stack_settings, on_ready=after)
+                    upstream_cpus=sut_cpus, stack_settings=stack_settings, reference=not args.no_reference,
+                    on_ready=after)
                 result["stream_cost"] = tr_result.pop("stream_cost", None)
                 if "stream_cost_error" in tr_result:
                     result["errors"]["stream_cost"] = tr_result.pop("stream_cost_error")
@@ -202,16 +205,19 @@ def peak_rss(result: dict) -> dict:
 
 def run_profiles(tr: C.Started, workdir: Path, variants: dict, args: argparse.Namespace,
                  settings: runner.Settings) -> dict:
+    """py-spy on the translator: the Claude-Code-sized body (non-streaming and streaming), and the tiny body
+    (the request overhead every call pays)."""
     out = {}
-    for stream in (False, True):
-        body = translator_path.bodies.with_stream(variants["claude_code"], stream)
-        f = workdir / f"profile_{stream}.json"
+    for body_name, stream in (("claude_code", False), ("claude_code", True), ("tiny", False)):
+        body = translator_path.bodies.with_stream(variants[body_name], stream)
+        mode = "stream" if stream else "json"
+        f = workdir / f"profile_{body_name}_{mode}.json"
         f.write_text(json.dumps(body))
         req = wrk.Request(f"http://127.0.0.1:{tr.port}/v1/messages?beta=true", str(f),
                           {"content-type": "application/json", "anthropic-version": "2023-06-01",
                            "authorization": f"Bearer {C.BENCH_KEY}"})
-        name = f"translator, claude_code body, {'streaming' if stream else 'non-streaming'}"
-        dest = RESULTS / f"profile-claude_code-{'stream' if stream else 'json'}.txt"
+        name = f"translator, {body_name} body, {'streaming' if stream else 'non-streaming'}"
+        dest = RESULTS / f"profile-{body_name}-{mode}.txt"
         dest.parent.mkdir(parents=True, exist_ok=True)
         runner.log(f"[profile] {name}")
         out[name] = profile.record(tr.proc.pid, req, connections=args.connections,

@@ -91,6 +91,14 @@ def start_translator(upstream_port: int, workers: int = 1, cpus: str | None = No
     return Started(p, port, {})
 
 
+def start_reference_proxy(upstream_port: int, cpus: str | None = None) -> Started:
+    port = free_port()
+    p = Proc([sys.executable, "-m", "bench.reference_proxy", "--port", str(port),
+              "--upstream", f"http://127.0.0.1:{upstream_port}/v1", "--model", UPSTREAM_MODEL],
+             env=base_env(), name="reference", cpus=cpus).wait_ready(90)
+    return Started(p, port, {})
+
+
 def start_envoy(config: dict, workdir: Path, name: str, concurrency: int, cpus: str | None = None) -> Started:
     admin_port = config["admin"]["address"]["socket_address"]["port_value"]
     path = envoy_config.write(config, workdir / f"{name}.json")

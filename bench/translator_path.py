@@ -21,7 +21,7 @@ ANTHROPIC_BETA = ("claude-code-20250219,interleaved-thinking-2025-05-14,fine-gra
 
 def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrency: int, upstream_procs: int,
         chunks: int, sut_cpus: str | None, upstream_cpus: str | None,
-        stack_settings: envoy_config.ExtAuthzSettings, on_ready=None) -> dict:
+        stack_settings: envoy_config.ExtAuthzSettings, reference: bool = True, on_ready=None) -> dict:
     policy = workdir / "policy.yaml"
     policy.write_text(C.policy_yaml())
     started: list[C.Started] = []
@@ -42,12 +42,14 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
             source = "bench/envoy_config.full_bootstrap (" + source + ")"
         envoy = C.start_envoy(cfg, workdir, "envoy-full", envoy_concurrency, cpus=sut_cpus)
         started.append(envoy)
+        ref = C.start_reference_proxy(up.port, cpus=sut_cpus) if reference else None
+        if ref:
+            started.append(ref)
 
         cc_body, cc_source = bodies.claude_code_body()
         variants = {"tiny": bodies.tiny_body(), "claude_code": cc_body}
         result: dict = {"groups": {}, "bodies": {}, "full_path_envoy_config": source,
                         "connections": connections, "upstream_procs": upstream_procs, "chunks": chunks}
-        all_samples = {}
         for body_name, body in variants.items():
             for stream in (False, True):
                 group = f"{body_name}/{'stream' if stream else 'json'}"
@@ -81,13 +83,18 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     "c_full": {"envoy": envoy.proc, "ext_authz": authz.proc, "translator": tr.proc,
                                "upstream": up.proc},
                 }
+                if ref and body_name == "tiny":
+                    # calibration yardstick (bench/reference_proxy.py): only for the bodies the targets name
+                    reqs["r_reference"] = wrk.Request(f"http://127.0.0.1:{ref.port}{path}", str(b_file),
+                                                      {**common, "authorization": f"Bearer {C.BENCH_KEY}"})
+                    procs["r_reference"] = {"reference": ref.proc, "upstream": up.proc}
                 probes = {k: probe(r, stream) for k, r in reqs.items()}
                 points = [Point(key=f"{group}/{k}", request=r, connections=connections, procs=procs[k])
                           for k, r in reqs.items()]
-                runner.log(f"[translator] {group}: 3 points x {settings.runs} runs x {settings.duration_s:.0f}s")
+                runner.log(f"[translator] {group}: {len(points)} points x {settings.runs} runs x "
+                           f"{settings.duration_s:.0f}s")
                 samples = runner.run_interleaved(points, settings)
-                all_samples.update(samples)
-                a, b, c = (samples[f"{group}/{k}"] for k in reqs)
+                a, b, c = (samples[f"{group}/{k}"] for k in ("a_direct", "b_translator", "c_full"))
                 result["groups"][group] = {
                     "points": {k: runner.summarize(samples[f"{group}/{k}"]) for k in reqs},
                     "probes": probes,
@@ -98,13 +105,17 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     "upstream_busy_during_b": runner.median(
                         [s.cpu_s["upstream"] / settings.duration_s for s in b]),
                 }
+                if "r_reference" in reqs:
+                    r = samples[f"{group}/r_reference"]
+                    result["groups"][group]["reference_over_direct"] = runner.paired_ratio(a, r, lambda s: s.rps)
+                    result["groups"][group]["translator_over_reference"] = runner.paired_ratio(r, b, lambda s: s.rps)
                 if stream:
                     frames = chunks + 3  # upstream SSE frames per stream: content chunks, finish, usage, [DONE]
                     result["groups"][group]["translator_cpu_us_per_chunk"] = runner.median(
                         [s.cpu_s["translator"] / (s.requests * frames) * 1e6 for s in b if s.requests])
         result["peak_rss_mb"] = {name: {str(pid): round(mb, 1) for pid, mb in s.proc.peak_rss_mb().items()}
                                  for name, s in (("translator", tr), ("ext_authz", authz), ("envoy", envoy),
-                                                 ("upstream", up))}
+                                                 ("upstream", up)) + ((("reference", ref),) if ref else ())}
         if on_ready is not None:  # stream cost and profiling reuse the running upstream and translator
             result.update(on_ready(up=up, tr=tr, workdir=workdir, variants=variants, partial=result))
         return result
