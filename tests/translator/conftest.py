@@ -3,63 +3,12 @@ of the test process, so a test costs milliseconds), pointed at the scripted loop
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import time
 from typing import Iterator
 
-import anthropic
 import pytest
-import uvicorn
 
 from tests.support.upstream import ScriptedUpstream
-from translator.app import create_app
-from translator.settings import Settings, load_settings
-
-
-class TranslatorServer:
-    """The translator app served by uvicorn in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.app = create_app(settings)
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(128)
-        self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                                    lifespan="on", timeout_graceful_shutdown=2))
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
-
-    @property
-    def state(self):
-        return self.app.state.keyrelay
-
-    def start(self) -> "TranslatorServer":
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("translator did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(10)
-        self._sock.close()
-
-    def client(self, api_key: str | None = "sk-user-test-key-0001", **kw) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.url, api_key=api_key, max_retries=0, timeout=30, **kw)
-
-
-def translator_settings(*argv: str, **env: str) -> Settings:
-    base = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    base.update(env)
-    return load_settings(list(argv), base)
+from tests.translator.server import TranslatorServer, translator_settings
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ USER = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def pair(request):
-    from tests.translator.conftest import TranslatorServer, translator_settings
+    from tests.translator.server import TranslatorServer, translator_settings
 
     with ScriptedUpstream() as up:
         srv = TranslatorServer(translator_settings(PREFERRED_PROVIDER="anthropic", ANTHROPIC_BASE_URL=up.url,

@@ -15,7 +15,7 @@ USER = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def pair():
-    from tests.translator.conftest import TranslatorServer, translator_settings
+    from tests.translator.server import TranslatorServer, translator_settings
 
     with ScriptedUpstream() as up:
         srv = TranslatorServer(translator_settings(PREFERRED_PROVIDER="google", GEMINI_BASE_URL=up.url)).start()

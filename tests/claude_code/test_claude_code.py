@@ -1,0 +1,101 @@
+"""The real Claude Code CLI against the translator, with a scripted OpenAI upstream that first asks for one
+Bash tool call and then answers. Claude Code must run the tool, send its result back and print the answer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support import claude_code
+from tests.support.upstream import ScriptedUpstream
+from tests.translator.server import TranslatorServer, translator_settings
+
+pytestmark = pytest.mark.claude_code
+
+KEY = "sk-claude-code-user-0001"
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Observe:
+    """ASGI wrapper recording what reached the translator (observation only; the app is unchanged)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.seen: list[Seen] = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        parts: list[bytes] = []
+
+        async def recv():
+            msg = await receive()
+            if msg["type"] == "http.request":
+                parts.append(msg.get("body", b""))
+            return msg
+
+        try:
+            await self.app(scope, recv, send)
+        finally:
+            self.seen.append(Seen(scope["method"], scope["path"], scope["query_string"].decode(),
+                                  {k.decode().lower(): v.decode() for k, v in scope["headers"]}, b"".join(parts)))
+
+
+@pytest.fixture(scope="module")
+def claude():
+    return claude_code.require()
+
+
+@pytest.mark.parametrize("credential", ["api_key", "auth_token"])
+def test_claude_code_runs_a_tool_through_the_translator(claude, tmp_path, credential):
+    """ANTHROPIC_API_KEY arrives as x-api-key (direct use); ANTHROPIC_AUTH_TOKEN as Authorization: Bearer
+    (the header contract behind Envoy)."""
+    marker = "keyrelay-marker-7f3a"
+    (tmp_path / "note.txt").write_text(marker + "\n")
+    final = "The note says keyrelay-marker-7f3a. Done."
+    observed: list[Observe] = []
+
+    def wrap(app):
+        observed.append(Observe(app))
+        return observed[0]
+
+    with ScriptedUpstream(default=claude_code.tool_round_trip(f"cat {tmp_path / 'note.txt'}", final)) as up:
+        srv = TranslatorServer(translator_settings(OPENAI_BASE_URL=up.url + "/v1"), wrap=wrap).start()
+        try:
+            result = claude_code.run(f"Show me the content of {tmp_path / 'note.txt'}", base_url=srv.url,
+                                     cwd=tmp_path, claude=claude, **{credential: KEY})
+        finally:
+            srv.stop()
+
+    assert result.ok, result.describe()
+    assert final in result.text
+    assert result.result["num_turns"] >= 2
+
+    seen = observed[0].seen
+    posts = [s for s in seen if s.method == "POST" and s.path == "/v1/messages"]
+    assert posts, [(s.method, s.path) for s in seen]
+    assert all(s.query == "beta=true" for s in posts)
+    if credential == "api_key":
+        assert all(s.headers.get("x-api-key") == KEY for s in posts)
+    else:
+        assert all(s.headers.get("authorization") == f"Bearer {KEY}" for s in posts)
+    assert all("anthropic-version" in s.headers for s in posts)
+    bodies = [json.loads(s.body) for s in posts]
+    assert all(b.get("stream") is True for b in bodies)
+    assert any(len(b.get("tools") or []) > 5 for b in bodies)
+
+    # Upstream: the key on every request; the second agent request carries the tool's real output.
+    assert up.requests and all(k == KEY for k in up.keys)
+    tool_msgs = [m for r in up.requests for m in r.body["messages"] if m.get("role") == "tool"]
+    assert tool_msgs and tool_msgs[0]["tool_call_id"] == "call_keyrelay_1"
+    assert marker in json.dumps(tool_msgs[0]["content"])  # Bash really ran `cat`
