@@ -546,3 +546,100 @@ _END = [_ev("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_t
 def test_grammar_checker_rejects_broken_streams(events):
     with pytest.raises(AssertionError):
         check_grammar(events)
+
+
+# ----------------------------------------------------------------------------------------- recorded-style bytes
+
+from pathlib import Path  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _load_generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_openai_streams", FIXTURES / "make_openai_streams.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_streams = _load_generator()
+
+
+def pipeline(raw: bytes, read_size: int, **kw: Any) -> tuple[list[tuple[str, dict]], dict]:
+    """Upstream bytes -> SSEDecoder (in `read_size` reads) -> OpenAIStreamConverter -> encode_events -> SDK."""
+    dec = SSEDecoder()
+    conv = OpenAIStreamConverter(model="claude-sonnet-4-5", input_tokens=7, **kw)
+    events: list[tuple[str, dict]] = []
+    body = b""
+    done = False
+    for i in range(0, len(raw), read_size):
+        batch: list[tuple[str, dict]] = []
+        for ev in dec.feed(raw[i : i + read_size]):
+            if ev.is_done:
+                done = True
+                break
+            batch += conv.feed(ev.json())
+        if batch:
+            events += batch
+            body += encode_events(batch)
+        if done:
+            break
+    assert done, "stream ended without [DONE]"
+    tail = conv.finish()
+    events += tail
+    body += encode_events(tail)
+    check_grammar(events)
+    return events, sdk_final_message(body)
+
+
+@pytest.mark.parametrize("read_size", [1, 7, 100, 4096, 1 << 20])
+@pytest.mark.parametrize(
+    "name, kw, content, stop_reason, stop_sequence, usage_",
+    [
+        (
+            "openai_stream_text.sse",
+            {},
+            [T(_streams.TEXT_EXPECTED)],
+            "end_turn",
+            None,
+            {"input_tokens": 1520, "output_tokens": 120},
+        ),
+        (
+            "openai_stream_tools.sse",
+            {},
+            [
+                T("I'll look at both."),
+                TU("call_Q7kP2x9LmN4vR8sT1uW3yZ5a", "Read", {"file_path": "/src/app/handler.py"}),
+                TU("call_B6nM3q8KjH2gF5dS9aP1oI4u", "Grep", {"pattern": "class Handler", "output_mode": "content", "-n": True}),
+            ],
+            "tool_use",
+            None,
+            {"input_tokens": 258, "output_tokens": 64, "cache_read_input_tokens": 29952},
+        ),
+        (
+            "vllm_stream_reasoning.sse",
+            {"stop_sequences": ["###"]},
+            [TH("Count to three, then stop."), T("1, 2, 3")],
+            "stop_sequence",
+            "###",
+            {"input_tokens": 7, "output_tokens": 9},  # no usage chunk: (26 + 7 characters) / 4
+        ),
+    ],
+)
+def test_recorded_streams_through_the_whole_pure_pipeline(name, kw, content, stop_reason, stop_sequence, usage_, read_size):
+    raw = (FIXTURES / name).read_bytes()
+    _, msg = pipeline(raw, read_size, **kw)
+    assert msg["content"] == content
+    assert (msg["stop_reason"], msg["stop_sequence"]) == (stop_reason, stop_sequence)
+    assert msg["model"] == "claude-sonnet-4-5"
+    assert {k: v for k, v in msg["usage"].items() if v is not None} == usage_
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [("openai_stream_text.sse", "text_stream"), ("openai_stream_tools.sse", "tools_stream"), ("vllm_stream_reasoning.sse", "vllm_stream")],
+)
+def test_stream_fixtures_match_their_generator(name, make):
+    assert (FIXTURES / name).read_bytes() == getattr(_streams, make)().encode("utf-8")
