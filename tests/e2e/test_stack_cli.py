@@ -1,0 +1,134 @@
+"""`keyrelay-stack` as a user runs it: one command, prefixed logs, the Claude Code lines, a working endpoint,
+and no orphan process after SIGTERM or after one part dies."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from keyrelay_stack.cli import DEMO_KEY
+from tests.e2e.conftest import ALL_PROCS, KEY_ALPHA, KEY_BRAVO, sdk_client
+from tests.support.procs import Proc, base_env, free_port, script
+
+pytestmark = pytest.mark.e2e
+
+
+def descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            for k in kids:
+                if k not in out:
+                    out.add(k)
+                    todo.append(k)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = {p for p in pids if alive(p)}
+        if not left:
+            return set()
+        time.sleep(0.1)
+    return {p for p in pids if alive(p)}
+
+
+def start_stack(**env: str) -> tuple[Proc, int]:
+    port = free_port()
+    argv = [script("keyrelay-stack"), "--port", str(port), "--admin-port", str(free_port()),
+            "--ext-authz-port", str(free_port()), "--ext-authz-http-port", str(free_port()),
+            "--translator-port", str(free_port()), "--envoy-concurrency", "1"]
+    proc = Proc(argv, base_env(**env), name="keyrelay-stack")
+    ALL_PROCS.append(proc)
+    # Proc.wait_ready also fires on a child's `[demo] ready: ...` line; the stack's own line is the one to await.
+    deadline = time.monotonic() + 90
+    while not any(line.startswith("ready: stack on ") for line in list(proc.lines)):
+        if proc.popen.poll() is not None or time.monotonic() > deadline:
+            proc.stop()
+            raise RuntimeError(f"keyrelay-stack did not become ready:\n{proc.output[-4000:]}")
+        time.sleep(0.05)
+    return proc, port
+
+
+def test_demo_stack_serves_the_sdk_and_stops_cleanly():
+    proc, port = start_stack()
+    try:
+        out = proc.output
+        assert "DEMO MODE" in out
+        assert f"  export ANTHROPIC_BASE_URL=http://127.0.0.1:{port}" in proc.lines
+        assert any(line.strip().startswith(f"export ANTHROPIC_API_KEY={DEMO_KEY}") for line in proc.lines)
+        assert f"ready: stack on http://127.0.0.1:{port}" in proc.lines
+        for prefix in ("[demo] ready:", "[ext_authz] ready:", "[translator] ready:"):
+            assert any(line.startswith(prefix) for line in proc.lines), prefix
+
+        # The printed demo key works, and so does any well-formed personal key.
+        for key in (DEMO_KEY, KEY_ALPHA):
+            reply = sdk_client(f"http://127.0.0.1:{port}", key).messages.create(
+                model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hello"}])
+            assert "keyrelay demo upstream" in reply.content[0].text
+        kids = descendants(proc.popen.pid)
+        assert len(kids) >= 4  # demo, ext_authz, translator, envoy (and any workers)
+    finally:
+        code = proc.stop(signal.SIGTERM, timeout=20)
+    assert code == 0, proc.output[-2000:]
+    assert wait_gone(kids) == set()
+    assert proc.lines[-1] == "[stack] stopped"
+    assert any(line.startswith("[envoy] {") for line in proc.lines)  # the JSON access log, prefixed
+
+
+def test_provider_stack_serves_real_traffic_and_exits_nonzero_when_a_part_dies(scripted):
+    scripted.reset()
+    proc, port = start_stack(OPENAI_BASE_URL=scripted.url + "/v1")
+    try:
+        assert "DEMO MODE" not in proc.output
+        assert "export ANTHROPIC_API_KEY=sk-...   # replace with YOUR personal key" in proc.output
+        reply = sdk_client(f"http://127.0.0.1:{port}", bearer=KEY_BRAVO).messages.create(
+            model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "hello"}])
+        assert reply.content[0].text == "Hello!"
+        assert scripted.keys == [KEY_BRAVO]
+
+        kids = descendants(proc.popen.pid)
+        pids = {name: int(pid) for name, pid in re.findall(r"^\[stack\] (\w+): pid (\d+)$", proc.output, re.M)}
+        assert set(pids) == {"ext_authz", "translator", "envoy"}
+        os.kill(pids["translator"], signal.SIGKILL)
+        code = proc.popen.wait(30)
+    finally:
+        proc.stop()
+    assert code == 1
+    assert "translator exited unexpectedly" in proc.output
+    assert proc.lines[-1].startswith("error: stack stopped: translator exited unexpectedly")
+    assert wait_gone(kids) == set()
+
+
+def test_busy_port_is_a_one_line_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        busy = s.getsockname()[1]
+        proc = Proc([script("keyrelay-stack"), "--port", str(busy)], base_env(), name="keyrelay-stack-busy")
+        code = proc.popen.wait(30)
+        proc.stop()
+    assert code == 2
+    assert proc.lines == [f"error: port {busy} (Envoy listener) is already in use; pick another with --port or "
+                          f"--port-base"]
