@@ -6,7 +6,6 @@ on stdout is `ready: ext_authz grpc on <host:port> http on <host:port>` (docs/in
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import logging
 import os
@@ -32,6 +31,7 @@ class Config:
     log_level: str = "info"
     reload_interval: float = 1.0
     drain_seconds: float = 5.0
+    threads: int = 4
     overrides: EnvOverrides = EnvOverrides()
 
 
@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="policy YAML file, hot-reloaded (EXT_AUTHZ_POLICY; default: built-in policy)")
     p.add_argument("--workers", help="worker processes sharing the gRPC port via SO_REUSEPORT "
                                      "(EXT_AUTHZ_WORKERS; default 1)")
+    p.add_argument("--threads", help="threads answering checks in each worker process (EXT_AUTHZ_THREADS; "
+                                     "default 4)")
     p.add_argument("--log-level", help="debug, info, warning, error (EXT_AUTHZ_LOG_LEVEL; default info)")
     p.add_argument("--reload-interval", help="seconds between policy file checks (EXT_AUTHZ_RELOAD_INTERVAL; "
                                              "default 1)")
@@ -88,6 +90,7 @@ def resolve_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Co
         policy=_pick(args.policy, environ, "EXT_AUTHZ_POLICY"),
         workers=_number("--workers", _pick(args.workers, environ, "EXT_AUTHZ_WORKERS"), 1, int, 1, 64),
         log_level=level,
+        threads=_number("--threads", _pick(args.threads, environ, "EXT_AUTHZ_THREADS"), 4, int, 1, 256),
         reload_interval=_number("--reload-interval", _pick(args.reload_interval, environ,
                                                            "EXT_AUTHZ_RELOAD_INTERVAL"), 1.0, float, 0.05, 3600),
         drain_seconds=_number("--drain-seconds", _pick(args.drain_seconds, environ, "EXT_AUTHZ_DRAIN_SECONDS"),
@@ -111,7 +114,7 @@ def ready_line(grpc_host: str, grpc_port: int, http_host: str, http_port: int) -
     return f"ready: ext_authz grpc on {grpc_host}:{grpc_port} http on {http_host}:{http_port}"
 
 
-async def run_single(cfg: Config, policy: Policy) -> int:
+def run_single(cfg: Config, policy: Policy) -> int:
     from prometheus_client import CollectorRegistry
 
     from .httpd import HttpSide, make_app
@@ -124,7 +127,7 @@ async def run_single(cfg: Config, policy: Policy) -> int:
     metrics.reloads.labels("success").inc()
     store = PolicyStore(policy)
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, cfg.grpc_port, reuse_port=False, drain_seconds=cfg.drain_seconds,
-                                   reload_interval=cfg.reload_interval),
+                                   reload_interval=cfg.reload_interval, threads=cfg.threads),
                         store, metrics, cfg.policy, policy_builder(cfg.overrides))
 
     def ready():
@@ -137,7 +140,7 @@ async def run_single(cfg: Config, policy: Policy) -> int:
         raise SettingsError(f"cannot bind HTTP address {cfg.http_host}:{cfg.http_port}: {exc.strerror}") from None
     try:
         try:
-            port = await worker.start()
+            port = worker.start()
         except (OSError, RuntimeError) as exc:
             raise SettingsError(f"cannot bind gRPC address {cfg.grpc_host}:{cfg.grpc_port}: {exc}") from None
         log.info("serving", extra={"grpc": f"{cfg.grpc_host}:{port}", "http": f"{cfg.http_host}:{http.port}",
@@ -145,7 +148,7 @@ async def run_single(cfg: Config, policy: Policy) -> int:
                                    "passthrough": policy.default.passthrough,
                                    "require_key": policy.default.require_key})
         print(ready_line(cfg.grpc_host, port, cfg.http_host, http.port), flush=True)
-        await worker.run_until_stopped()
+        worker.run_until_stopped()
     finally:
         http.stop()
     return 0
@@ -165,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.workers > 1:
             from .workers import run_workers
             return run_workers(cfg, policy)
-        return asyncio.run(run_single(cfg, policy))
+        return run_single(cfg, policy)
     except SettingsError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

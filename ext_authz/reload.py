@@ -8,10 +8,10 @@ and counted."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -96,10 +96,15 @@ class PolicyWatcher:
         self.on_reload(policy)
         return "reloaded"
 
-    async def run(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
+    def run(self, interval: float, stop: threading.Event) -> None:
+        """Poll until `stop` is set (runs in its own daemon thread, off the request path)."""
+        while not stop.wait(interval):
             try:
-                await asyncio.to_thread(self.poll_once)
+                self.poll_once()
             except Exception:  # never let the watcher die; the last good policy stays live
                 log.error("policy watcher failed", exc_info=True)
+
+    def start_thread(self, interval: float, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(interval, stop), name="ext_authz-policy-watch", daemon=True)
+        thread.start()
+        return thread

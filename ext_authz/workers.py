@@ -5,7 +5,6 @@ restarted; SIGTERM/SIGINT drain every worker and stop."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing as mp
 import os
@@ -41,20 +40,16 @@ def _worker_main(cfg: Config, port: int, index: int, events) -> None:
     metrics.reloads.labels("success").inc()
     store = PolicyStore(policy)
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=True, drain_seconds=cfg.drain_seconds,
-                                   reload_interval=cfg.reload_interval),
+                                   reload_interval=cfg.reload_interval, threads=cfg.threads),
                         store, metrics, cfg.policy, policy_builder(cfg.overrides))
-
-    async def run() -> None:
-        try:
-            await worker.start()
-        except (OSError, RuntimeError) as exc:
-            events.put(("failed", index, os.getpid(), f"cannot bind gRPC address {cfg.grpc_host}:{port}: {exc}"))
-            raise SystemExit(2) from None
-        events.put(("ready", index, os.getpid(), ""))
-        log.info("worker ready", extra={"worker": index, "grpc": f"{cfg.grpc_host}:{port}"})
-        await worker.run_until_stopped()
-
-    asyncio.run(run())
+    try:
+        worker.start()
+    except (OSError, RuntimeError) as exc:
+        events.put(("failed", index, os.getpid(), f"cannot bind gRPC address {cfg.grpc_host}:{port}: {exc}"))
+        raise SystemExit(2) from None
+    events.put(("ready", index, os.getpid(), ""))
+    log.info("worker ready", extra={"worker": index, "grpc": f"{cfg.grpc_host}:{port}"})
+    worker.run_until_stopped()
 
 
 def _free_port(host: str) -> int:
