@@ -651,3 +651,12 @@ def test_long_tool_names_shortened_and_mapped_back():
     events = conv.feed({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": short, "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]})
     starts = [d for n, d in events if n == "content_block_start"]
     assert starts[0]["content_block"]["name"] == long_name
+
+
+def test_claude_code_fixture_matches_its_generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_claude_code_request", FIXTURE.parent / "make_claude_code_request.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert json.loads(FIXTURE.read_text(encoding="utf-8")) == mod.build()
