@@ -125,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 workers = tuple(int(w) for w in args.workers.split(",") if w)
                 result["authz"] = authz.run(workdir, settings, envoy_concurrency=args.envoy_concurrency,
-                                            worker_counts=workers, sut_cpus=sut_cpus, stack_settings=stack_settings)
+                                            worker_counts=workers, sut_cpus=sut_cpus, stack_settings=stack_settings,
+                                            profile_to=RESULTS / "profile-ext_authz-c16.txt" if args.profile
+                                            else None)
+                if "profile" in result["authz"]:
+                    result.setdefault("profile", {})["ext_authz, 1 worker, c16"] = result["authz"].pop("profile")
             except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
                 result["errors"]["authz"] = f"{exc.__class__.__name__}: {exc}"
                 traceback.print_exc()
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["stream_cost"] = tr_result.pop("stream_cost", None)
                 if "stream_cost_error" in tr_result:
                     result["errors"]["stream_cost"] = tr_result.pop("stream_cost_error")
-                result["profile"] = tr_result.pop("profile", None)
+                result.setdefault("profile", {}).update(tr_result.pop("profile", None) or {})
                 result["translator"] = tr_result
             except Exception as exc:  # noqa: BLE001
                 result["errors"]["translator"] = f"{exc.__class__.__name__}: {exc}"

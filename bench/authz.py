@@ -18,7 +18,8 @@ CONCURRENCIES = (1, 16)
 
 
 def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_counts: tuple[int, ...],
-        sut_cpus: str | None, stack_settings: envoy_config.ExtAuthzSettings) -> dict:
+        sut_cpus: str | None, stack_settings: envoy_config.ExtAuthzSettings,
+        profile_to: Path | None = None) -> dict:
     policy = workdir / "policy.yaml"
     policy.write_text(C.policy_yaml())
     started: list[C.Started] = []
@@ -68,6 +69,12 @@ def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_cou
                                  for label, s in authz.items()}
         result["peak_rss_mb"]["envoy"] = {str(pid): round(mb, 1) for pid, mb in envoy.proc.peak_rss_mb().items()}
         result["worker_cpu_split"] = {label: worker_split(s) for label, s in authz.items()}
+        if profile_to is not None and "w1" in authz:
+            from bench import profile
+            w1 = next(p for p in points if p.key == "w1/c16")
+            runner.log("[profile] ext_authz, 1 worker, c16")
+            result["profile"] = profile.record(authz["w1"].proc.pid, w1.request, connections=16,
+                                               duration_s=max(4.0, settings.duration_s * 2), out=profile_to)
         return result
     finally:
         for s in reversed(started):

@@ -110,6 +110,11 @@ def render(result: dict) -> str:
                 lines.append(f"    ! errors: c1 {c1['errors']}, c16 {c16['errors']}")
         lines.append("  (latencies in ms, measured by wrk; CPU-s/1k = CPU seconds per 1,000 requests at c16; "
                      "RSS = peak per process)")
+        for label, split in authz.get("worker_cpu_split", {}).items():
+            busy = sorted(split.values(), reverse=True)
+            if len(busy) > 1 and sum(busy):
+                lines.append(f"  {label}: CPU seconds per ext_authz process (supervisor and workers): "
+                             + ", ".join(f"{x:.1f}" for x in busy))
     tr = result.get("translator")
     if tr:
         lines += ["", f"2. Translator: fast loopback upstream ({tr['upstream_procs']} process), wrk -t1 "
