@@ -54,10 +54,13 @@ class SSEDecoder:
     stream dispatches a final event that lacked its blank line (lenient: some servers close right after
     `data: [DONE]\\n`)."""
 
-    __slots__ = ("_buf", "_cr", "last_event_id")
+    __slots__ = ("_pending", "_pending_nl", "_cr", "last_event_id")
 
     def __init__(self) -> None:
-        self._buf = b""
+        # Pieces of an incomplete event. Kept as a list and joined once the event completes, so one large event
+        # arriving in many small reads costs linear, not quadratic, time.
+        self._pending: list[bytes] = []
+        self._pending_nl = False  # the pending bytes end with "\n" (a blank line may complete with the next read)
         self._cr = False  # previous read ended with "\r": a leading "\n" now is the rest of a CRLF
         self.last_event_id: str | None = None
 
@@ -66,16 +69,29 @@ class SSEDecoder:
             return []
         if self._cr and chunk[:1] == b"\n":
             chunk = chunk[1:]
+            if not chunk:
+                return []
         self._cr = False
         if b"\r" in chunk:
             self._cr = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buf = self._buf + chunk if self._buf else chunk
+        if self._pending:
+            if b"\n\n" not in chunk and not (self._pending_nl and chunk[:1] == b"\n"):
+                self._pending.append(chunk)
+                self._pending_nl = chunk[-1:] == b"\n"
+                return []
+            self._pending.append(chunk)
+            buf = b"".join(self._pending)
+            self._pending = []
+        else:
+            buf = chunk
         parts = buf.split(b"\n\n")
-        if len(parts) == 1:
-            self._buf = buf
+        rest = parts.pop()
+        if rest:
+            self._pending = [rest]
+            self._pending_nl = rest[-1:] == b"\n"
+        if not parts:
             return []
-        self._buf = parts.pop()
         out: list[SSEEvent] = []
         last_id = self.last_event_id
         for raw in parts:
@@ -90,7 +106,8 @@ class SSEDecoder:
         return out
 
     def flush(self) -> list[SSEEvent]:
-        raw, self._buf = self._buf, b""
+        raw = b"".join(self._pending)
+        self._pending = []
         if not raw.strip(b"\n"):
             return []
         ev = self._parse(raw)

@@ -91,3 +91,14 @@ def test_encode_event(name, data, expected):
 def test_encode_rejects_multiline_event_name():
     with pytest.raises(ValueError):
         encode_event("a\nb", {})
+
+
+def test_large_event_in_small_reads():
+    payload = '{"text":"' + "x" * 300_000 + '"}'
+    body = b"data: " + payload.encode() + b"\n\ndata: tail\n\n"
+    d = SSEDecoder()
+    out: list[SSEEvent] = []
+    for i in range(0, len(body), 1000):
+        out += d.feed(body[i : i + 1000])
+    assert out == [SSEEvent(payload), SSEEvent("tail")]
+    assert d.flush() == []
