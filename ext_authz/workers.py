@@ -64,11 +64,15 @@ def run_workers(cfg: Config, policy: Policy) -> int:
     from .httpd import HttpSide, make_app
 
     own_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="keyrelay-ext-authz-metrics-")
-    os.makedirs(mp_dir, exist_ok=True)
-    for name in os.listdir(mp_dir):  # stale files from an earlier run would be added to the totals
-        if name.endswith(".db"):
-            os.unlink(os.path.join(mp_dir, name))
+    try:
+        mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="keyrelay-ext-authz-metrics-")
+        os.makedirs(mp_dir, exist_ok=True)
+        for name in os.listdir(mp_dir):  # stale files from an earlier run would be added to the totals
+            if name.endswith(".db"):
+                os.unlink(os.path.join(mp_dir, name))
+    except OSError as exc:
+        raise SettingsError(f"--workers > 1 needs a writable metrics directory ({exc.strerror}); set "
+                            "PROMETHEUS_MULTIPROC_DIR to one (e.g. an emptyDir volume)") from None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir  # inherited by the spawned workers
 
     port = cfg.grpc_port or _free_port(cfg.grpc_host)

@@ -210,8 +210,20 @@ def test_workers_share_one_port(tmp_path: Path) -> None:
         code, body = svc.http_get("/readyz")
         assert code == 200 and json.loads(body)["workers_ready"] == 2
         assert svc.metric("keyrelay_ext_authz_decisions_total", result="allow", route="messages") == total
-        worker_pids = {int(m) for m in re.findall(r'"pid":(\d+)', svc.proc.output)} - {svc.proc.popen.pid}
-        assert len(worker_pids) >= 2
+        worker_pids = {int(m) for m in re.findall(r'"worker ready","pid":(\d+)', svc.proc.output)}
+        assert len(worker_pids) == 2
+        # A worker that dies is replaced, and readiness follows.
+        os.kill(sorted(worker_pids)[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(re.findall(r'"worker ready"', svc.proc.output)) < 3:
+            assert time.monotonic() < deadline, svc.proc.output[-2000:]
+            time.sleep(0.1)
+        while svc.http_get("/readyz")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "worker died; restarting" in svc.proc.output
+        assert svc.check({"x-api-key": KEY}, route="messages").status.code == 0
+        worker_pids |= {int(m) for m in re.findall(r'"worker ready","pid":(\d+)', svc.proc.output)}
         svc.proc.popen.send_signal(signal.SIGTERM)
         assert svc.proc.popen.wait(20) == 0
         for pid in worker_pids:
