@@ -292,6 +292,21 @@ MESSAGE_CASES = [
         id="search-result-blocks-inlined",
     ),
     pytest.param(
+        body([
+            user("go"),
+            assistant("no tool call here"),
+            user([{"type": "tool_result", "tool_use_id": "toolu_gone", "content": "stale", "is_error": True},
+                  {"type": "text", "text": "continue"}]),
+        ]),
+        {},
+        [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": "no tool call here"},
+            {"role": "user", "content": "[result of tool call toolu_gone]\nError: stale\n\ncontinue"},
+        ],
+        id="orphan-tool-result-becomes-text",
+    ),
+    pytest.param(
         body([user("q"), assistant([{"type": "thinking", "thinking": "only thinking", "signature": "s"}]), user("again")]),
         {},
         [{"role": "user", "content": "q"}, {"role": "user", "content": "again"}],

@@ -309,16 +309,20 @@ class _Converter:
         results = [b for b in content if b.type == "tool_result"]
         others = [b for b in content if b.type != "tool_result"] if results else content
         followup: list[dict] = []
+        orphans: list[dict] = []
         if results:
-            # Tool messages go right after the assistant message, in the order of its calls; results for ids
-            # the previous assistant message did not ask for keep their relative order at the end.
-            big = len(call_order)
-            results.sort(key=lambda b: call_order.get(b.tool_use_id, big))
+            # Tool messages go right after the assistant message, in the order of its calls. A result whose id
+            # the previous assistant message did not ask for cannot be a tool message (OpenAI rejects it): it
+            # becomes framed text in the following user message.
+            results.sort(key=lambda b: call_order.get(b.tool_use_id, len(call_order)))
             for b in results:
-                if b.tool_use_id not in call_order:
+                msg = self.tool_result_message(b, followup)
+                if b.tool_use_id in call_order:
+                    out.append(msg)
+                else:
                     self.note("tool_result without a matching tool_use in the previous assistant message")
-                out.append(self.tool_result_message(b, followup))
-        parts = followup + self.user_parts(others)
+                    orphans.append({"type": "text", "text": f"[result of tool call {b.tool_use_id}]\n{msg['content']}"})
+        parts = orphans + followup + self.user_parts(others)
         collapsed = self.collapse(parts)
         if collapsed is not None:
             out.append({"role": "user", "content": collapsed})
