@@ -4,9 +4,10 @@
 ext_authz, translator) can be tried with Claude Code without any real model or key. It answers:
 
 - `POST /v1/chat/completions` (and `/chat/completions`), streamed or not:
-  - a tool call when the request offers tools, the last message is a user prompt and that prompt names an
-    offered tool together with the word "tool" (e.g. "use the Bash tool to run `ls`"); a backticked snippet in
-    the prompt becomes the tool's first required string argument (e.g. Bash's `command`);
+  - a tool call when the request offers tools, the last message (trailing `system` messages aside) is a user
+    prompt and that prompt, without Claude Code's <system-reminder> blocks, names an offered tool together
+    with the word "tool" (e.g. "use the Bash tool to run `ls`"); a backticked snippet in the prompt becomes
+    the tool's first required string argument (e.g. Bash's `command`);
   - after a tool result, a text that quotes the start of the result;
   - otherwise a fixed text saying it is the keyrelay demo upstream;
 - `GET /v1/models`, `GET /healthz`, `HEAD` on any path.
@@ -84,17 +85,12 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _last_text_part(content: Any) -> str:
-    """The user's own words: the last text part that is not a Claude Code <system-reminder>."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        for part in reversed(content):
-            if isinstance(part, dict) and part.get("type") == "text":
-                text = part.get("text", "").strip()
-                if text and not text.startswith("<system-reminder>"):
-                    return text
-    return ""
+_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
+
+
+def _user_words(content: Any) -> str:
+    """The user's own words: the message text without Claude Code's <system-reminder> blocks."""
+    return _REMINDER.sub("", _text_of(content)).strip()
 
 
 def _tool_functions(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -125,8 +121,9 @@ def _arguments(fn: dict[str, Any], snippet: str | None) -> dict[str, Any]:
 
 
 def plan_reply(body: dict[str, Any]) -> Plan:
-    messages = body.get("messages") or []
-    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    # Claude Code appends mid-conversation `system` messages after the user's turn: skip them.
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") != "system"]
+    last = messages[-1] if messages else {}
     role = last.get("role")
     if role == "tool":
         result = _text_of(last.get("content")).strip().replace("\n", " ")
@@ -138,7 +135,7 @@ def plan_reply(body: dict[str, Any]) -> Plan:
         shown = result[:200] + ("..." if len(result) > 200 else "")
         return Plan(text=f"keyrelay demo upstream: the tool {name or 'call'} returned: {shown}")
     if role == "user":
-        prompt = _last_text_part(last.get("content"))
+        prompt = _user_words(last.get("content"))
         functions = _tool_functions(body)
         if functions and re.search(r"\btools?\b", prompt, re.IGNORECASE):
             for fn in functions:

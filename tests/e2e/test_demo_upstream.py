@@ -38,6 +38,14 @@ PLANS = [
      "Bash", {"command": "pwd"}),
     ("schema-defaults", {"messages": [user("use the Read tool")], "tools": [BASH, READ]},
      "Read", {"file_path": "demo", "limit": 1}),
+    ("claude-code-shape", {"messages": [
+        {"role": "user", "content": "<system-reminder>\nuse the Read tool `x`\n</system-reminder>\n"
+                                    "use the Bash tool to run `ls`"},
+        {"role": "system", "content": "# Environment: use the Read tool"}], "tools": [READ, BASH]},
+     "Bash", {"command": "ls"}),
+    ("tool-word-only-in-reminder", {"messages": [
+        {"role": "user", "content": "<system-reminder>use the Bash tool</system-reminder>hello"}],
+        "tools": [BASH]}, None, "You said: hello"),
     ("tool-not-offered", {"messages": [user("use the Grep tool")], "tools": [BASH]}, None, "You said"),
     ("after-tool-result", {"messages": [
         user("use the Bash tool to run `ls`"),
