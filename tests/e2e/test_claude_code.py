@@ -62,3 +62,26 @@ def test_claude_code_through_envoy_with_a_personal_key(claude, stack, up, tmp_pa
     assert len(mine) == expected
     assert all(e["status"] == 200 and e["credential"] == "passthrough" for e in mine)
     assert all((e["user_agent"] or "").startswith("claude-cli/") for e in mine)
+
+
+def test_claude_code_demo_conversation_on_keyrelay_stack(claude, tmp_path):
+    """`make run` with no provider: the printed settings let Claude Code hold a demo conversation with one tool
+    call answered by the built-in demo upstream."""
+    from keyrelay_stack.cli import DEMO_KEY
+    from tests.e2e.test_stack_cli import start_stack
+
+    (tmp_path / "demo-file.txt").write_text("x\n")
+    proc, port = start_stack()
+    try:
+        base_url = next(line.split("=", 1)[1] for line in proc.lines
+                        if line.strip().startswith("export ANTHROPIC_BASE_URL="))
+        result = claude_code.run("use the Bash tool to run `ls`", base_url=base_url, api_key=DEMO_KEY,
+                                 cwd=tmp_path, claude=claude)
+    finally:
+        assert proc.stop() == 0
+    assert base_url == f"http://127.0.0.1:{port}"
+    assert result.ok, result.describe()
+    assert result.text.startswith("keyrelay demo upstream: the tool Bash returned:")
+    assert "demo-file.txt" in result.text  # Bash really ran `ls` in the working directory
+    demo_lines = [line for line in proc.lines if line.startswith("[demo] ") and "POST" in line]
+    assert any("reply=tool_call(Bash)" in line for line in demo_lines)
