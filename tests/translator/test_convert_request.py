@@ -307,6 +307,25 @@ MESSAGE_CASES = [
         id="orphan-tool-result-becomes-text",
     ),
     pytest.param(
+        body([
+            user("go"),
+            assistant([TOOL_USE]),
+            {"role": "system", "content": "permission mode changed"},
+            user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}, {"type": "text", "text": "next"}]),
+        ]),
+        {},
+        [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "toolu_1", "type": "function", "function": {"name": "Read", "arguments": '{"file_path":"/a","n":1}'}},
+            ]},
+            {"role": "tool", "tool_call_id": "toolu_1", "content": "ok"},
+            {"role": "system", "content": "permission mode changed"},
+            {"role": "user", "content": "next"},
+        ],
+        id="system-between-tool-calls-and-results-waits",
+    ),
+    pytest.param(
         body([user("q"), assistant([{"type": "thinking", "thinking": "only thinking", "signature": "s"}]), user("again")]),
         {},
         [{"role": "user", "content": "q"}, {"role": "user", "content": "again"}],

@@ -302,8 +302,11 @@ class _Converter:
             text = ERROR_PREFIX + text
         return {"role": "tool", "tool_call_id": self.call_id(block.tool_use_id), "content": text}
 
-    def user_message(self, content: Any, out: list[dict], call_order: dict[str, int]) -> None:
+    def user_message(
+        self, content: Any, out: list[dict], call_order: dict[str, int], waiting: list[dict]
+    ) -> None:
         if isinstance(content, str):
+            out.extend(waiting)
             out.append({"role": "user", "content": content})
             return
         results = [b for b in content if b.type == "tool_result"]
@@ -322,6 +325,7 @@ class _Converter:
                 else:
                     self.note("tool_result without a matching tool_use in the previous assistant message")
                     orphans.append({"type": "text", "text": f"[result of tool call {b.tool_use_id}]\n{msg['content']}"})
+        out.extend(waiting)
         parts = orphans + followup + self.user_parts(others)
         collapsed = self.collapse(parts)
         if collapsed is not None:
@@ -376,17 +380,24 @@ class _Converter:
         if system:
             out.append({"role": "system", "content": system})
         call_order: dict[str, int] = {}
+        # System messages between an assistant's tool calls and their results: OpenAI needs the tool messages
+        # directly after the calls, so these wait until the results are placed.
+        waiting: list[dict] = []
         for m in req.messages:
-            if m.role == "assistant":
-                call_order = self.assistant_message(m.content, out)
-                continue
-            if m.role == "user":
-                self.user_message(m.content, out, call_order)
-            else:  # mid-conversation system message, kept at its position
+            if m.role == "system":
                 text = self.system_text(m.content)
                 if text:
-                    out.append({"role": self.caps.system_role, "content": text})
+                    (waiting if call_order else out).append({"role": self.caps.system_role, "content": text})
+                continue
+            if m.role == "assistant":
+                out.extend(waiting)
+                waiting = []
+                call_order = self.assistant_message(m.content, out)
+                continue
+            self.user_message(m.content, out, call_order, waiting)
+            waiting = []
             call_order = {}
+        out.extend(waiting)
         return out
 
     # ------------------------------------------------------------------ tools
