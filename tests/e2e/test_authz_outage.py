@@ -94,3 +94,21 @@ def test_authz_killed_is_503_and_recovers_when_back(translator, policy_file, up,
     finally:
         envoy.stop()
         authz.stop()
+
+
+def test_translator_down_is_a_distinct_503(stack, up, e2e_tmp):
+    """Authorized, but nothing listens where the translator should: Envoy's own 503, in the Anthropic shape and
+    with a message that tells it apart from an authorization outage."""
+    envoy = start_envoy("envoy_no_translator", ext_authz_port=stack.ext_authz.port, translator_port=free_port(),
+                        tmp=e2e_tmp)
+    try:
+        with pytest.raises(anthropic.APIStatusError) as info:
+            envoy.client(KEY_ALPHA).messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=MSG)
+    finally:
+        envoy.stop()
+    err = info.value
+    assert err.status_code == 503
+    body = err.response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert body["error"]["message"].startswith("upstream service unavailable")
+    assert up.requests == []
