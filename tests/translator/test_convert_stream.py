@@ -643,3 +643,58 @@ def test_recorded_streams_through_the_whole_pure_pipeline(name, kw, content, sto
 )
 def test_stream_fixtures_match_their_generator(name, make):
     assert (FIXTURES / name).read_bytes() == getattr(_streams, make)().encode("utf-8")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_splits_and_interleavings_never_lose_arguments(seed):
+    """Arguments of up to three parallel calls, cut at random points and interleaved at random, with the id and
+    name arriving at random moments (possibly after some arguments): the SDK must rebuild every input."""
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(1, 3)
+    calls = []
+    for k in range(n):
+        inp = {"path": f"/src/{k}/{'é' * rng.randint(0, 3)}x.py", "lines": list(range(rng.randint(0, 5))), "flag": bool(k % 2)}
+        raw = json.dumps(inp, ensure_ascii=False)
+        cuts = sorted(rng.sample(range(1, len(raw)), rng.randint(0, min(6, len(raw) - 1))))
+        pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
+        calls.append({"index": k, "id": f"call_{seed}_{k}", "name": f"Tool{k}", "input": inp, "pieces": pieces})
+    # each call: a head event (id+name, maybe with the first piece) placed at a random position among its pieces
+    queues = []
+    for c in calls:
+        events = [("args", p) for p in c["pieces"]]
+        head_at = rng.randint(0, len(events))
+        events.insert(head_at, ("head", None))
+        queues.append(events)
+    chunks = [text("Working on it.")] if rng.random() < 0.5 else []
+    while any(queues):
+        k = rng.choice([i for i, q in enumerate(queues) if q])
+        kind, piece = queues[k].pop(0)
+        c = calls[k]
+        if kind == "head":
+            chunks.append(tc(c["index"], id=c["id"], name=c["name"]))
+        else:
+            chunks.append(tc(c["index"], args=piece))
+    chunks += [fin("tool_calls"), usage(10, 10)]
+    _, msg = run(chunks)
+    tool_blocks = [b for b in msg["content"] if b["type"] == "tool_use"]
+    assert [(b["id"], b["name"], b["input"]) for b in tool_blocks] == [(c["id"], c["name"], c["input"]) for c in calls]
+
+
+@pytest.mark.parametrize(
+    "chunk_",
+    [
+        {},
+        {"choices": None},
+        {"choices": []},
+        {"choices": [{"delta": None}]},
+        {"choices": [{"delta": {"tool_calls": [None, "x", {"index": 0, "function": "bad"}]}}]},
+        {"choices": [{"delta": {"content": None, "reasoning_content": None, "tool_calls": None}}]},
+        {"usage": None, "choices": [{"delta": {}, "finish_reason": None}]},
+    ],
+)
+def test_odd_chunks_do_not_break_the_grammar(chunk_):
+    conv = OpenAIStreamConverter(model="m")
+    events = conv.feed(text("a")) + conv.feed(chunk_) + conv.feed(text("b")) + conv.finish()
+    check_grammar(events)

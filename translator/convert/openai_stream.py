@@ -38,9 +38,10 @@ _NONE, _TEXT, _THINKING = 0, 1, 2
 
 
 class _Tool:
-    __slots__ = ("id", "name", "args")
+    __slots__ = ("id", "name", "args", "order")
 
-    def __init__(self) -> None:
+    def __init__(self, order: tuple[int, int]) -> None:
+        self.order = order  # (OpenAI index, arrival): tool blocks are emitted in this order
         self.id: str | None = None
         self.name: str | None = None
         self.args: list[str] = []
@@ -152,7 +153,7 @@ class OpenAIStreamConverter:
             return out
         choice = choices[0]
         delta = choice.get("delta")
-        if delta:
+        if delta:  # (a dict; a malformed non-dict chunk is the caller's 502, see the server's stream reader)
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning and isinstance(reasoning, str):
                 self._chars += len(reasoning)
@@ -306,6 +307,8 @@ class OpenAIStreamConverter:
                 self._close(out)
         tools = self._tools
         for call in calls:
+            if not isinstance(call, dict):
+                continue
             i = call.get("index")
             cid = call.get("id")
             if i is None:  # some backends omit the index: match by id, else continue the last call
@@ -314,12 +317,14 @@ class OpenAIStreamConverter:
                     i = len(tools) if (cid or not tools) else max(tools)
             tool = tools.get(i)
             fn = call.get("function")
+            if not isinstance(fn, dict):
+                fn = None
             if tool is None or (
                 # A new id with a name on an index already in use is a new call (some Gemini adapters put
                 # every parallel call at index 0); the same id repeated is the same call.
                 cid and tool.id and cid != tool.id and fn and fn.get("name")
             ):
-                tool = tools[i] = _Tool()
+                tool = tools[i] = _Tool((i if isinstance(i, int) else 1 << 30, len(self._segments)))
                 self._segments.append(tool)
             if cid and not tool.id:
                 tool.id = cid
@@ -341,11 +346,18 @@ class OpenAIStreamConverter:
         segments, self._segments = self._segments, []
         self._deferring = False
         self._tools = {}
+        tools_done = False
         for seg in segments:
             if isinstance(seg, _Tool):
-                if seg.name is None and seg.id is None and not seg.args:
+                # All calls of the turn together, in OpenAI index order (what a non-streamed response lists),
+                # where the first one arrived; text that came after a call follows them.
+                if tools_done:
                     continue
-                self._emit_tool(seg, out)
+                tools_done = True
+                for tool in sorted((t for t in segments if isinstance(t, _Tool)), key=lambda t: t.order):
+                    if tool.name is None and tool.id is None and not tool.args:
+                        continue
+                    self._emit_tool(tool, out)
             else:
                 kind, pieces = seg
                 self._piece(kind, "".join(pieces), out)
