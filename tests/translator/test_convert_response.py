@@ -247,3 +247,6 @@ def test_drop_synthetic_thinking_for_anthropic_passthrough():
     assert body["messages"][1]["content"][0] == fake  # input untouched
     same, n0 = drop_synthetic_thinking(out)
     assert same is out and n0 == 0
+    only_thinking = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [fake]}, {"role": "user", "content": "q2"}]}
+    out2, n2 = drop_synthetic_thinking(only_thinking)
+    assert n2 == 1 and [m["role"] for m in out2["messages"]] == ["user", "user"]

@@ -3,7 +3,8 @@
 Thinking blocks that this translator made from an OpenAI-style backend's reasoning carry the synthetic
 signature `SYNTHETIC_SIGNATURE`. When a conversation that started on such a backend continues on an Anthropic
 backend, Anthropic rejects those signatures ("Invalid signature in thinking block"), so the passthrough drops
-exactly those blocks and leaves everything else (including real signed thinking) untouched.
+exactly those blocks (and an assistant message left empty by that) and leaves everything else (including real
+signed thinking) untouched.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def drop_synthetic_thinking(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
             dropped += len(content) - len(kept)
             if new_messages is None:
                 new_messages = list(messages)
-            new_messages[i] = {**m, "content": kept}
+            # An assistant message left empty is removed (Anthropic rejects empty content; the neighbouring
+            # user turns are then consecutive, which Anthropic accepts and merges).
+            new_messages[i] = {**m, "content": kept} if kept else None
     if new_messages is None:
         return body, 0
-    return {**body, "messages": new_messages}, dropped
+    return {**body, "messages": [m for m in new_messages if m is not None]}, dropped
