@@ -64,8 +64,8 @@ def pinning(mode: str) -> tuple[str | None, str | None, str]:
     return last, rest, f"wrk pinned to CPU {last}, processes under test to CPU(s) {rest}"
 
 
-def stream_cost(up: C.Started, workdir: Path, variants: dict, *, tr_us: float | None, runs: int, chunks: int,
-                litellm: bool) -> dict:
+def stream_cost(up: C.Started, workdir: Path, variants: dict, *, tr_us: float | None,
+                tr_marginal_us: float | None, runs: int, chunks: int, litellm: bool) -> dict:
     """The in-process baselines for the per-chunk CPU cost, read against the same upstream stream."""
     body_file = workdir / "stream_cost_openai.json"
     body_file.write_text(json.dumps(translator_path.with_stream_openai(variants["tiny"], True)[0]))
@@ -89,6 +89,11 @@ def stream_cost(up: C.Started, workdir: Path, variants: dict, *, tr_us: float | 
         rows.insert(0, {"name": "translator (process CPU, wrk -c16 streaming)", "us_per_frame": tr_us,
                         "frames_per_cpu_s": 1e6 / tr_us, "vs_httpx": tr_us / httpx_us})
         result["ratio"] = tr_us / httpx_us
+    if tr_marginal_us is not None:
+        rows.insert(1, {"name": "  of which per frame beyond a non-streaming call", "us_per_frame": tr_marginal_us,
+                        "frames_per_cpu_s": 1e6 / tr_marginal_us if tr_marginal_us > 0 else None,
+                        "vs_httpx": tr_marginal_us / httpx_us})
+        result["translator_marginal_us_per_frame"] = tr_marginal_us
     if litellm:
         try:
             lr = client("litellm", 20)
@@ -107,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = runner.Settings(runs=args.runs, duration_s=max(1.0, round(args.duration)), warmup_s=args.warmup,
                                wrk_cpus=wrk_cpus)
     t_start = time.monotonic()
+    per_point = settings.runs * settings.duration_s + settings.warmup_s
+    n_workers = len([w for w in args.workers.split(",") if w])
+    points = ((2 * (1 + n_workers)) if "authz" in args.sections else 0) + \
+        ((13 if not args.no_reference else 12) if "translator" in args.sections else 0)
+    runner.log(f"bench: {points} points x ({settings.runs} runs x {settings.duration_s:.0f} s + warm-up), "
+               f"about {points * per_point / 60 + 0.6:.0f} min plus start-up; {pin_text}")
     result: dict = {
         "machine": machine.describe(C.envoy_version(), wrk.wrk_version()),
         "settings": {"runs": settings.runs, "duration_s": settings.duration_s, "warmup_s": settings.warmup_s,
@@ -137,9 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             def after(up, tr, workdir, variants, partial):
                 extra: dict = {}
                 tiny_stream = partial["groups"].get("tiny/stream", {})
+                tiny_json = partial["groups"].get("tiny/json", {})
+                marginal = None
+                if tiny_stream and tiny_json:
+                    per_stream = tiny_stream["points"]["b_translator"]["cpu_s_per_1k"]["translator"] / 1000
+                    per_request = tiny_json["points"]["b_translator"]["cpu_s_per_1k"]["translator"] / 1000
+                    marginal = (per_stream - per_request) / (args.chunks + 3) * 1e6
                 try:
                     extra["stream_cost"] = stream_cost(up, workdir, variants,
                                                        tr_us=tiny_stream.get("translator_cpu_us_per_chunk"),
+                                                       tr_marginal_us=marginal,
                                                        runs=settings.runs, chunks=args.chunks,
                                                        litellm=not args.no_litellm)
                 except Exception as exc:  # noqa: BLE001
