@@ -84,9 +84,9 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                                "upstream": up.proc},
                 }
                 if ref and body_name == "tiny" and not stream:
-                    # Calibration yardstick (bench/reference_proxy.py), non-streaming tiny body only: streamed
-                    # through FastAPI + litellm.acompletion it costs ~300 ms CPU per 200-chunk stream here, far
-                    # off the reference the issue quotes, so it would calibrate nothing.
+                    # Calibration yardstick (bench/reference_proxy.py), non-streaming tiny body only: a stream
+                    # through LiteLLM costs ~70 ms CPU here, so at c16 one takes over a second and a run of a
+                    # few seconds completes too few for a figure; the streaming-cost table covers LiteLLM.
                     reqs["r_reference"] = wrk.Request(f"http://127.0.0.1:{ref.port}{path}", str(b_file),
                                                       {**common, "authorization": f"Bearer {C.BENCH_KEY}"})
                     procs["r_reference"] = {"reference": ref.proc, "upstream": up.proc}
