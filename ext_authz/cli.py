@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from .policy import Policy, PolicyError, builtin_policy, load_policy, parse_policy
-from .settings import EnvOverrides, SettingsError, apply_overrides, env_overrides, parse_addr
+from .settings import EnvOverrides, SettingsError, apply_overrides, env_overrides, join_hostport, parse_addr
 
 PROG = "keyrelay-ext-authz"
 log = logging.getLogger("ext_authz")
@@ -111,7 +111,8 @@ def policy_builder(overrides: EnvOverrides):
 
 
 def ready_line(grpc_host: str, grpc_port: int, http_host: str, http_port: int) -> str:
-    return f"ready: ext_authz grpc on {grpc_host}:{grpc_port} http on {http_host}:{http_port}"
+    return (f"ready: ext_authz grpc on {join_hostport(grpc_host, grpc_port)} "
+            f"http on {join_hostport(http_host, http_port)}")
 
 
 def run_single(cfg: Config, policy: Policy) -> int:

@@ -6,6 +6,7 @@ prometheus_client.start_http_server), so scrapes never run on the event loop tha
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from socketserver import ThreadingMixIn
 from typing import Callable
@@ -17,6 +18,10 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -54,7 +59,8 @@ def make_app(registry: CollectorRegistry, ready: Callable[[], tuple[bool, dict]]
 
 class HttpSide:
     def __init__(self, host: str, port: int, app) -> None:
-        self.server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+        server_class = _Server6 if ":" in host else _Server
+        self.server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
         self.port = self.server.server_port
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                        name="ext_authz-http", daemon=True)

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from .decide import decide, internal_error
@@ -25,6 +24,7 @@ from .metrics import Metrics
 from .policy import DEFAULT_ROUTE, KNOWN_ROUTES, Policy, PolicyError
 from .reload import PolicyStore, PolicyWatcher
 from .respond import build_response, deny_response
+from .settings import join_hostport
 
 log = logging.getLogger("ext_authz.check")
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
@@ -56,13 +56,7 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
             decision = decide(policy, route, headers)
             response = build_response(decision, headers.authz_headers)
         except Exception:
-            self.metrics.internal_errors.inc()
-            log.error("check failed; denied (fail closed)", exc_info=True, extra={"route": route})
-            decision = internal_error(route)
-            response = deny_response(decision)
-            self.metrics.decision("error", decision.reason, self._route_label(route, policy))
-            self._observe(time.perf_counter() - start)
-            return response
+            return self._fail_closed(route, start)
         label = self._route_label(route, policy)
         if decision.allowed:
             self.metrics.decision("allow", decision.reason, label)
@@ -76,6 +70,19 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
                                     "key_id": decision.key_id, "request_id": http.id})
         self._observe(time.perf_counter() - start)
         return response
+
+    def _fail_closed(self, route: str, start: float):
+        """An explicit deny for a fault on the decision path; nothing here depends on the policy or the request."""
+        if not isinstance(route, str) or route not in KNOWN_ROUTES:
+            route = "other"
+        try:
+            self.metrics.internal_errors.inc()
+            self.metrics.decision("error", "internal_error", route)
+            self._observe(time.perf_counter() - start)
+            log.error("check failed; denied (fail closed)", exc_info=True, extra={"route": route})
+        except Exception:  # metrics or logging broke too: still answer with the deny
+            pass
+        return deny_response(internal_error(route))
 
     def Check(self, request, context):  # noqa: N802 - gRPC method name
         return self.check(request)
@@ -135,7 +142,7 @@ class GrpcWorker:
                                   options=options, maximum_concurrent_rpcs=self.cfg.max_concurrent_rpcs)
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Authorizer(self.store, self.metrics), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        self.port = self.server.add_insecure_port(join_hostport(self.cfg.host, self.cfg.port))
         if not self.port:
             raise OSError(f"cannot bind gRPC address {self.cfg.host}:{self.cfg.port}")
         self.server.start()

@@ -57,6 +57,10 @@ def apply_overrides(policy: Policy, overrides: EnvOverrides) -> Policy:
     return result
 
 
+def join_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_addr(name: str, value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:

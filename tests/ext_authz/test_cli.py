@@ -96,6 +96,8 @@ def test_flags_win_over_environment() -> None:
     assert (defaults.grpc_port, defaults.http_port, defaults.workers, defaults.policy) == (9000, 9090, 1, None)
     with pytest.raises(SettingsError, match="host:port"):
         resolve_config(["--grpc-addr", "nonsense"], {})
+    v6 = resolve_config(["--grpc-addr", "[::1]:7003"], {})
+    assert (v6.grpc_host, v6.grpc_port) == ("::1", 7003)
 
 
 def test_environment_addresses_are_used_by_the_process() -> None:
