@@ -46,6 +46,7 @@ class Settings:
     warmup_s: float
     wrk_cpus: str | None = None
     verbose: bool = True
+    settle_s: float = 0.25
 
 
 def log(msg: str) -> None:
@@ -64,6 +65,9 @@ def run_interleaved(points: list[Point], settings: Settings) -> dict[str, list[S
             meter.start()
             res = wrk.run(p.request, connections=p.connections, duration_s=settings.duration_s,
                           cpus=settings.wrk_cpus)
+            # wrk closes its connections mid-request when the time is up; let the processes finish with those
+            # (their CPU belongs to this point, not to the next one).
+            time.sleep(settings.settle_s)
             cpu = meter.stop()
             s = Sample(rps=res.rps, requests=res.requests, p50_ms=res.latency_us["p50"] / 1000,
                        p99_ms=res.latency_us["p99"] / 1000, errors=res.error_count, cpu_s=cpu)
