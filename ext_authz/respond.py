@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-from google.protobuf.struct_pb2 import Struct
 
 from ._gen.envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse

@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry
 
 from ext_authz.decide import key_digest
 from ext_authz.metrics import Metrics
-from ext_authz.policy import builtin_policy
 from ext_authz.reload import PolicyStore
 from ext_authz.server import Authorizer
 

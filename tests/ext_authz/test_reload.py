@@ -6,7 +6,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 
 from ext_authz.cli import policy_builder
 from ext_authz.decide import key_digest
