@@ -21,7 +21,8 @@ import anthropic
 import pytest
 import yaml
 
-from keyrelay_stack.envoy_config import ENVOY_YAML, EnvoyEndpoints, envoy_argv, find_envoy, write_config
+from keyrelay_stack.envoy_config import (ENVOY_YAML, EnvoyEndpoints, dump, envoy_argv, find_envoy, load_source,
+                                         render, write_config)
 from tests.support.procs import Proc, base_env, free_port, script
 from tests.support.upstream import ScriptedUpstream
 
@@ -142,10 +143,19 @@ class Envoy:
 
 
 def start_envoy(name: str, *, ext_authz_port: int, translator_port: int, tmp: Path,
-                access_log: bool = True) -> Envoy:
+                access_log: bool = True, patch: Callable[[dict], None] | None = None) -> Envoy:
+    """Envoy from the rendered envoy.yaml; `patch` may change the rendered dict (for a test-only tweak such as
+    a short idle timeout)."""
     port, admin = free_port(), free_port()
-    config = write_config(EnvoyEndpoints(listen_port=port, admin_port=admin, ext_authz_port=ext_authz_port,
-                                         translator_port=translator_port, access_log=access_log), tmp)
+    endpoints = EnvoyEndpoints(listen_port=port, admin_port=admin, ext_authz_port=ext_authz_port,
+                               translator_port=translator_port, access_log=access_log)
+    if patch is None:
+        config = write_config(endpoints, tmp)
+    else:
+        rendered = render(load_source(), endpoints)
+        patch(rendered)
+        config = tmp / f"envoy-{port}.yaml"
+        config.write_text(dump(rendered))
     proc = _register(Proc(envoy_argv(find_envoy(), config, log_level="warning", concurrency=1),
                           base_env(), name=name))
     try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 
 import anthropic
 import httpx
 import pytest
 
-from tests.e2e.conftest import KEY_ALPHA, marker
+from tests.e2e.conftest import KEY_ALPHA, marker, start_envoy
+from tests.support.upstream import Reply, openai_stream_text
 
 pytestmark = pytest.mark.e2e
 
@@ -123,3 +125,38 @@ def test_admin_is_loopback_only(stack):
 
     rendered = yaml.safe_load(open(stack.envoy.proc.argv[2]))
     assert rendered["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def _short_idle_timeout(config: dict) -> None:
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        if route["name"] == "messages":
+            route["route"]["idle_timeout"] = "1s"
+
+
+def test_idle_timeout_before_the_response_is_504_and_a_silent_stream_is_cut(fallback_authz, recorder, e2e_tmp):
+    """The messages route has no total timeout, only an idle one (shortened to 1 s here): silence before the
+    response is a 504 in the Anthropic shape; silence in the middle of a stream ends it (no made-up events)."""
+    envoy = start_envoy("envoy_short_idle", ext_authz_port=fallback_authz.port, translator_port=recorder.port,
+                        tmp=e2e_tmp, patch=_short_idle_timeout)
+    try:
+        recorder.push(Reply(json_body={"late": True}, delay_s=2.5))
+        resp = httpx.post(envoy.url + "/v1/messages", json={}, timeout=10)
+        assert resp.status_code == 504
+        assert resp.json()["error"] == {"type": "api_error",
+                                        "message": "timed out: no data within the stream idle timeout"}
+
+        # 7 frames 0.25 s apart: each gap is under the idle timeout, the whole stream is longer than it.
+        recorder.push(openai_stream_text(["a", "b", "c"], frame_delay_s=0.25))
+        started = time.monotonic()
+        with httpx.stream("POST", envoy.url + "/v1/messages", json={}, timeout=10) as resp:
+            assert resp.status_code == 200 and b"[DONE]" in resp.read()
+        assert time.monotonic() - started > 1.2
+
+        recorder.push(openai_stream_text(["a", "b"], frame_delay_s=2.5))
+        with pytest.raises(httpx.RemoteProtocolError):
+            with httpx.stream("POST", envoy.url + "/v1/messages", json={}, timeout=10) as resp:
+                assert resp.status_code == 200
+                resp.read()
+    finally:
+        envoy.stop()
