@@ -111,8 +111,8 @@ def run_workers(cfg: Config, policy: Policy) -> int:
         with lock:
             alive = sum(1 for i, p in procs.items() if p.is_alive() and ready.get(i) == p.pid)
         return (alive == cfg.workers and not stopping.is_set(),
-                {"workers": cfg.workers, "workers_ready": alive, "policy": policy.source,
-                 "digest": policy.short_digest})
+                # The live policy digest is per worker (each reloads on its own): see keyrelay_ext_authz_policy_info.
+                {"workers": cfg.workers, "workers_ready": alive, "policy": policy.source})
 
     def is_healthy():
         alive = sum(1 for p in procs.values() if p.is_alive())
