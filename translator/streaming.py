@@ -103,6 +103,8 @@ async def relay_anthropic(stream: Any, *, ping_interval: float, stats: StreamSta
                     stats.first_event_at = time.perf_counter()
                 stats.chunks += frames.count(b"\n\n")
                 yield frames
+                if b"event: message_stop" in frames:
+                    break  # the message is complete: no ping may follow, whatever the upstream does next
         except ApiError as exc:
             stats.error = exc
             yield encode_event("error", error_body(exc.type, exc.message))

@@ -71,10 +71,7 @@ def measure(url: str, pid: int, model: str, upstream: ScriptedUpstream, requests
 
 def main() -> None:
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        fh.write("version: 1\nrules:\n  - match: perf-litellm\n    target: hosted_vllm/gpt-test\n")
-        routes = fh.name
-    with ScriptedUpstream() as up:
+    with ScriptedUpstream() as up, tempfile.TemporaryDirectory() as tmp:
         proc, url, cold = start(up)
         try:
             print(f"cold start (spawn -> ready), LiteLLM not imported: {cold:.2f} s")
@@ -82,10 +79,8 @@ def main() -> None:
             print("native OpenAI path:", {k: round(v, 4) for k, v in native.items()})
         finally:
             proc.stop()
-        with tempfile.TemporaryDirectory():
-            pass
         # The LiteLLM path (routing rule -> hosted_vllm/, LiteLLM's generic OpenAI-compatible provider).
-        routes_up = routes.replace(".yaml", "-up.yaml")
+        routes_up = os.path.join(tmp, "routes.yaml")
         with open(routes_up, "w") as fh:
             fh.write(f"version: 1\nrules:\n  - match: perf-litellm\n    target: hosted_vllm/gpt-test\n"
                      f"    base_url: {up.url}/v1\n")

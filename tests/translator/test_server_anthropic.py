@@ -137,3 +137,39 @@ def test_count_tokens_forwarded_to_anthropic(srv, up):
     assert n == 1234
     assert up.requests[-1].path == "/v1/messages/count_tokens"
     assert up.requests[-1].api_key == KEY
+
+
+def test_passthrough_client_disconnect_closes_upstream(srv, up):
+    import time
+
+    start = {"type": "message_start", "message": {
+        "id": "msg_u", "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None,
+        "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}
+    events = [("message_start", start),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}})]
+    events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": f"w{i} "}}) for i in range(200)]
+    reply = anthropic_stream(events)
+    reply.frame_delay_s = 0.02
+    up.push(reply)
+    with httpx.stream("POST", f"{srv.url}/v1/messages", headers={"x-api-key": KEY},
+                      json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER, "stream": True}) as r:
+        it = r.iter_bytes()
+        next(it)
+        next(it)
+    deadline = time.monotonic() + 3
+    while not up.aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert up.aborted
+
+
+def test_passthrough_ping_on_silence(srv, up):
+    reply = anthropic_stream_text("late")
+    reply.frame_delay_s = 0.3  # the module's translator pings after 0.2 s of silence
+    up.push(reply)
+    with httpx.stream("POST", f"{srv.url}/v1/messages", headers={"x-api-key": KEY},
+                      json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER, "stream": True}) as r:
+        raw = r.read().decode()
+    names = [f.split("\n", 1)[0].removeprefix("event: ") for f in raw.split("\n\n") if f.strip()]
+    assert names[0] == "message_start" and "ping" in names and names[-1] == "message_stop"

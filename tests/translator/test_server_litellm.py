@@ -87,3 +87,36 @@ def test_gemini_needs_a_key(srv, up):
     r = httpx.post(f"{srv.url}/v1/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
     assert not up.requests
+
+
+def _events(raw: str) -> list[str]:
+    return [f.split("\n", 1)[0].removeprefix("event: ") for f in raw.split("\n\n") if f.strip()]
+
+
+def test_gemini_stream_pings_and_mid_stream_drop(srv, up):
+    # pings: this server's ping interval is the default 10 s, so only the drop is checked here with a short
+    # stream; pings on the shared relay are covered on the native path.
+    reply = gemini_stream(["a", "b", "c", "d"])
+    reply.drop_after_frames = 2
+    up.push(reply)
+    with httpx.stream("POST", f"{srv.url}/v1/messages", headers={"x-api-key": KEY},
+                      json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER, "stream": True}) as r:
+        assert r.status_code == 200
+        names = _events(r.read().decode())
+    assert names[0] == "message_start"
+    assert names[-1] == "error" and "message_stop" not in names
+
+
+def test_gemini_client_disconnect_closes_upstream(srv, up):
+    import time
+
+    up.push(gemini_stream([f"w{i} " for i in range(200)], frame_delay_s=0.02))
+    with httpx.stream("POST", f"{srv.url}/v1/messages", headers={"x-api-key": KEY},
+                      json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER, "stream": True}) as r:
+        it = r.iter_bytes()
+        next(it)
+        next(it)
+    deadline = time.monotonic() + 3
+    while not up.aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert up.aborted, "the LiteLLM stream kept the upstream request open after the client left"
