@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -183,6 +184,16 @@ def _http_status(host: str, port: int, path: str, timeout: float = 2.0) -> int:
         conn.close()
 
 
+def _redact_url(url: str) -> str:
+    """A base URL fit for a log line: any user:password part is replaced."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
 def usage_banner(url: str, demo: bool) -> list[str]:
     key_line = (f"export ANTHROPIC_API_KEY={DEMO_KEY}   # demo key: the demo policy accepts any well-formed sk-... key"
                 if demo else
@@ -231,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("[stack] deterministic replies, no model. Use --no-demo-upstream to use your provider settings.")
         say("[stack] " + "!" * 70)
     else:
-        target = env.get("OPENAI_BASE_URL") or ("provider settings from the environment "
-                                                f"(PREFERRED_PROVIDER={env.get('PREFERRED_PROVIDER', 'openai')})")
+        target = _redact_url(env.get("OPENAI_BASE_URL", "")) or (
+            f"provider settings from the environment (PREFERRED_PROVIDER={env.get('PREFERRED_PROVIDER', 'openai')})")
         say(f"[stack] serving real traffic: the translator uses {target}")
     say(f"[stack] policy: {describe_policy(policy, env)}")
 

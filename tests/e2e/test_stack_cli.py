@@ -132,3 +132,65 @@ def test_busy_port_is_a_one_line_error():
     assert code == 2
     assert proc.lines == [f"error: port {busy} (Envoy listener) is already in use; pick another with --port or "
                           f"--port-base"]
+
+
+# ---------------------------------------------------------------- pure parts of the CLI
+
+from keyrelay_stack import cli  # noqa: E402
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, False),
+    ({"OPENAI_BASE_URL": "http://llm/v1"}, True),
+    ({"OPENAI_API_KEY": "sk-x"}, True),
+    ({"ANTHROPIC_API_KEY": "sk-x"}, True),
+    ({"GEMINI_API_KEY": "g"}, True),
+    ({"USE_VERTEX_AUTH": "true"}, True),
+    ({"USE_VERTEX_AUTH": "false"}, False),
+    ({"OPENAI_API_KEY": ""}, False),
+    ({"BIG_MODEL": "gpt-4.1"}, False),
+])
+def test_provider_configured(env, expected):
+    assert cli.provider_configured(env) is expected
+
+
+@pytest.mark.parametrize("argv,expected", [
+    ([], cli.Ports(8080, 9901, 9000, 9090, 8082, 0)),
+    (["--port", "1234"], cli.Ports(1234, 9901, 9000, 9090, 8082, 0)),
+    (["--port-base", "18000"], cli.Ports(18000, 18001, 18002, 18003, 18004, 18005)),
+    (["--port-base", "18000", "--translator-port", "7000"], cli.Ports(18000, 18001, 18002, 18003, 7000, 18005)),
+])
+def test_choose_ports(argv, expected):
+    assert cli.choose_ports(cli.parse_args(argv)) == expected
+
+
+@pytest.mark.parametrize("argv", [["--port", "9000"], ["--port", "70000"]])
+def test_choose_ports_rejects_clashes_and_out_of_range(argv):
+    with pytest.raises(cli.UsageError):
+        cli.choose_ports(cli.parse_args(argv))
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("https://user:pw@llm.example:8443/v1", "https://***@llm.example:8443/v1"),
+    ("http://llm.example/v1", "http://llm.example/v1"),
+    ("", ""),
+])
+def test_redact_url(url, expected):
+    assert cli._redact_url(url) == expected
+
+
+def test_describe_policy_says_what_passes():
+    text = cli.describe_policy(cli.DEFAULT_POLICY, {})
+    assert text.startswith("examples/policy.yaml: a key is required")
+    assert "any well-formed key passes" in text and "1 revoked key digest(s)" in text
+    assert "static key" in cli.describe_policy(cli.DEFAULT_POLICY, {"REQUIRE_PASSTHROUGH_KEY": "false"})
+    assert cli.describe_policy(None, {}).startswith("ext_authz built-in defaults")
+
+
+@pytest.mark.parametrize("demo", [True, False])
+def test_usage_banner_prints_exact_exports(demo):
+    lines = cli.usage_banner("http://127.0.0.1:8080", demo)
+    assert "  export ANTHROPIC_BASE_URL=http://127.0.0.1:8080" in lines
+    key_line = next(line for line in lines if "ANTHROPIC_API_KEY=" in line)
+    assert key_line.startswith(f"  export ANTHROPIC_API_KEY={cli.DEMO_KEY if demo else 'sk-...'} ")
+    assert any("DEMO MODE" in line for line in lines) is demo
