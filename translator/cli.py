@@ -11,9 +11,11 @@ import contextlib
 import http.client
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from typing import Iterator, Sequence
@@ -104,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = dict(log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
                   server_header=False, date_header=True, proxy_headers=False, http="httptools", loop="uvloop")
     stop = threading.Event()
+    cleanup: list[str] = []
     try:
         if settings.workers == 1:
             sock = _bind(settings.host, settings.port)
@@ -121,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _bind(settings.host, port).close()  # fail with one line when the port is taken
             os.environ.update(settings.to_env())
             os.environ["KEYRELAY_TRANSLATOR__port"] = str(port)
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                # Workers aggregate their metrics through files in a private directory (removed at exit).
+                metrics_dir = tempfile.mkdtemp(prefix="keyrelay-translator-metrics-")
+                cleanup.append(metrics_dir)
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
             threading.Thread(target=_announce_when_ready, args=(settings.host, port, stop), daemon=True).start()
             uvicorn.run("translator.app:app_from_env", factory=True, host=settings.host, port=port,
                         workers=settings.workers, **common)
@@ -131,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     finally:
         stop.set()
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
     return 0
 
 

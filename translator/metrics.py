@@ -1,15 +1,20 @@
-"""Prometheus metrics of the translator (one registry per app, so tests and workers do not share state).
+"""Prometheus metrics of the translator (one registry per app, so in-process test servers do not share state).
 
-With `--workers N` each worker process has its own registry; scrape through the pod/sidecar or set
-PROMETHEUS_MULTIPROC_DIR for prometheus-client's multiprocess mode.
+With `--workers N` the CLI points PROMETHEUS_MULTIPROC_DIR at a private directory before the workers start
+(unless it is set already); prometheus-client then keeps every worker's values in files there and /metrics,
+whichever worker answers it, aggregates all of them.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -26,6 +31,10 @@ class Metrics:
     litellm_import: Gauge
 
     def render(self) -> tuple[bytes, str]:
+        if os.environ.get(MULTIPROC_ENV):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)
+            return generate_latest(merged), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
@@ -46,7 +55,9 @@ def build_metrics() -> Metrics:
         upstream_errors=Counter("keyrelay_translator_upstream_errors",
                                 "Upstream failures by provider and the status answered",
                                 ["provider", "status"], registry=r),
-        inflight=Gauge("keyrelay_translator_inflight_requests", "Requests in flight", registry=r),
+        inflight=Gauge("keyrelay_translator_inflight_requests", "Requests in flight", registry=r,
+                       multiprocess_mode="livesum"),
         litellm_import=Gauge("keyrelay_translator_litellm_import_seconds",
-                             "Measured LiteLLM import time (0 until imported)", registry=r),
+                             "Measured LiteLLM import time (0 until imported)", registry=r,
+                             multiprocess_mode="max"),
     )

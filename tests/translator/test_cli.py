@@ -35,6 +35,10 @@ def test_console_script_serves_and_stops_cleanly(upstream, workers, sig):
             assert s.get_final_message().content[0].text == "ab"
         assert httpx.head(f"http://127.0.0.1:{port}/").status_code == 200
         assert upstream.keys == [KEY, KEY]
+        # Whichever worker answers the scrape, it counts both requests (workers aggregate their metrics).
+        for _ in range(3):
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            assert 'keyrelay_translator_requests_total{provider="openai",route="messages",status="200"} 2.0' in text
     finally:
         rc = proc.stop(sig)
     assert rc == 0, proc.output[-2000:]

@@ -420,3 +420,15 @@ def test_count_tokens_counts_system_tools_and_images(translator, upstream):
     assert with_tools > base + 10
     assert with_image > base + 50
     assert not upstream.requests  # counted locally, no upstream call
+
+
+def test_body_just_under_32mb_is_accepted(translator, upstream):
+    upstream.push(openai_completion("big ok"))
+    data = "A" * (30 * 1024 * 1024)
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
+        {"type": "text", "text": "what is this"}]}]}
+    r = httpx.post(f"{translator.url}/v1/messages", json=body, headers={"x-api-key": KEY}, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    sent = upstream.requests[-1].body["messages"][0]["content"]
+    assert any(p.get("type") == "image_url" and p["image_url"]["url"].endswith("A" * 100) for p in sent)
