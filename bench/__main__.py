@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--envoy-concurrency", type=int, default=2, help="Envoy worker threads (default 2)")
     ap.add_argument("--upstream-procs", type=int, default=1, help="processes of the fast upstream (default 1)")
     ap.add_argument("--chunks", type=int, default=200, help="content chunks per streamed reply (default 200)")
+    ap.add_argument("--stream-writes", choices=("frame", "whole"), default="frame",
+                    help="how the upstream sends a stream: one write per SSE frame, as an upstream flushing every "
+                         "token (default), or the whole stream in one write (a much faster direct path)")
     ap.add_argument("--pin", choices=("none", "wrk", "split"), default="none",
                     help="CPU pinning: none (default); wrk = wrk on the last CPU, the rest unpinned; "
                          "split = wrk on the last CPU, everything else on the others")
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     workdir, settings, connections=args.connections, envoy_concurrency=args.envoy_concurrency,
                     upstream_procs=args.upstream_procs, chunks=args.chunks, sut_cpus=sut_cpus,
                     upstream_cpus=sut_cpus, stack_settings=stack_settings, reference=not args.no_reference,
+                    stream_writes=args.stream_writes,
                     on_ready=after)
                 result["stream_cost"] = tr_result.pop("stream_cost", None)
                 if "stream_cost_error" in tr_result:

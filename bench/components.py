@@ -59,10 +59,12 @@ class Started:
     extra: dict
 
 
-def start_upstream(procs: int = 1, chunks: int = 200, cpus: str | None = None) -> Started:
+def start_upstream(procs: int = 1, chunks: int = 200, cpus: str | None = None,
+                   stream_writes: str = "frame") -> Started:
     port = free_port()
     p = Proc([sys.executable, "-m", "bench.upstream", "--port", str(port), "--procs", str(procs),
-              "--chunks", str(chunks)], env=base_env(), name="upstream", cpus=cpus).wait_ready(30)
+              "--chunks", str(chunks), "--stream-writes", stream_writes], env=base_env(), name="upstream",
+             cpus=cpus).wait_ready(30)
     return Started(p, port, {})
 
 

@@ -92,7 +92,8 @@ def stack_ext_authz_settings(rendered: dict[str, Any] | None) -> ExtAuthzSetting
             clusters = rendered.get("static_resources", {}).get("clusters", [])
             cluster = next((c for c in clusters if c.get("name") == cname), None)
             if cluster:
-                return ExtAuthzSettings(copy.deepcopy(filt), copy.deepcopy(cluster), "envoy.yaml (keyrelay_stack.envoy_config)")
+                return ExtAuthzSettings(copy.deepcopy(filt), copy.deepcopy(cluster),
+                                        "envoy.yaml (keyrelay_stack.envoy_config)")
     return ExtAuthzSettings(default_ext_authz_filter("ext_authz"), default_ext_authz_cluster("ext_authz", 0),
                             "bench defaults")
 

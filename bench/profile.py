@@ -90,7 +90,8 @@ def summarize(raw: str, top: int = 15) -> dict:
         return [{"function": f, "pct": round(100 * n / total, 1), "samples": n} for f, n in c.most_common(top)]
 
     return {"samples": total, "top_self": table(self_counts),
-            "self_by_package": [{"package": p, "pct": round(100 * n / total, 1)} for p, n in pkg_counts.most_common(12)],
+            "self_by_package": [{"package": p, "pct": round(100 * n / total, 1)}
+                                for p, n in pkg_counts.most_common(12)],
             "top_inclusive_project": table(project_incl)}
 
 

@@ -118,7 +118,9 @@ def render(result: dict) -> str:
     tr = result.get("translator")
     if tr:
         lines += ["", f"2. Translator: fast loopback upstream ({tr['upstream_procs']} process), wrk -t1 "
-                      f"-c{tr['connections']}, streaming = {tr['chunks']} chunks; full path Envoy config from "
+                      f"-c{tr['connections']}, streaming = {tr['chunks']} chunks "
+                      f"({tr.get('stream_writes', 'whole')} writes); "
+                      f"full path Envoy config from "
                       f"{tr['full_path_envoy_config']}",
                   f"  {'body/mode':<19}{'path':<16}{'req/s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}"
                   f"   CPU-s per 1k requests: {'translator':>10}{'ext_authz':>10}{'envoy':>8}{'upstream':>9}"]

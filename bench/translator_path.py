@@ -21,12 +21,13 @@ ANTHROPIC_BETA = ("claude-code-20250219,interleaved-thinking-2025-05-14,fine-gra
 
 def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrency: int, upstream_procs: int,
         chunks: int, sut_cpus: str | None, upstream_cpus: str | None,
-        stack_settings: envoy_config.ExtAuthzSettings, reference: bool = True, on_ready=None) -> dict:
+        stack_settings: envoy_config.ExtAuthzSettings, reference: bool = True, stream_writes: str = "frame",
+        on_ready=None) -> dict:
     policy = workdir / "policy.yaml"
     policy.write_text(C.policy_yaml())
     started: list[C.Started] = []
     try:
-        up = C.start_upstream(procs=upstream_procs, chunks=chunks, cpus=upstream_cpus)
+        up = C.start_upstream(procs=upstream_procs, chunks=chunks, cpus=upstream_cpus, stream_writes=stream_writes)
         started.append(up)
         tr = C.start_translator(up.port, cpus=sut_cpus)
         started.append(tr)
@@ -49,7 +50,8 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
         cc_body, cc_source = bodies.claude_code_body()
         variants = {"tiny": bodies.tiny_body(), "claude_code": cc_body}
         result: dict = {"groups": {}, "bodies": {}, "full_path_envoy_config": source,
-                        "connections": connections, "upstream_procs": upstream_procs, "chunks": chunks}
+                        "connections": connections, "upstream_procs": upstream_procs, "chunks": chunks,
+                        "stream_writes": stream_writes}
         for body_name, body in variants.items():
             for stream in (False, True):
                 group = f"{body_name}/{'stream' if stream else 'json'}"

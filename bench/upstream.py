@@ -49,21 +49,23 @@ def stream_frames(chunks: int) -> list[bytes]:
     return frames
 
 
-def encode_replies(chunks: int) -> tuple[bytes, bytes]:
+def encode_replies(chunks: int) -> tuple[bytes, list[bytes]]:
+    """The non-streaming reply, and the streaming reply as a list of writes: the head with the first frame,
+    one HTTP chunk per further frame, the terminating chunk appended to the last."""
     body = completion_body()
     plain = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
              + str(len(body)).encode() + b"\r\n\r\n" + body)
-    stream = bytearray(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-                       b"transfer-encoding: chunked\r\n\r\n")
-    for frame in stream_frames(chunks):
-        stream += f"{len(frame):x}\r\n".encode() + frame + b"\r\n"
-    stream += b"0\r\n\r\n"
-    return plain, bytes(stream)
+    head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+            b"transfer-encoding: chunked\r\n\r\n")
+    parts = [f"{len(frame):x}\r\n".encode() + frame + b"\r\n" for frame in stream_frames(chunks)]
+    parts[0] = head + parts[0]
+    parts[-1] += b"0\r\n\r\n"
+    return plain, parts
 
 
 class UpstreamProtocol(asyncio.Protocol):
     plain: bytes = b""
-    stream: bytes = b""
+    stream: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -118,19 +120,27 @@ class UpstreamProtocol(asyncio.Protocol):
         else:
             # A byte search rather than json.loads: the upstream must stay cheap for 70 KB bodies.
             wants_stream = b'"stream":true' in body or b'"stream": true' in body
-            self.transport.write(self.stream if wants_stream else self.plain)
+            if wants_stream:
+                # One write per frame: frames leave as separate segments, as from an upstream that flushes
+                # every token (`--stream-writes whole` sends the whole stream with one write instead).
+                for part in self.stream:
+                    self.transport.write(part)
+            else:
+                self.transport.write(self.plain)
         if close:
             self.transport.close()
         return pos
 
 
-def serve(sock: socket.socket, chunks: int) -> None:
+def serve(sock: socket.socket, chunks: int, stream_writes: str = "frame") -> None:
     try:
         import uvloop  # type: ignore[import-not-found]
         uvloop.install()
     except ImportError:
         pass
-    UpstreamProtocol.plain, UpstreamProtocol.stream = encode_replies(chunks)
+    plain, parts = encode_replies(chunks)
+    UpstreamProtocol.plain = plain
+    UpstreamProtocol.stream = parts if stream_writes == "frame" else [b"".join(parts)]
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -150,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--procs", type=int, default=1)
     ap.add_argument("--chunks", type=int, default=200)
+    ap.add_argument("--stream-writes", choices=("frame", "whole"), default="frame",
+                    help="frame: one write per SSE frame (default); whole: the stream in one write")
     args = ap.parse_args(argv)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -160,10 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.procs - 1):
         pid = os.fork()
         if pid == 0:
-            serve(sock, args.chunks)
+            serve(sock, args.chunks, args.stream_writes)
             os._exit(0)
         children.append(pid)
-    print(f"ready: bench upstream on {args.host}:{args.port} ({args.procs} process(es), {args.chunks} chunks)",
+    print(f"ready: bench upstream on {args.host}:{args.port} ({args.procs} process(es), {args.chunks} chunks, "
+          f"{args.stream_writes} writes)",
           flush=True)
 
     def forward(signum: int, _frame: object) -> None:
@@ -174,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                 pass
 
     signal.signal(signal.SIGTERM, forward)
-    serve(sock, args.chunks)
+    serve(sock, args.chunks, args.stream_writes)
     forward(signal.SIGTERM, None)
     for pid in children:
         os.waitpid(pid, 0)
