@@ -31,10 +31,22 @@ def tokenizer_model(target: Target) -> str:
     return target.model  # LiteLLM strings already carry their provider prefix
 
 
+def has_remote_image(messages: list[dict]) -> bool:
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    url = (part.get("image_url") or {}).get("url", "")
+                    if not str(url).startswith("data:"):
+                        return True
+    return False
+
+
 def _count(litellm, model: str, body: dict) -> int:
     try:
         return int(litellm.token_counter(model=model, messages=body["messages"], tools=body.get("tools"),
-                                         use_default_image_token_count=True))
+                                         use_default_image_token_count=has_remote_image(body["messages"])))
     except Exception as exc:  # noqa: BLE001 - fall back to counting the serialized request text
         log.debug("token_counter failed for %s (%s); counting the serialized request", model, type(exc).__name__)
         return int(litellm.token_counter(model=model, text=orjson.dumps(body).decode()))

@@ -415,11 +415,34 @@ def test_count_tokens_counts_system_tools_and_images(translator, upstream):
     with_image = c.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": [
         {"type": "text", "text": "hello"},
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}}]}]).input_tokens
+    big_png = _png(1092, 1092)
+    with_big_image = c.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "hello"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": big_png}}]}]).input_tokens
+    with_url_image = c.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "hello"},
+        {"type": "image", "source": {"type": "url", "url": "http://192.0.2.1/never-fetched.png"}}]}]).input_tokens
     assert 0 < base < with_system
     assert with_system > base + 100  # 20 repetitions of a 6-token sentence
     assert with_tools > base + 10
     assert with_image > base + 50
+    assert with_big_image > with_image + 400  # counted by its size (OpenAI tiles: 4 tiles vs 1)
+    assert with_url_image > base + 50  # flat default, the URL is not fetched (192.0.2.1 is unroutable)
     assert not upstream.requests  # counted locally, no upstream call
+
+
+def _png(width: int, height: int) -> str:
+    import base64
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + b"\x00" * (width * 3) for _ in range(height))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return base64.b64encode(png).decode()
 
 
 def test_body_just_under_32mb_is_accepted(translator, upstream):
