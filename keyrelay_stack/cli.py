@@ -27,7 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from .envoy_config import REPO, EnvoyEndpoints, envoy_argv, find_envoy, write_config
+from .envoy_config import (ENVOY_YAML, REPO, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
+                           load_source, render)
 from .supervisor import ChildFailed, ChildSpec, Interrupted, Supervisor
 
 DEFAULT_POLICY = REPO / "examples" / "policy.yaml"
@@ -85,6 +86,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "ext_authz's built-in defaults)")
     p.add_argument("--envoy-log-level", default="warning", help="Envoy log level (default warning)")
     p.add_argument("--envoy-concurrency", type=int, default=None, help="Envoy worker threads (default: cores)")
+    p.add_argument("--envoy-config", default=str(ENVOY_YAML),
+                   help="the envoy.yaml to render (default: the repository's envoy.yaml)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for each part")
     return p.parse_args(list(argv) if argv is not None else None)
 
@@ -223,6 +226,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not policy.is_file():
                 raise UsageError(f"policy file {policy} not found")
         envoy_bin = find_envoy()
+        endpoints = EnvoyEndpoints(listen_address=ns.host, listen_port=ports.listen, admin_port=ports.admin,
+                                   ext_authz_port=ports.ext_authz, translator_port=ports.translator)
+        try:
+            envoy_text = dump(render(load_source(ns.envoy_config), endpoints))
+        except OSError as exc:
+            raise UsageError(f"cannot read {ns.envoy_config} ({exc.strerror}); run from a checkout installed with "
+                             "`pip install -e .` (make run does) or pass --envoy-config") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise UsageError(f"{ns.envoy_config}: invalid YAML{where}") from None
+        except (EnvoyConfigError, KeyError, TypeError, AttributeError) as exc:
+            raise UsageError(f"{ns.envoy_config} does not have the shape of envoy.yaml "
+                             f"({type(exc).__name__}: {exc})") from None
         scripts = {name: _script(name) for name in ("keyrelay-ext-authz", "keyrelay-translator")}
     except (UsageError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -248,9 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"[stack] policy: {describe_policy(policy, env)}")
 
     workdir = Path(tempfile.mkdtemp(prefix="keyrelay-stack-"))
-    config = write_config(EnvoyEndpoints(listen_address=ns.host, listen_port=ports.listen, admin_port=ports.admin,
-                                         ext_authz_port=ports.ext_authz, translator_port=ports.translator), workdir)
-    say(f"[stack] envoy config rendered from envoy.yaml to {config}")
+    config = workdir / f"envoy-{ports.listen}.yaml"
+    config.write_text(envoy_text, encoding="utf-8")
+    say(f"[stack] envoy config rendered from {ns.envoy_config} to {config}")
 
     specs: list[ChildSpec] = []
     if demo:

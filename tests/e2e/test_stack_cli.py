@@ -194,3 +194,19 @@ def test_usage_banner_prints_exact_exports(demo):
     key_line = next(line for line in lines if "ANTHROPIC_API_KEY=" in line)
     assert key_line.startswith(f"  export ANTHROPIC_API_KEY={cli.DEMO_KEY if demo else 'sk-...'} ")
     assert any("DEMO MODE" in line for line in lines) is demo
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "cannot read"),
+    ("a: [\n", "invalid YAML at line 2"),
+    ("a: 1\n", "does not have the shape of envoy.yaml"),
+])
+def test_bad_envoy_config_is_a_one_line_error(tmp_path, capsys, content, message):
+    path = tmp_path / "envoy.yaml"
+    if content is not None:
+        path.write_text(content)
+    ports = [str(free_port()) for _ in range(5)]
+    assert cli.main(["--envoy-config", str(path), "--port", ports[0], "--admin-port", ports[1], "--ext-authz-port",
+                     ports[2], "--ext-authz-http-port", ports[3], "--translator-port", ports[4]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
