@@ -141,3 +141,39 @@ def test_translator_receives_fallback_marker_without_any_credential(contract_env
     assert "authorization" not in seen.headers and "x-api-key" not in seen.headers
     assert "x-authz-key-id" not in seen.headers and "x-authz-tenant" not in seen.headers
     assert "x-authz-extra" not in seen.headers
+
+
+# ---------------------------------------------------------------- tenants (allowlist)
+
+
+@pytest.fixture(scope="module")
+def tenant_envoy(e2e_tmp, contract_recorder):
+    import hashlib
+
+    from tests.e2e.conftest import start_envoy, start_ext_authz, write_policy
+
+    policy = write_policy(e2e_tmp / "tenant-policy.yaml",
+                          allowlist=[{"sha256": hashlib.sha256(KEY_ALPHA.encode()).hexdigest(), "tenant": "team-a"}])
+    authz = start_ext_authz(policy, name="ext_authz_tenant")
+    envoy = start_envoy("envoy_tenant", ext_authz_port=authz.port, translator_port=contract_recorder.port,
+                        tmp=e2e_tmp)
+    yield envoy
+    envoy.stop()
+    authz.stop()
+
+
+def test_allowlisted_key_carries_its_tenant_and_others_are_403(tenant_envoy, recorder):
+    ua = marker()
+    tenant_envoy.client(KEY_ALPHA).messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=MSG,
+                                                   extra_headers={**FORGED, "user-agent": ua})
+    (seen,) = recorder.requests
+    assert seen.headers["x-authz-tenant"] == "team-a"  # the policy's, not the forged one
+    assert seen.headers["x-authz-key-id"] == key_id(KEY_ALPHA)
+    entry = tenant_envoy.log_entry(lambda e: e.get("user_agent") == ua)
+    assert (entry["tenant"], entry["key_id"], entry["credential"]) == ("team-a", key_id(KEY_ALPHA), "passthrough")
+
+    recorder.reset()
+    err = _status_error(lambda: tenant_envoy.client(KEY_BRAVO).messages.create(
+        model="claude-sonnet-4-5", max_tokens=8, messages=MSG))
+    _assert_anthropic_error(err, 403, "permission_error")
+    assert recorder.requests == []
