@@ -316,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError as exc:
         say(f"[stack] error: {exc}; stopping all parts")
         code, reason = 1, str(exc)
+    except OSError as exc:  # a part could not be started at all
+        say(f"[stack] error: cannot start a part: {exc}; stopping all parts")
+        code, reason = 1, f"cannot start a part: {exc}"
     finally:
         sup.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
