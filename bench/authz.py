@@ -36,11 +36,12 @@ def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_cou
         envoy = C.start_envoy(cfg, workdir, "envoy-authz", envoy_concurrency, cpus=sut_cpus)
         started.append(envoy)
 
-        headers = {"x-api-key": C.BENCH_KEY, "content-type": "application/json"}
+        # GET without a body: Envoy's direct_response answers a POST before reading its body and then closes the
+        # connection, so a plain listener would measure TCP connects (one per request) while the authz listeners
+        # (whose check lets the body arrive) keep theirs. The check is header-only anyway (no with_request_body).
+        headers = {"x-api-key": C.BENCH_KEY}
         listeners = {"plain": plain_port, **{label: port for label, (port, _) in ports.items()}}
-        body_file = workdir / "authz_body.json"
-        body_file.write_bytes(b'{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[]}')
-        probes = sanity(listeners, headers, body_file.read_bytes())
+        probes = sanity(listeners, headers)
 
         points = []
         for c in CONCURRENCIES:
@@ -49,8 +50,8 @@ def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_cou
                 if label != "plain":
                     procs["ext_authz"] = authz[label].proc
                 points.append(Point(key=f"{label}/c{c}", connections=c, procs=procs,
-                                    request=wrk.Request(f"http://127.0.0.1:{port}/v1/messages", str(body_file),
-                                                        headers)))
+                                    request=wrk.Request(f"http://127.0.0.1:{port}/v1/messages", None, headers,
+                                                        method="GET")))
         runner.log(f"[authz] {len(points)} points x {settings.runs} runs x {settings.duration_s:.0f}s")
         samples = runner.run_interleaved(points, settings)
 
@@ -69,6 +70,7 @@ def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_cou
                                  for label, s in authz.items()}
         result["peak_rss_mb"]["envoy"] = {str(pid): round(mb, 1) for pid, mb in envoy.proc.peak_rss_mb().items()}
         result["worker_cpu_split"] = {label: worker_split(s) for label, s in authz.items()}
+        result["requests_per_connection"] = connection_reuse(admin_port, listeners)
         if profile_to is not None and "w1" in authz:
             from bench import profile
             w1 = next(p for p in points if p.key == "w1/c16")
@@ -87,15 +89,29 @@ def worker_split(s: C.Started) -> dict[str, float]:
     return {str(pid): round(cpu_of(pid), 2) for pid in s.proc.pids()}
 
 
-def sanity(listeners: dict[str, int], headers: dict[str, str], body: bytes) -> dict:
+def connection_reuse(admin_port: int, listeners: dict[str, int]) -> dict[str, float]:
+    """Requests per downstream connection per listener, from Envoy's stats: every listener must reuse its
+    connections (wrk keeps them alive), or the comparison measures TCP connects."""
+    status, body = C.request(f"http://127.0.0.1:{admin_port}/stats?filter=direct_.*downstream_(cx|rq)_total$",
+                             None, {}, method="GET")
+    stats = dict(line.split(": ", 1) for line in body.decode().splitlines() if ": " in line)
+    out = {}
+    for label in listeners:
+        cx = int(stats.get(f"http.direct_{label}.downstream_cx_total", 0))
+        rq = int(stats.get(f"http.direct_{label}.downstream_rq_total", 0))
+        out[label] = round(rq / cx, 1) if cx else None
+    return out
+
+
+def sanity(listeners: dict[str, int], headers: dict[str, str]) -> dict:
     """A valid key must pass everywhere (200), and a missing key must be denied on the authz listeners (401):
     otherwise the benchmark would measure something else than the authz path."""
     out = {}
     for label, port in listeners.items():
         url = f"http://127.0.0.1:{port}/v1/messages"
-        ok_status, ok_body = C.request(url, body, headers)
+        ok_status, ok_body = C.request(url, None, headers, method="GET")
         no_key = {k: v for k, v in headers.items() if k != "x-api-key"}
-        deny_status, deny_body = C.request(url, body, no_key)
+        deny_status, deny_body = C.request(url, None, no_key, method="GET")
         out[label] = {"valid_key": ok_status, "no_key": deny_status}
         if ok_status != 200 or ok_body != envoy_config.DIRECT_BODY.encode():
             raise RuntimeError(f"listener {label}: valid key got {ok_status} {ok_body[:200]!r}")

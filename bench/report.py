@@ -89,7 +89,7 @@ def render(result: dict) -> str:
     ]
     authz = result.get("authz")
     if authz:
-        lines += ["", f"1. Authz path: Envoy direct_response, valid key, wrk -t1 "
+        lines += ["", f"1. Authz path: Envoy direct_response, GET with a valid key, wrk -t1 "
                       f"(Envoy --concurrency {authz['envoy_concurrency']}; ext_authz filter settings from "
                       f"{authz['ext_authz_settings_source']})",
                   f"  {'listener':<22}{'req/s c16':>11}{'ratio':>8}{'p50 c1':>9}{'+p50 c1':>9}{'p99 c1':>9}"
@@ -110,6 +110,10 @@ def render(result: dict) -> str:
                 lines.append(f"    ! errors: c1 {c1['errors']}, c16 {c16['errors']}")
         lines.append("  (latencies in ms, measured by wrk; CPU-s/1k = CPU seconds per 1,000 requests at c16; "
                      "RSS = peak per process)")
+        reuse = authz.get("requests_per_connection")
+        if reuse:
+            lines.append("  requests per connection (Envoy stats; must be >> 1): "
+                         + ", ".join(f"{k} {_f(v, '{:,.0f}')}" for k, v in reuse.items()))
         for label, split in authz.get("worker_cpu_split", {}).items():
             busy = sorted(split.values(), reverse=True)
             if len(busy) > 1 and sum(busy):
@@ -151,6 +155,10 @@ def render(result: dict) -> str:
                      "same runs, same concurrency")
         lines.append("  bodies: " + "; ".join(f"{k} {v['anthropic_bytes']:,} B ({v['anthropic_from']})"
                                           for k, v in tr.get("bodies", {}).items() if k.endswith("/json")))
+        reuse = tr.get("envoy_connection_reuse") or {}
+        if reuse:
+            lines.append("  full path, requests per connection (Envoy stats): "
+                         + ", ".join(f"{k} {_f(v, '{:,.0f}')}" for k, v in reuse.items()))
         rss = tr["peak_rss_mb"]
         lines.append("  peak RSS MB: " + ", ".join(f"{n} {_f(_max_rss(v), '{:.0f}')}" for n, v in rss.items()))
     sc = result.get("stream_cost")

@@ -117,6 +117,7 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     frames = chunks + 3  # upstream SSE frames per stream: content chunks, finish, usage, [DONE]
                     result["groups"][group]["translator_cpu_us_per_chunk"] = runner.median(
                         [s.cpu_s["translator"] / (s.requests * frames) * 1e6 for s in b if s.requests])
+        result["envoy_connection_reuse"] = envoy_reuse(admin_port)
         result["peak_rss_mb"] = {name: {str(pid): round(mb, 1) for pid, mb in s.proc.peak_rss_mb().items()}
                                  for name, s in (("translator", tr), ("ext_authz", authz), ("envoy", envoy),
                                                  ("upstream", up)) + ((("reference", ref),) if ref else ())}
@@ -126,6 +127,21 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
     finally:
         for s in reversed(started):
             s.proc.stop()
+
+
+def envoy_reuse(admin_port: int) -> dict[str, float | None]:
+    """Requests per connection on the full path's Envoy: downstream (wrk) and to the translator."""
+    _, body = C.request(f"http://127.0.0.1:{admin_port}/stats", None, {}, method="GET")
+    stats = dict(line.split(": ", 1) for line in body.decode().splitlines() if ": " in line)
+
+    def ratio(rq: str, cx: str) -> float | None:
+        try:
+            return round(int(stats[rq]) / int(stats[cx]), 1)
+        except (KeyError, ValueError, ZeroDivisionError):
+            return None
+
+    return {"downstream": ratio("http.keyrelay.downstream_rq_total", "http.keyrelay.downstream_cx_total"),
+            "to_translator": ratio("cluster.translator.upstream_rq_total", "cluster.translator.upstream_cx_total")}
 
 
 def with_stream_openai(body: dict, stream: bool) -> tuple[dict, str]:
