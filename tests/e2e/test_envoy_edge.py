@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import KEY_ALPHA, marker, start_envoy
+from tests.e2e.test_streaming import _events
 from tests.support.upstream import Reply, openai_stream_text
 
 pytestmark = pytest.mark.e2e
@@ -160,3 +161,17 @@ def test_idle_timeout_before_the_response_is_504_and_a_silent_stream_is_cut(fall
                 resp.read()
     finally:
         envoy.stop()
+
+
+def test_http2_cleartext_clients_are_served(stack, up):
+    """Envoy's listener speaks HTTP/1.1 and h2c (prior knowledge), e.g. for a gateway in front of it."""
+    up.push(openai_stream_text(["over ", "h2c"]))
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        resp = client.post(stack.envoy.url + "/v1/messages", json=body, headers={"x-api-key": KEY_ALPHA})
+    assert resp.http_version == "HTTP/2" and resp.status_code == 200
+    events = _events(resp.content)
+    assert "".join(d["delta"]["text"] for e, d in events if e == "content_block_delta") == "over h2c"
+    assert events[-1][0] == "message_stop"
+    assert up.keys == [KEY_ALPHA]
