@@ -73,3 +73,31 @@ def test_port_in_use_is_one_line(upstream):
     assert r.returncode != 0
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and "cannot listen" in lines[0]
+
+
+def test_litellm_path_keeps_keys_out_of_output_even_at_debug(upstream):
+    """LiteLLM has its own loggers; at our debug level neither they nor our lines may show a key, also when
+    the upstream echoes the key in an error."""
+    from tests.support.upstream import Reply, gemini_response
+
+    port = free_port()
+    proc = Proc([script("keyrelay-translator"), "--port", str(port), "--log-level", "debug"],
+                env=base_env(PREFERRED_PROVIDER="google", GEMINI_BASE_URL=upstream.url, GEMINI_API_KEY=STATIC))
+    try:
+        proc.wait_ready(90)  # LiteLLM is preloaded because the default routes need it
+        upstream.push(gemini_response("fine"),
+                      Reply(status=401, json_body={"error": {"code": 401, "message": f"API key {KEY} not valid"}}),
+                      Reply(status=401, json_body={"error": {"code": 401, "message": f"API key {STATIC} bad"}}))
+        url = f"http://127.0.0.1:{port}/v1/messages"
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+        assert httpx.post(url, json=body, headers={"x-api-key": KEY}, timeout=30).status_code == 200
+        r = httpx.post(url, json=body, headers={"x-api-key": KEY}, timeout=30)
+        assert r.status_code == 401 and KEY not in r.text
+        r = httpx.post(url, json=body, timeout=30)  # no caller key: the static GEMINI_API_KEY goes upstream
+        assert r.status_code == 401 and STATIC not in r.text
+        assert upstream.keys == [KEY, KEY, STATIC]
+    finally:
+        rc = proc.stop()
+    assert rc == 0
+    assert "litellm imported" in proc.output
+    assert KEY not in proc.output and STATIC not in proc.output

@@ -75,6 +75,8 @@ def test_gemini_errors_map_to_anthropic_shape(srv, up):
                    json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER})
     assert r.status_code == 429, r.text
     assert r.json()["error"]["type"] == "rate_limit_error"
+    assert r.headers["retry-after"] == "11"
+    assert r.json()["error"]["message"] == "upstream gemini returned HTTP 429: quota exceeded for [redacted]"
     assert KEY not in r.text
     up.push(Reply(status=400, json_body={"error": {"code": 400, "message": "API key not valid",
                                                    "status": "INVALID_ARGUMENT"}}))
@@ -120,3 +122,10 @@ def test_gemini_client_disconnect_closes_upstream(srv, up):
     while not up.aborted and time.monotonic() < deadline:
         time.sleep(0.05)
     assert up.aborted, "the LiteLLM stream kept the upstream request open after the client left"
+
+
+def test_unreadable_gemini_response_is_502(srv, up):
+    up.push(Reply(raw=b"<html>proxy error</html>", headers={"content-type": "text/html"}))
+    r = httpx.post(f"{srv.url}/v1/messages", headers={"x-api-key": KEY},
+                   json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "api_error"

@@ -9,7 +9,9 @@ configured route needs it, see translator.app), never at module import.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import threading
 import time
 from typing import Any, AsyncIterator
@@ -62,11 +64,12 @@ def map_exception(exc: BaseException, provider: str, cred: Credential) -> ApiErr
     message = getattr(exc, "message", None) or str(exc)
     headers: dict[str, str] = {}
     response = getattr(exc, "response", None)
-    if response is not None:
+    for source in (getattr(response, "headers", None), getattr(exc, "litellm_response_headers", None),
+                   getattr(exc, "headers", None)):
         try:
-            headers = dict(response.headers)
-        except Exception:  # noqa: BLE001 - some LiteLLM responses are stubs without headers
-            headers = {}
+            headers.update({str(k).lower(): str(v) for k, v in dict(source or {}).items()})
+        except Exception:  # noqa: BLE001 - some LiteLLM responses are stubs without usable headers
+            pass
     if name == "APIConnectionError":
         lowered = message.lower()
         if "connect" in lowered or "refused" in lowered:
@@ -74,8 +77,21 @@ def map_exception(exc: BaseException, provider: str, cred: Credential) -> ApiErr
         return upstream_broken(provider)
     if not isinstance(status, int) or not 400 <= status < 600:
         status = 502
-    return upstream_error(status, extract_message(message), provider=provider, headers=headers,
-                          secrets=[cred.key])
+    if "Error converting to valid response" in message or "Unable to parse" in message:
+        # LiteLLM reports its own failure to read an upstream 200 as a 4xx; for the client it is a bad gateway.
+        return ApiError(502, "api_error", f"upstream {provider} sent a response that could not be read")
+    text = _LITELLM_NOISE.sub("", extract_message(message)).strip()
+    if text.startswith("{"):
+        try:  # the provider's JSON error body quoted as text: keep only its message
+            text = extract_message(json.loads(text)) or text
+        except ValueError:
+            pass
+    return upstream_error(status, text, provider=provider, headers=headers, secrets=[cred.key])
+
+
+# LiteLLM wraps provider messages as "litellm.RateLimitError: GeminiException - <message>" plus a help link.
+_LITELLM_NOISE = re.compile(r"litellm\.\w+:\s*|\w+Exception\s*-\s*|\s*(Received Model Group=.*|"
+                            r"File an issue if litellm error.*|LiteLLM Retried:.*)$", re.S)
 
 
 def _kwargs(target: Target, body: dict, cred: Credential, timeout: float) -> dict[str, Any]:
