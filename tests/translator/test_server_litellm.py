@@ -76,7 +76,8 @@ def test_gemini_errors_map_to_anthropic_shape(srv, up):
     assert r.status_code == 429, r.text
     assert r.json()["error"]["type"] == "rate_limit_error"
     assert r.headers["retry-after"] == "11"
-    assert r.json()["error"]["message"] == "upstream gemini returned HTTP 429: quota exceeded for [redacted]"
+    # The provider's own message, unwrapped from its JSON body (the key itself redacted by LiteLLM or by us).
+    assert r.json()["error"]["message"].startswith("upstream gemini returned HTTP 429: quota exceeded for ")
     assert KEY not in r.text
     up.push(Reply(status=400, json_body={"error": {"code": 400, "message": "API key not valid",
                                                    "status": "INVALID_ARGUMENT"}}))
