@@ -255,11 +255,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # ------------------------------------------------------------------ messages
 
     def _finish(route: str, target: Target | None, status: int, started: float, cred: Credential | None,
-                request: Request, stream: bool, extra: str = "") -> None:
+                request: Request, stream: bool, extra: str = "", err: ApiError | None = None) -> None:
         provider = target.provider if target else ""
         m.requests.labels(route, str(status), provider).inc()
         m.latency.labels(route, provider).observe(time.perf_counter() - started)
-        if status >= 400 and target is not None:
+        if err is not None and err.upstream:
             m.upstream_errors.labels(provider, str(status)).inc()
         log.info("%s %s status=%d provider=%s model=%s key_id=%s source=%s stream=%s ms=%.1f%s",
                  request.method, request.url.path, status, provider or "-", target.model if target else "-",
@@ -289,7 +289,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 _finish("messages", target, resp.status_code, started, cred, request, False)
             return resp
         except ApiError as err:
-            _finish("messages", target, err.status, started, cred, request, False, f" error={err.type}")
+            _finish("messages", target, err.status, started, cred, request, False, f" error={err.type}", err)
             return error_response(err, request_id)
         finally:
             if not streaming_handed_off:
@@ -365,7 +365,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _finish("count_tokens", target, 200, started, cred, request, False)
             return json_response(result)
         except ApiError as err:
-            _finish("count_tokens", target, err.status, started, cred, request, False, f" error={err.type}")
+            _finish("count_tokens", target, err.status, started, cred, request, False, f" error={err.type}", err)
             return error_response(err)
 
     return app

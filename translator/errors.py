@@ -38,6 +38,7 @@ class ApiError(Exception):
     type: str
     message: str
     headers: dict[str, str] = field(default_factory=dict)
+    upstream: bool = False  # the failure came from the upstream (counted as an upstream error)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -98,19 +99,19 @@ def upstream_error(status: int, message: str, *, provider: str, headers: Mapping
                 out_headers[name] = lower[name]
     detail = f": {text}" if text else ""
     return ApiError(out_status, type_for_status(out_status),
-                    f"upstream {provider} returned HTTP {status}{detail}", out_headers)
+                    f"upstream {provider} returned HTTP {status}{detail}", out_headers, upstream=True)
 
 
 def upstream_timeout(provider: str) -> ApiError:
-    return ApiError(504, "api_error", f"upstream {provider} timed out")
+    return ApiError(504, "api_error", f"upstream {provider} timed out", upstream=True)
 
 
 def upstream_unreachable(provider: str) -> ApiError:
-    return ApiError(502, "api_error", f"upstream {provider} is unreachable (connection failed)")
+    return ApiError(502, "api_error", f"upstream {provider} is unreachable (connection failed)", upstream=True)
 
 
 def upstream_broken(provider: str) -> ApiError:
-    return ApiError(502, "api_error", f"upstream {provider} closed the connection mid-response")
+    return ApiError(502, "api_error", f"upstream {provider} closed the connection mid-response", upstream=True)
 
 
 def extract_message(payload: object) -> str:

@@ -455,3 +455,15 @@ def test_body_just_under_32mb_is_accepted(translator, upstream):
     assert r.status_code == 200, r.text[:300]
     sent = upstream.requests[-1].body["messages"][0]["content"]
     assert any(p.get("type") == "image_url" and p["image_url"]["url"].endswith("A" * 100) for p in sent)
+
+
+def test_upstream_error_metric_counts_only_upstream_failures(translator, upstream):
+    name = 'keyrelay_translator_upstream_errors_total{provider="openai",status="%d"}'
+    before = httpx.get(translator.url + "/metrics").text
+    httpx.post(f"{translator.url}/v1/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 5,
+                                                      "messages": USER})  # no key: our 401
+    upstream.push(openai_error(401, "bad key"))
+    httpx.post(f"{translator.url}/v1/messages", headers={"x-api-key": KEY},
+               json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER})  # upstream's 401
+    after = httpx.get(translator.url + "/metrics").text
+    assert _metric(after, name % 401) - _metric(before, name % 401) == 1

@@ -115,7 +115,8 @@ class AnthropicBackend:
         try:
             return orjson.loads(resp.content)
         except orjson.JSONDecodeError:
-            raise ApiError(502, "api_error", f"upstream {target.provider} sent a non-JSON response") from None
+            raise ApiError(502, "api_error",
+                           f"upstream {target.provider} sent a non-JSON response", upstream=True) from None
 
     async def open_stream(self, target: Target, body: dict, client_headers: Mapping[str, str], cred: Credential,
                           *, requested_model: str) -> AnthropicStream:

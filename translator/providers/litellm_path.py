@@ -79,7 +79,8 @@ def map_exception(exc: BaseException, provider: str, cred: Credential) -> ApiErr
         status = 502
     if "Error converting to valid response" in message or "Unable to parse" in message:
         # LiteLLM reports its own failure to read an upstream 200 as a 4xx; for the client it is a bad gateway.
-        return ApiError(502, "api_error", f"upstream {provider} sent a response that could not be read")
+        return ApiError(502, "api_error",
+                        f"upstream {provider} sent a response that could not be read", upstream=True)
     text = _LITELLM_NOISE.sub("", extract_message(message)).strip()
     if text.startswith("{"):
         try:  # the provider's JSON error body quoted as text: keep only its message

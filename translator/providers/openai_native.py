@@ -81,8 +81,8 @@ class OpenAIStream:
                     try:
                         chunk = loads(data)
                     except orjson.JSONDecodeError:
-                        raise ApiError(502, "api_error",
-                                       f"upstream {self._provider} sent a malformed stream chunk") from None
+                        raise ApiError(502, "api_error", f"upstream {self._provider} sent a malformed stream chunk",
+                                       upstream=True) from None
                     if isinstance(chunk, dict) and chunk.get("error") is not None:
                         err = chunk["error"]
                         status = err.get("code") if isinstance(err, dict) else None
@@ -120,7 +120,8 @@ class OpenAIBackend:
         try:
             data = orjson.loads(resp.content)
         except orjson.JSONDecodeError:
-            raise ApiError(502, "api_error", f"upstream {target.provider} sent a non-JSON response") from None
+            raise ApiError(502, "api_error",
+                           f"upstream {target.provider} sent a non-JSON response", upstream=True) from None
         if not isinstance(data, dict) or data.get("error") is not None and not data.get("choices"):
             raise upstream_error(502, extract_message(data), provider=target.provider, secrets=[cred.key])
         return data
