@@ -162,7 +162,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.litellm = LiteLLMBackend(s.read_timeout_s, first_chunk_wait_s=s.ping_interval_s)
         if s.preload_litellm or state.router.needs_litellm():
             async def preload() -> None:
-                await litellm_path.get_litellm()
+                try:
+                    await litellm_path.get_litellm()
+                except Exception as exc:  # noqa: BLE001 - stay not-ready (fail closed), say why once
+                    log.error("cannot import litellm (%s): routes through LiteLLM stay unavailable, /readyz 503",
+                              type(exc).__name__)
+                    return
                 state.metrics.litellm_import.set(litellm_path.import_seconds or 0)
                 log.info("litellm imported in %.2fs", litellm_path.import_seconds or 0)
                 state.ready = True

@@ -99,3 +99,24 @@ def test_claude_code_runs_a_tool_through_the_translator(claude, tmp_path, creden
     tool_msgs = [m for r in up.requests for m in r.body["messages"] if m.get("role") == "tool"]
     assert tool_msgs and tool_msgs[0]["tool_call_id"] == "call_keyrelay_1"
     assert marker in json.dumps(tool_msgs[0]["content"])  # Bash really ran `cat`
+
+
+def test_claude_code_through_the_litellm_gemini_path(claude, tmp_path):
+    """The same round trip with PREFERRED_PROVIDER=google: Claude Code's real request (all its tools and
+    their schemas) goes through LiteLLM to a loopback upstream speaking Gemini's format."""
+    marker = "keyrelay-gemini-marker-51c2"
+    (tmp_path / "note.txt").write_text(marker + "\n")
+    final = "Gemini read it: keyrelay-gemini-marker-51c2."
+    with ScriptedUpstream(default=claude_code.gemini_tool_round_trip(f"cat {tmp_path / 'note.txt'}", final)) as up:
+        srv = TranslatorServer(translator_settings(PREFERRED_PROVIDER="google", GEMINI_BASE_URL=up.url)).start()
+        try:
+            result = claude_code.run(f"Show me the content of {tmp_path / 'note.txt'}", base_url=srv.url,
+                                     api_key=KEY, cwd=tmp_path, claude=claude)
+        finally:
+            srv.stop()
+    assert result.ok, result.describe()
+    assert final in result.text
+    assert up.requests and all(r.headers.get("x-goog-api-key") == KEY for r in up.requests)
+    responses = [p for r in up.requests for c in r.body.get("contents", []) for p in c.get("parts", [])
+                 if "functionResponse" in p or "function_response" in p]
+    assert responses and marker in json.dumps(responses[0])

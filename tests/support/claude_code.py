@@ -192,3 +192,26 @@ def tool_round_trip(command: str, final_text: str, *, tool: str = "Bash",
         return openai_stream_text(["ok"]) if stream else openai_completion("ok")
 
     return reply
+
+
+def gemini_tool_round_trip(command: str, final_text: str, *, tool: str = "Bash") -> Callable[[Recorded], Reply]:
+    """`tool_round_trip` for an upstream speaking Gemini's generateContent format (LiteLLM's `gemini/` provider
+    pointed at the ScriptedUpstream): a request whose last turn carries a functionResponse gets `final_text`,
+    a request declaring `tool` gets a functionCall of it, anything else a short text."""
+    from tests.support.upstream import gemini_response, gemini_stream
+
+    def reply(rec: Recorded) -> Reply:
+        body = rec.body if isinstance(rec.body, dict) else {}
+        stream = "streamGenerateContent" in rec.path
+        contents = body.get("contents") or []
+        last_parts = (contents[-1].get("parts") or []) if contents else []
+        if any("functionResponse" in p or "function_response" in p for p in last_parts):
+            return gemini_stream([final_text]) if stream else gemini_response(final_text)
+        decls = [d.get("name") for t in body.get("tools") or []
+                 for d in (t.get("functionDeclarations") or t.get("function_declarations") or [])]
+        if tool in decls:
+            call = (tool, {"command": command, "description": "run the command"})
+            return gemini_stream([], function_call=call) if stream else gemini_response(None, function_call=call)
+        return gemini_stream(["ok"]) if stream else gemini_response("ok")
+
+    return reply
