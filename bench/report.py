@@ -119,6 +119,10 @@ def render(result: dict) -> str:
             if len(busy) > 1 and sum(busy):
                 lines.append(f"  {label}: CPU seconds per ext_authz process (supervisor and workers): "
                              + ", ".join(f"{x:.1f}" for x in busy))
+                if busy[1] < 0.25 * busy[0]:
+                    lines.append(f"    ! {label}: one worker did nearly all the work: SO_REUSEPORT spreads "
+                                 "connections, not requests, and Envoy opens one HTTP/2 connection per worker "
+                                 "thread to the ext_authz cluster")
     tr = result.get("translator")
     if tr:
         lines += ["", f"2. Translator: fast loopback upstream ({tr['upstream_procs']} process), wrk -t1 "
