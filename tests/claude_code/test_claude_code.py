@@ -120,3 +120,27 @@ def test_claude_code_through_the_litellm_gemini_path(claude, tmp_path):
     responses = [p for r in up.requests for c in r.body.get("contents", []) for p in c.get("parts", [])
                  if "functionResponse" in p or "function_response" in p]
     assert responses and marker in json.dumps(responses[0])
+
+
+def test_claude_code_through_the_anthropic_passthrough(claude, tmp_path):
+    """PREFERRED_PROVIDER=anthropic: Claude Code's body goes upstream unconverted, key as x-api-key."""
+    marker = "keyrelay-anthropic-marker-9d0e"
+    (tmp_path / "note.txt").write_text(marker + "\n")
+    final = "Anthropic read it: keyrelay-anthropic-marker-9d0e."
+    script_ = claude_code.anthropic_tool_round_trip(f"cat {tmp_path / 'note.txt'}", final)
+    with ScriptedUpstream(default=script_) as up:
+        srv = TranslatorServer(translator_settings(PREFERRED_PROVIDER="anthropic", ANTHROPIC_BASE_URL=up.url)).start()
+        try:
+            result = claude_code.run(f"Show me the content of {tmp_path / 'note.txt'}", base_url=srv.url,
+                                     auth_token=KEY, cwd=tmp_path, claude=claude)
+        finally:
+            srv.stop()
+    assert result.ok, result.describe()
+    assert final in result.text
+    assert up.requests and all(r.headers.get("x-api-key") == KEY and "authorization" not in r.headers
+                               for r in up.requests)
+    assert all("claude-code-20250219" in r.headers.get("anthropic-beta", "") for r in up.requests)
+    assert all("context_management" in r.body for r in up.requests)  # unconverted
+    results = [b for r in up.requests for m in r.body["messages"] if isinstance(m["content"], list)
+               for b in m["content"] if b.get("type") == "tool_result"]
+    assert results and marker in json.dumps(results[0])

@@ -215,3 +215,36 @@ def gemini_tool_round_trip(command: str, final_text: str, *, tool: str = "Bash")
         return gemini_stream(["ok"]) if stream else gemini_response("ok")
 
     return reply
+
+
+def anthropic_tool_round_trip(command: str, final_text: str, *, tool: str = "Bash") -> Callable[[Recorded], Reply]:
+    """`tool_round_trip` for an upstream speaking the Anthropic Messages format (the translator's passthrough)."""
+    from tests.support.upstream import anthropic_message, anthropic_stream, anthropic_stream_text
+
+    def reply(rec: Recorded) -> Reply:
+        body = rec.body if isinstance(rec.body, dict) else {}
+        stream = bool(body.get("stream"))
+        msgs = body.get("messages") or []
+        last = msgs[-1].get("content") if msgs else None
+        if isinstance(last, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in last):
+            return anthropic_stream_text(final_text) if stream else anthropic_message(final_text)
+        if tool in [t.get("name") for t in body.get("tools") or []]:
+            start = {"type": "message_start", "message": {
+                "id": "msg_scripted", "type": "message", "role": "assistant", "model": body.get("model", "m"),
+                "content": [], "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 1}}}
+            args = json.dumps({"command": command, "description": "run the command"})
+            return anthropic_stream([
+                ("message_start", start),
+                ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+                    "type": "tool_use", "id": "toolu_keyrelay_1", "name": tool, "input": {}}}),
+                ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                         "delta": {"type": "input_json_delta", "partial_json": args}}),
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use",
+                                                                      "stop_sequence": None},
+                                   "usage": {"output_tokens": 12}}),
+                ("message_stop", {"type": "message_stop"})])
+        return anthropic_stream_text("ok") if stream else anthropic_message("ok")
+
+    return reply
