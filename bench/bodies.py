@@ -12,7 +12,6 @@ directly (path a); the translator's own converter is used when importable so bot
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from bench.procs import REPO

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import envoy_config
-from bench.procs import BIN, Proc, base_env, free_port, script
+from bench.procs import Proc, base_env, free_port, script
 
 # A syntactically valid per-user key (never a real one); the policy allowlists its digest.
 BENCH_KEY = "sk-bench-user-key-0123456789abcdef"
@@ -150,7 +150,3 @@ def json_or_none(body: bytes):
         return json.loads(body)
     except ValueError:
         return None
-
-
-__all__ = ["BIN", "BENCH_KEY", "STATIC_KEY", "start_upstream", "start_ext_authz", "start_translator",
-           "start_envoy", "request", "policy_yaml"]

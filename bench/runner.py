@@ -106,9 +106,3 @@ def paired_ratio(a: list[Sample], b: list[Sample], metric: Callable[[Sample], fl
 def paired_diff(a: list[Sample], b: list[Sample], metric: Callable[[Sample], float]) -> float:
     """Median over repetitions of metric(b_i) - metric(a_i)."""
     return median([metric(y) - metric(x) for x, y in zip(a, b)])
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t = time.monotonic()
-    fn()
-    return time.monotonic() - t
