@@ -32,6 +32,7 @@ class Config:
     reload_interval: float = 1.0
     drain_seconds: float = 5.0
     threads: int = 4
+    check_handler: str = "direct"
     overrides: EnvOverrides = EnvOverrides()
 
 
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(EXT_AUTHZ_WORKERS; default 1)")
     p.add_argument("--threads", help="threads answering checks in each worker process (EXT_AUTHZ_THREADS; "
                                      "default 4)")
+    p.add_argument("--check-handler", help="direct (Check answered straight off gRPC's completion queue) or pool "
+                                           "(grpc's thread-pool handler) (EXT_AUTHZ_CHECK_HANDLER; default direct)")
     p.add_argument("--log-level", help="debug, info, warning, error (EXT_AUTHZ_LOG_LEVEL; default info)")
     p.add_argument("--reload-interval", help="seconds between policy file checks (EXT_AUTHZ_RELOAD_INTERVAL; "
                                              "default 1)")
@@ -85,12 +88,16 @@ def resolve_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Co
     level = (_pick(args.log_level, environ, "EXT_AUTHZ_LOG_LEVEL") or "info").lower()
     if level not in ("debug", "info", "warning", "error"):
         raise SettingsError(f"--log-level must be debug, info, warning or error, got {level!r}")
+    handler = (_pick(args.check_handler, environ, "EXT_AUTHZ_CHECK_HANDLER") or "direct").lower()
+    if handler not in ("direct", "pool"):
+        raise SettingsError(f"--check-handler must be direct or pool, got {handler!r}")
     return Config(
         grpc_host=grpc_host, grpc_port=grpc_port, http_host=http_host, http_port=http_port,
         policy=_pick(args.policy, environ, "EXT_AUTHZ_POLICY"),
         workers=_number("--workers", _pick(args.workers, environ, "EXT_AUTHZ_WORKERS"), 1, int, 1, 64),
         log_level=level,
         threads=_number("--threads", _pick(args.threads, environ, "EXT_AUTHZ_THREADS"), 4, int, 1, 256),
+        check_handler=handler,
         reload_interval=_number("--reload-interval", _pick(args.reload_interval, environ,
                                                            "EXT_AUTHZ_RELOAD_INTERVAL"), 1.0, float, 0.05, 3600),
         drain_seconds=_number("--drain-seconds", _pick(args.drain_seconds, environ, "EXT_AUTHZ_DRAIN_SECONDS"),
@@ -128,7 +135,8 @@ def run_single(cfg: Config, policy: Policy) -> int:
     metrics.reloads.labels("success").inc()
     store = PolicyStore(policy)
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, cfg.grpc_port, reuse_port=False, drain_seconds=cfg.drain_seconds,
-                                   reload_interval=cfg.reload_interval, threads=cfg.threads),
+                                   reload_interval=cfg.reload_interval, threads=cfg.threads,
+                                   check_handler=cfg.check_handler),
                         store, metrics, cfg.policy, policy_builder(cfg.overrides))
 
     def ready():

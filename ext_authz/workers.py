@@ -40,7 +40,8 @@ def _worker_main(cfg: Config, port: int, index: int, events) -> None:
     metrics.reloads.labels("success").inc()
     store = PolicyStore(policy)
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=True, drain_seconds=cfg.drain_seconds,
-                                   reload_interval=cfg.reload_interval, threads=cfg.threads),
+                                   reload_interval=cfg.reload_interval, threads=cfg.threads,
+                                   check_handler=cfg.check_handler),
                         store, metrics, cfg.policy, policy_builder(cfg.overrides))
     try:
         worker.start()
