@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
 import orjson
@@ -36,7 +36,7 @@ from translator.metrics import Metrics, build_metrics
 from translator.providers import litellm_path
 from translator.providers.anthropic_native import AnthropicBackend
 from translator.providers.litellm_path import LiteLLMBackend
-from translator.providers.openai_native import OpenAIBackend
+from translator.providers.openai_native import OpenAIBackend, new_session
 from translator.routing import Router, Target, build_router
 from translator.schemas.anthropic import CountTokensRequest, MessagesRequest, describe_validation_error
 from translator.settings import Settings, load_settings
@@ -53,7 +53,8 @@ class State:
     settings: Settings
     router: Router
     metrics: Metrics
-    client: httpx.AsyncClient | None = None
+    client: httpx.AsyncClient | None = None  # Anthropic passthrough
+    session: Any = None  # aiohttp.ClientSession of the native OpenAI path
     openai: OpenAIBackend | None = None
     anthropic: AnthropicBackend | None = None
     litellm: LiteLLMBackend | None = None
@@ -74,26 +75,48 @@ def error_response(err: ApiError, request_id: str | None = None) -> Response:
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex[:24]
+    return "req_" + os.urandom(12).hex()
 
 
-async def read_json_body(request: Request, limit: int) -> dict:
-    """The request body as a JSON object; 413 over `limit` (checked on content-length and while reading)."""
-    declared = request.headers.get("content-length")
+class ClientGone(Exception):
+    """The client disconnected before its request body was complete (nothing to answer)."""
+
+
+async def read_body(headers: Mapping[str, str], receive: Callable[[], Awaitable[dict]], limit: int) -> bytes:
+    """The raw request body from the ASGI `receive`; 413 over `limit` (checked on content-length and while
+    reading, for chunked bodies). `headers` has lower-case names."""
+    declared = headers.get("content-length")
     if declared is not None:
         try:
             if int(declared) > limit:
                 raise ApiError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
         except ValueError:
             raise ApiError(400, "invalid_request_error", "invalid content-length header") from None
-    parts: list[bytes] = []
+    first = b""
+    parts: list[bytes] | None = None
     size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
-        parts.append(part)
-    raw = b"".join(parts)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGone()
+        part = message.get("body", b"")
+        if part:
+            size += len(part)
+            if size > limit:
+                raise ApiError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
+            if not first:
+                first = part
+            else:
+                if parts is None:
+                    parts = [first]
+                parts.append(part)
+        if not message.get("more_body", False):
+            break
+    return b"".join(parts) if parts is not None else first
+
+
+def parse_json_object(raw: bytes) -> dict:
+    """The body as a JSON object, or 400 invalid_request_error saying what is wrong with it."""
     if not raw.strip():
         raise ApiError(400, "invalid_request_error", "request body is empty; expected a JSON object")
     try:
@@ -105,6 +128,11 @@ async def read_json_body(request: Request, limit: int) -> dict:
     return data
 
 
+async def read_json_body(request: Request, limit: int) -> dict:
+    """The request body as a JSON object; 413 over `limit` (checked on content-length and while reading)."""
+    return parse_json_object(await read_body(_lower_headers(request.scope), request.receive, limit))
+
+
 def _validate(model: type, data: dict) -> Any:
     try:
         return model.model_validate(data)
@@ -112,9 +140,9 @@ def _validate(model: type, data: dict) -> Any:
         raise ApiError(400, "invalid_request_error", describe_validation_error(exc)) from None
 
 
-def _lower_headers(request: Request) -> dict[str, str]:
+def _lower_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     # Starlette's Headers are already case-insensitive; a plain dict is cheaper for repeated lookups.
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
 def _drop_unsigned_thinking(body: dict) -> dict:
@@ -140,7 +168,30 @@ def _drop_unsigned_thinking(body: dict) -> dict:
     return dict(body, messages=new_messages) if changed else body
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class TranslatorApp:
+    """The ASGI application: `POST /v1/messages` (the hot path) is served directly, everything else (probes,
+    models, metrics, count_tokens, lifespan, 404/405) by the FastAPI app `api`.
+
+    Why the bypass: FastAPI's per-request machinery (routing, dependency solving, exception middleware, the
+    Request object) costs CPU on every call, and this route does its own body reading, validation and error
+    shaping anyway. The FastAPI app keeps the same route too (so `/v1/messages/`, methods and errors behave
+    as before); both call the same handler.
+    """
+
+    def __init__(self, api: FastAPI, messages: Callable[[dict, Callable], Awaitable[Response]]) -> None:
+        self.api = api
+        self.state = api.state
+        self._messages = messages
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/messages":
+            response = await self._messages(scope, receive)
+            await response(scope, receive, send)
+            return
+        await self.api(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> TranslatorApp:
     settings = settings or load_settings([])
     router = build_router(settings)
     for rule in router.routes.rules:
@@ -157,7 +208,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 keepalive_expiry=60),
             headers={"user-agent": "keyrelay-translator/0.1"},
         )
-        state.openai = OpenAIBackend(state.client)
+        state.session = new_session(connect_timeout_s=s.connect_timeout_s, read_timeout_s=s.read_timeout_s,
+                                    max_connections=s.max_connections)
+        state.openai = OpenAIBackend(state.session)
         state.anthropic = AnthropicBackend(state.client)
         state.litellm = LiteLLMBackend(s.read_timeout_s, first_chunk_wait_s=s.ping_interval_s)
         if s.preload_litellm or state.router.needs_litellm():
@@ -182,6 +235,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if state.preload is not None and not state.preload.done():
                 state.preload.cancel()
             await state.client.aclose()
+            await state.session.close()
 
     app = FastAPI(title="keyrelay translator", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.keyrelay = state
@@ -260,47 +314,60 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # ------------------------------------------------------------------ messages
 
     def _finish(route: str, target: Target | None, status: int, started: float, cred: Credential | None,
-                request: Request, stream: bool, extra: str = "", err: ApiError | None = None) -> None:
+                method: str, path: str, stream: bool, extra: str = "", err: ApiError | None = None) -> None:
         provider = target.provider if target else ""
-        m.requests.labels(route, str(status), provider).inc()
-        m.latency.labels(route, provider).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        m.observe_request(route, str(status), provider, elapsed)
         if err is not None and err.upstream:
             m.upstream_errors.labels(provider, str(status)).inc()
         log.info("%s %s status=%d provider=%s model=%s key_id=%s source=%s stream=%s ms=%.1f%s",
-                 request.method, request.url.path, status, provider or "-", target.model if target else "-",
-                 cred.key_id if cred else "-", cred.source if cred else "-", stream,
-                 (time.perf_counter() - started) * 1000, extra)
+                 method, path, status, provider or "-", target.model if target else "-",
+                 cred.key_id if cred else "-", cred.source if cred else "-", stream, elapsed * 1000, extra)
 
-    @app.post("/v1/messages")
-    async def messages(request: Request) -> Response:
+    async def handle_messages(scope: dict, receive: Callable) -> Response:
+        """POST /v1/messages: the answer as a Response (a StreamingResponse for streams). Never raises."""
         started = time.perf_counter()
         request_id = new_request_id()
         target: Target | None = None
         cred: Credential | None = None
+        path = scope["path"]
         m.inflight.inc()
         streaming_handed_off = False
         try:
-            data = await read_json_body(request, state.settings.max_body_bytes)
+            headers = _lower_headers(scope)
+            data = parse_json_object(await read_body(headers, receive, state.settings.max_body_bytes))
             req = _validate(MessagesRequest, data)
             target = state.router.resolve(req.model)
-            headers = _lower_headers(request)
             cred = credentials.resolve(headers, target, state.settings)
             if target.path == "anthropic":
-                resp = await _anthropic_messages(req, data, target, headers, cred, started, request, request_id)
+                resp = await _anthropic_messages(req, data, target, headers, cred, started, path, request_id)
             else:
-                resp = await _openai_messages(req, target, cred, started, request, request_id)
+                resp = await _openai_messages(req, target, cred, started, path, request_id)
             streaming_handed_off = isinstance(resp, StreamingResponse)
             if not streaming_handed_off:
-                _finish("messages", target, resp.status_code, started, cred, request, False)
+                _finish("messages", target, resp.status_code, started, cred, "POST", path, False)
             return resp
         except ApiError as err:
-            _finish("messages", target, err.status, started, cred, request, False, f" error={err.type}", err)
+            _finish("messages", target, err.status, started, cred, "POST", path, False, f" error={err.type}", err)
+            return error_response(err, request_id)
+        except ClientGone:
+            _finish("messages", target, 499, started, cred, "POST", path, False, " error=client_disconnected")
+            return Response(status_code=499)  # nobody reads it
+        except Exception as exc:  # noqa: BLE001 - one line, never a traceback to the client
+            log.error("internal error on POST %s: %s", path, type(exc).__name__,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+            err = ApiError(500, "api_error", "internal error in the translator")
+            _finish("messages", target, 500, started, cred, "POST", path, False, " error=api_error")
             return error_response(err, request_id)
         finally:
             if not streaming_handed_off:
                 m.inflight.dec()
 
-    def _stream_closed(target: Target, cred: Credential, started: float, request: Request):
+    @app.post("/v1/messages")
+    async def messages(request: Request) -> Response:
+        return await handle_messages(request.scope, request.receive)
+
+    def _stream_closed(target: Target, cred: Credential, started: float, path: str):
         def done(stats: StreamStats) -> None:
             m.inflight.dec()
             m.stream_chunks.labels(target.provider).inc(stats.chunks)
@@ -309,43 +376,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if stats.error is not None:
                 extra += f" stream_error={stats.error.type}"
                 m.upstream_errors.labels(target.provider, str(stats.error.status)).inc()
-            _finish("messages", target, status, started, cred, request, True, extra)
+            _finish("messages", target, status, started, cred, "POST", path, True, extra)
         return done
 
     async def _openai_messages(req: MessagesRequest, target: Target, cred: Credential, started: float,
-                               request: Request, request_id: str) -> Response:
+                               path: str, request_id: str) -> Response:
         body = anthropic_to_openai(req, model=target.model, caps=caps_for(target))
         backend = state.openai if target.path == "openai" else state.litellm
         assert backend is not None
         t0 = time.perf_counter()
         if not req.stream:
             raw = await backend.complete(target, body, cred)
-            m.first_byte.labels(target.provider).observe(time.perf_counter() - t0)
+            m.observe_first_byte(target.provider, time.perf_counter() - t0)
             msg = openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences)
             return json_response(msg, headers={"request-id": request_id})
         stream = await backend.open_stream(target, body, cred)
-        m.first_byte.labels(target.provider).observe(time.perf_counter() - t0)
+        m.observe_first_byte(target.provider, time.perf_counter() - t0)
         converter = OpenAIStreamConverter(model=req.model, message_id=new_message_id(),
                                           stop_sequences=req.stop_sequences)
         gen = relay_openai(stream, converter, ping_interval=state.settings.ping_interval_s, stats=StreamStats(),
-                           on_close=_stream_closed(target, cred, started, request))
+                           on_close=_stream_closed(target, cred, started, path))
         return StreamingResponse(gen, media_type="text/event-stream",
                                  headers={**SSE_HEADERS, "request-id": request_id})
 
     async def _anthropic_messages(req: MessagesRequest, data: dict, target: Target, headers: dict[str, str],
-                                  cred: Credential, started: float, request: Request, request_id: str) -> Response:
+                                  cred: Credential, started: float, path: str, request_id: str) -> Response:
         backend = state.anthropic
         assert backend is not None
         body = _drop_unsigned_thinking(data)
         t0 = time.perf_counter()
         if not req.stream:
             msg = await backend.complete(target, body, headers, cred, requested_model=req.model)
-            m.first_byte.labels(target.provider).observe(time.perf_counter() - t0)
+            m.observe_first_byte(target.provider, time.perf_counter() - t0)
             return json_response(msg, headers={"request-id": request_id})
         stream = await backend.open_stream(target, body, headers, cred, requested_model=req.model)
-        m.first_byte.labels(target.provider).observe(time.perf_counter() - t0)
+        m.observe_first_byte(target.provider, time.perf_counter() - t0)
         gen = relay_anthropic(stream, ping_interval=state.settings.ping_interval_s, stats=StreamStats(),
-                              on_close=_stream_closed(target, cred, started, request))
+                              on_close=_stream_closed(target, cred, started, path))
         return StreamingResponse(gen, media_type="text/event-stream",
                                  headers={**SSE_HEADERS, "request-id": request_id})
 
@@ -360,22 +427,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             data = await read_json_body(request, state.settings.max_body_bytes)
             req = _validate(CountTokensRequest, data)
             target = state.router.resolve(req.model)
-            headers = _lower_headers(request)
+            headers = _lower_headers(request.scope)
             if target.path == "anthropic":
                 cred = credentials.resolve(headers, target, state.settings)
                 assert state.anthropic is not None
                 result = await state.anthropic.count_tokens(target, _drop_unsigned_thinking(data), headers, cred)
             else:
                 result = {"input_tokens": await count_tokens_locally(data, target)}
-            _finish("count_tokens", target, 200, started, cred, request, False)
+            _finish("count_tokens", target, 200, started, cred, request.method, request.url.path, False)
             return json_response(result)
         except ApiError as err:
-            _finish("count_tokens", target, err.status, started, cred, request, False, f" error={err.type}", err)
+            _finish("count_tokens", target, err.status, started, cred, request.method, request.url.path, False,
+                    f" error={err.type}", err)
             return error_response(err)
 
-    return app
+    return TranslatorApp(app, handle_messages)
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> TranslatorApp:
     """uvicorn factory for worker processes (`--workers N`): settings come serialized through the environment."""
     return create_app(load_settings([]))

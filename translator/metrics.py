@@ -8,7 +8,8 @@ whichever worker answers it, aggregates all of them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -29,6 +30,23 @@ class Metrics:
     upstream_errors: Counter
     inflight: Gauge
     litellm_import: Gauge
+    # Labelled children looked up once per label set: `labels()` builds a key and takes a lock on every call.
+    _children: dict[tuple, Any] = field(default_factory=dict, repr=False)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe_request(self, route: str, status: str, provider: str, seconds: float) -> None:
+        """One finished request: the request counter and the latency histogram."""
+        self._child(self.requests, route, status, provider).inc()
+        self._child(self.latency, route, provider).observe(seconds)
+
+    def observe_first_byte(self, provider: str, seconds: float) -> None:
+        self._child(self.first_byte, provider).observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         if os.environ.get(MULTIPROC_ENV):

@@ -24,8 +24,10 @@ PING = encode_event("ping", {"type": "ping"})
 async def paced(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
     """Items of `source`, with `None` yielded whenever `interval` seconds pass without one.
 
-    A read that is still pending when the interval passes keeps running (asyncio.wait does not cancel it);
-    cancelling it would break the upstream HTTP stream.
+    For sources whose reads must not be cancelled (httpx, LiteLLM): a read that is still pending when the
+    interval passes keeps running (asyncio.wait does not cancel it); cancelling it would break the upstream
+    HTTP stream. This costs a task per item; the native OpenAI stream paces itself without one
+    (`OpenAIStream.paced_batches`).
     """
     it = source.__aiter__()
     pending: asyncio.Future | None = None
@@ -68,7 +70,10 @@ async def relay_openai(stream: Any, converter: Any, *, ping_interval: float, sta
             # that follows is in Anthropic's order (message_start first).
             stats.first_event_at = time.perf_counter()
             yield encode_events(converter.start())
-            async for batch in paced(stream.batches(), ping_interval):
+            paced_batches = getattr(stream, "paced_batches", None)
+            source = (paced_batches(ping_interval) if paced_batches is not None
+                      else paced(stream.batches(), ping_interval))
+            async for batch in source:
                 if batch is None:
                     yield PING
                     continue

@@ -1,8 +1,9 @@
 """Upstream backends. Three paths, chosen by `translator.routing`:
 
 - `openai_native`: OpenAI-compatible chat completions (OpenAI, a LiteLLM gateway, vLLM) over one pooled
-  httpx client with our own incremental SSE parsing; the hot path, kept lean.
-- `anthropic_native`: Anthropic Messages passthrough, no conversion.
+  aiohttp session with our own incremental SSE parsing; the hot path, kept lean (why aiohttp: see its
+  docstring).
+- `anthropic_native`: Anthropic Messages passthrough, no conversion (one pooled httpx client).
 - `litellm_path`: everything else through `litellm.acompletion` (imported lazily; it is slow to import).
 
 The OpenAI-shaped paths return OpenAI chat-completion dicts (and chunk dicts when streaming) that the one

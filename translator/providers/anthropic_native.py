@@ -14,11 +14,12 @@ import httpx
 import orjson
 
 from translator.credentials import Credential
-from translator.errors import ApiError
-from translator.providers.openai_native import error_from_response, transport_error
+from translator.errors import (ApiError, extract_message, upstream_broken, upstream_error, upstream_timeout,
+                               upstream_unreachable)
 from translator.routing import Target
 
 DEFAULT_VERSION = "2023-06-01"
+_MAX_ERROR_BODY = 64 * 1024
 FORWARDED = ("anthropic-version", "anthropic-beta")
 
 
@@ -31,6 +32,32 @@ def _headers(cred: Credential, client_headers: Mapping[str, str], stream: bool) 
     if cred.key:
         h["x-api-key"] = cred.key
     return h
+
+
+def transport_error(exc: Exception, provider: str) -> ApiError:
+    """httpx transport failures -> Anthropic-shaped errors (connection refused 502, timeouts 504)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return upstream_timeout(provider)
+    if isinstance(exc, httpx.ConnectError):
+        return upstream_unreachable(provider)
+    return upstream_broken(provider)
+
+
+async def error_from_response(resp: httpx.Response, provider: str, cred: Credential) -> ApiError:
+    raw = b""
+    try:
+        async for part in resp.aiter_bytes():
+            raw += part
+            if len(raw) > _MAX_ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass
+    try:
+        payload: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = raw
+    return upstream_error(resp.status_code, extract_message(payload), provider=provider,
+                          headers=resp.headers, secrets=[cred.key])
 
 
 def _url(target: Target, suffix: str = "") -> str:
