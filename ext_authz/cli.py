@@ -154,6 +154,7 @@ def run_single(cfg: Config, policy: Policy) -> int:
             raise SettingsError(f"cannot bind gRPC address {cfg.grpc_host}:{cfg.grpc_port}: {exc}") from None
         log.info("serving", extra={"grpc": f"{cfg.grpc_host}:{port}", "http": f"{cfg.http_host}:{http.port}",
                                    "policy": policy.source, "digest": policy.short_digest, "workers": 1,
+                                   "check_handler": worker.check_handler,
                                    "passthrough": policy.default.passthrough,
                                    "require_key": policy.default.require_key})
         print(ready_line(cfg.grpc_host, port, cfg.http_host, http.port), flush=True)

@@ -169,6 +169,11 @@ class GrpcWorker:
         self.metrics.policy_live(self.store.policy.short_digest, self.store.policy.source)
         return self.port
 
+    @property
+    def check_handler(self) -> str:
+        """The handler actually answering Check: "direct" or "pool" (also when "direct" could not attach)."""
+        return "direct" if self.check_loop is not None else "pool"
+
     def request_stop(self) -> None:
         self._stop.set()
 

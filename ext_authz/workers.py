@@ -49,7 +49,8 @@ def _worker_main(cfg: Config, port: int, index: int, events) -> None:
         events.put(("failed", index, os.getpid(), f"cannot bind gRPC address {cfg.grpc_host}:{port}: {exc}"))
         raise SystemExit(2) from None
     events.put(("ready", index, os.getpid(), ""))
-    log.info("worker ready", extra={"worker": index, "grpc": f"{cfg.grpc_host}:{port}"})
+    log.info("worker ready", extra={"worker": index, "grpc": f"{cfg.grpc_host}:{port}",
+                                    "check_handler": worker.check_handler})
     worker.run_until_stopped()
 
 

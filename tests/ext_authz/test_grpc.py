@@ -44,11 +44,14 @@ routes:
 """
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory) -> Service:
+@pytest.fixture(scope="module", params=["direct", "pool"])
+def service(request, tmp_path_factory) -> Service:
+    """Every test here runs against both Check handlers (the direct completion-queue loop, the default, and
+    grpc's thread-pool handler, its fallback)."""
     path = tmp_path_factory.mktemp("policy") / "policy.yaml"
     path.write_text(POLICY)
-    with running_service(path) as svc:
+    with running_service(path, extra_args=["--check-handler", request.param]) as svc:
+        assert f'"check_handler":"{request.param}"' in svc.proc.output  # the handler asked for is the one serving
         yield svc
 
 
@@ -170,10 +173,11 @@ def test_internal_fault_is_an_explicit_deny_and_counted() -> None:
     assert resp.denied_response.status.code == 500
 
 
-def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("handler", ["direct", "pool"])
+def test_sigterm_drains_and_exits_cleanly(tmp_path: Path, handler: str) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
-    with running_service(path) as svc:
+    with running_service(path, extra_args=["--check-handler", handler]) as svc:
         futures = [svc.stub.Check.future(check_request({"x-api-key": KEY}, route="messages"), timeout=10)
                    for _ in range(300)]
         time.sleep(0.02)
@@ -211,6 +215,7 @@ def test_workers_share_one_port(tmp_path: Path) -> None:
         assert svc.metric("keyrelay_ext_authz_decisions_total", result="allow", route="messages") == total
         worker_pids = {int(m) for m in re.findall(r'"worker ready","pid":(\d+)', svc.proc.output)}
         assert len(worker_pids) == 2
+        assert svc.proc.output.count('"check_handler":"direct"') == 2
         # A worker that dies is replaced, and readiness follows.
         os.kill(sorted(worker_pids)[0], signal.SIGKILL)
         deadline = time.monotonic() + 30
