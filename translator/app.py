@@ -9,6 +9,7 @@ binding, so malformed JSON and validation failures are 400 invalid_request_error
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -444,6 +445,24 @@ def create_app(settings: Settings | None = None) -> TranslatorApp:
     return TranslatorApp(app, handle_messages)
 
 
+def tune_gc() -> None:
+    """Process-wide garbage-collector settings for a serving translator (the CLI and each worker call this
+    once, after the imports).
+
+    Every streamed chunk allocates a few dicts (orjson), so the collector ran constantly: py-spy showed
+    ~17% of the translator's CPU in `gc_collect_main` while streaming. Objects of a request in flight
+    survive the frequent young collections, get promoted, and then trigger full collections that walk the
+    ~70,000 objects of the imported libraries. `gc.freeze()` moves everything that exists after start-up
+    out of the collector's reach (it is never garbage), and a larger first threshold lets a request's
+    short-lived objects die before a collection sees them. Reference cycles are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def app_from_env() -> TranslatorApp:
     """uvicorn factory for worker processes (`--workers N`): settings come serialized through the environment."""
-    return create_app(load_settings([]))
+    app = create_app(load_settings([]))
+    tune_gc()
+    return app

@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
-        from translator.app import create_app  # validates the routing file and its caps
+        from translator.app import create_app, tune_gc  # validates the routing file and its caps
 
         app = create_app(settings)
     except ConfigError as exc:
@@ -112,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sock = _bind(settings.host, settings.port)
             port = sock.getsockname()[1]
             server = _Server(uvicorn.Config(app, **common))
+            tune_gc()
             threading.Thread(target=_announce_when_ready, args=(settings.host, port, stop), daemon=True).start()
             server.run(sockets=[sock])
         else:
