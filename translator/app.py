@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 
-from translator import credentials
+from translator import credentials, logs
 from translator.caps import caps_for, validate_caps
 from translator.convert.openai_request import anthropic_to_openai
 from translator.convert.openai_response import openai_to_anthropic
@@ -463,6 +463,8 @@ def tune_gc() -> None:
 
 def app_from_env() -> TranslatorApp:
     """uvicorn factory for worker processes (`--workers N`): settings come serialized through the environment."""
-    app = create_app(load_settings([]))
+    settings = load_settings([])
+    logs.configure(settings.log_level)  # a spawned worker does not inherit the parent's logging set-up
+    app = create_app(settings)
     tune_gc()
     return app

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 
 import uvicorn
 
+from translator import logs
 from translator.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("keyrelay.translator")
@@ -85,11 +86,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # LiteLLM and httpx log request lines (URLs can carry a Gemini key as a query parameter): keep them quiet.
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logs.configure(settings.log_level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

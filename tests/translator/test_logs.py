@@ -1,0 +1,73 @@
+"""The batched log handler: one write per batch, errors never held back, nothing lost on close."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from translator.logs import BatchedStreamHandler
+
+
+class CountingStream:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture
+def logger_and_stream():
+    stream = CountingStream()
+    handler = BatchedStreamHandler(stream, interval_s=0.1, max_pending=4096)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger(f"keyrelay.test.logs.{time.monotonic_ns()}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield logger, stream, handler
+    handler._stop.set()
+    logger.removeHandler(handler)
+
+
+def test_info_lines_are_written_together_within_the_interval(logger_and_stream):
+    logger, stream, _ = logger_and_stream
+    for i in range(50):
+        logger.info("request %d", i)
+    assert stream.writes == []  # held back, not one write per line
+    deadline = time.monotonic() + 5
+    while not stream.writes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(stream.writes) == 1
+    assert stream.writes[0].splitlines() == [f"INFO request {i}" for i in range(50)]
+
+
+@pytest.mark.parametrize("level", [logging.WARNING, logging.ERROR])
+def test_warnings_and_errors_flush_at_once_in_order(logger_and_stream, level):
+    logger, stream, _ = logger_and_stream
+    logger.info("first")
+    logger.log(level, "bad")
+    assert "".join(stream.writes).splitlines() == ["INFO first", f"{logging.getLevelName(level)} bad"]
+
+
+def test_a_full_buffer_is_written_without_waiting(logger_and_stream):
+    logger, stream, _ = logger_and_stream
+    for _ in range(200):  # 200 lines of 46 bytes: over the 4 KiB limit
+        logger.info("x" * 40)
+    assert len(stream.writes) >= 2, "a buffer over max_pending must be written at once"
+
+
+def test_close_flushes_and_the_handler_keeps_working(logger_and_stream):
+    # logging.config.dictConfig (uvicorn) closes existing handlers that stay attached to the root logger.
+    logger, stream, handler = logger_and_stream
+    logger.info("before close")
+    handler.close()
+    assert "".join(stream.writes).splitlines() == ["INFO before close"]
+    logger.info("after close")
+    handler.flush()
+    assert "".join(stream.writes).splitlines() == ["INFO before close", "INFO after close"]
