@@ -83,6 +83,11 @@ class CheckLoop:
             t.start()
             self._threads.append(t)
 
+    @property
+    def alive(self) -> bool:
+        """Every loop thread is running (readiness: a dead loop would leave Check calls unanswered)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Call after the server has shut down (its calls are finished): drain the queue and end the threads."""
         self._accepting = False
@@ -107,37 +112,38 @@ class CheckLoop:
             if event.completion_type == shutdown:
                 return
             tag = event.tag
+            if tag is _SENT or tag is _CLOSED:
+                continue
             if tag is _REQUEST:
                 if not event.success:   # the server is shutting down: no more calls
                     continue
-                if self._accepting:
-                    server.request_registered_call(cq, cq, CHECK_METHOD, _REQUEST)
-                call = event.call
                 try:
+                    if self._accepting:
+                        server.request_registered_call(cq, cq, CHECK_METHOD, _REQUEST)
+                    call = event.call
                     # Receive-close completes when the call ends (or is cancelled); nothing to do then.
                     call.start_server_batch((recv_close(0),), _CLOSED)
                     call.start_server_batch((recv_message(0),), call)
-                except Exception:  # noqa: BLE001 - the call is already gone
-                    continue
-            elif tag is _SENT or tag is _CLOSED:
+                except Exception as exc:  # noqa: BLE001 - keep serving the other calls
+                    log.error("could not start a check call", extra={"error": exc.__class__.__name__})
                 continue
-            else:  # a received message: tag is its call
-                call = tag
-                if not event.success:   # cancelled before the message arrived
+            # A received message: the tag is its call.
+            call = tag
+            if not event.success:   # cancelled before the message arrived
+                continue
+            try:
+                raw = event.batch_operations[0].message()
+                if raw is None:
+                    self._fail(call, b"Check requires exactly one request message")
                     continue
-                try:
-                    raw = event.batch_operations[0].message()
-                    if raw is None:
-                        self._fail(call, b"Check requires exactly one request message")
-                        continue
-                    body = handle(raw)
-                    call.start_server_batch(
-                        (send_metadata((), 0), send_message(body, 0), send_status((), ok, b"", 0)), _SENT)
-                except Exception as exc:  # noqa: BLE001 - fail closed: an error status, never an allow
-                    # The type only: a message could quote request bytes.
-                    log.error("check call failed; answered INTERNAL (fail closed)",
-                              extra={"error": exc.__class__.__name__})
-                    self._fail(call, b"authorization check failed")
+                body = handle(raw)
+                call.start_server_batch(
+                    (send_metadata((), 0), send_message(body, 0), send_status((), ok, b"", 0)), _SENT)
+            except Exception as exc:  # noqa: BLE001 - fail closed: an error status, never an allow
+                # The type only: a message could quote request bytes.
+                log.error("check call failed; answered INTERNAL (fail closed)",
+                          extra={"error": exc.__class__.__name__})
+                self._fail(call, b"authorization check failed")
 
     def _fail(self, call, details: bytes) -> None:
         c = self._c

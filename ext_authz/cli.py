@@ -141,7 +141,7 @@ def run_single(cfg: Config, policy: Policy) -> int:
 
     def ready():
         info = {"policy": store.policy.source, "digest": store.policy.short_digest}
-        return (not worker.draining, info)
+        return (worker.serving, info)
 
     try:
         http = HttpSide(cfg.http_host, cfg.http_port, make_app(registry, ready)).start()

@@ -129,6 +129,7 @@ class GrpcWorker:
         self.server: grpc.Server | None = None
         self.health = health.HealthServicer()
         self.check_loop: CheckLoop | None = None
+        self._started = False
         self._stop = threading.Event()
 
     def _on_reload(self, policy: Policy) -> None:
@@ -167,7 +168,13 @@ class GrpcWorker:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.metrics.policy_live(self.store.policy.short_digest, self.store.policy.source)
+        self._started = True
         return self.port
+
+    @property
+    def serving(self) -> bool:
+        """Ready for checks: not draining, and the direct handler (when used) is running."""
+        return self._started and not self.draining and (self.check_loop is None or self.check_loop.alive)
 
     @property
     def check_handler(self) -> str:

@@ -99,3 +99,30 @@ def test_check_handler_setting(tmp_path: Path) -> None:
     assert resolve_config(["--check-handler", "direct"], {"EXT_AUTHZ_CHECK_HANDLER": "pool"}).check_handler == "direct"
     with pytest.raises(SettingsError, match="--check-handler must be direct or pool"):
         resolve_config(["--check-handler", "fast"], {})
+
+
+def test_readiness_follows_the_loop_thread() -> None:
+    """In-process: a worker is serving only while its direct handler's thread runs."""
+    from prometheus_client import CollectorRegistry
+
+    from ext_authz.metrics import Metrics
+    from ext_authz.policy import parse_policy
+    from ext_authz.reload import PolicyStore
+    from ext_authz.server import GrpcConfig, GrpcWorker
+
+    from ext_authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
+
+    policy = parse_policy(POLICY.encode(), "test")
+    worker = GrpcWorker(GrpcConfig("127.0.0.1", 0), PolicyStore(policy), Metrics(CollectorRegistry()), None,
+                        lambda raw, source: policy)
+    assert not worker.serving  # not started yet
+    port = worker.start()
+    try:
+        assert worker.check_handler == "direct" and worker.serving
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+            assert stub.Check(check_request({"x-api-key": KEY}, route="messages"), timeout=10).status.code == 0
+    finally:
+        worker.server.stop(0).wait()
+        worker.check_loop.stop()
+    assert not worker.check_loop.alive and not worker.serving
