@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 import uvicorn
 
 from translator import logs
+from translator.serving import uvicorn_options
 from translator.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("keyrelay.translator")
@@ -100,8 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keyrelay-translator: configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
     _configure_logging(settings)
-    common = dict(log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
-                  server_header=False, date_header=True, proxy_headers=False, http="httptools", loop="uvloop")
+    common = uvicorn_options()
     stop = threading.Event()
     cleanup: list[str] = []
     try:

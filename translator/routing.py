@@ -96,6 +96,9 @@ def split_spec(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
+_MEMO_SIZE = 1024
+
+
 class Router:
     def __init__(self, settings: Settings, routes: RoutesFile | None = None) -> None:
         self.settings = settings
@@ -103,9 +106,20 @@ class Router:
         for rule in self.routes.rules:
             if rule.base_url is not None and not rule.base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"routing rule {rule.match!r}: base_url must be an http(s) URL")
+        self._resolved: dict[str, Target] = {}
 
     # -- public
     def resolve(self, requested: str) -> Target:
+        """The target for a requested model name (memoized: the answer depends only on the name and the
+        configuration; at most `_MEMO_SIZE` names are kept, since clients choose them)."""
+        hit = self._resolved.get(requested)
+        if hit is None:
+            hit = self._resolve(requested)
+            if len(self._resolved) < _MEMO_SIZE:
+                self._resolved[requested] = hit
+        return hit
+
+    def _resolve(self, requested: str) -> Target:
         for rule in self.routes.rules:
             if rule.match == requested or fnmatch.fnmatchcase(requested, rule.match):
                 return self._target(rule.target, base_url=rule.base_url, caps=rule.caps, rule=f"rule:{rule.match}")

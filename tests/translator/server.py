@@ -12,6 +12,7 @@ import anthropic
 import uvicorn
 
 from translator.app import create_app
+from translator.serving import uvicorn_options
 from translator.settings import Settings, load_settings
 
 
@@ -29,8 +30,10 @@ class TranslatorServer:
         self._sock.listen(128)
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.asgi, log_level="warning", access_log=False,
-                                                    lifespan="on", timeout_graceful_shutdown=2))
+        # The console script's uvicorn options (httptools, uvloop, the head-coalescing protocol), so the tests
+        # exercise what production runs; uvloop is only the event loop of the server's own thread.
+        options = {**uvicorn_options(), "timeout_graceful_shutdown": 2}
+        self.server = uvicorn.Server(uvicorn.Config(self.asgi, **options))
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
     @property
