@@ -13,8 +13,9 @@ Everything else on the port (grpc.health.v1, reflection, unknown methods) stays 
 also owns start, graceful shutdown and cancellation: this module only adds one registered method.
 
 This uses grpcio's Cython layer (`grpc._cython.cygrpc`) and the server's C object, which are not public API.
-`attach` checks for everything it needs and returns None when something is missing, and the caller then falls
-back to the public handler (same behaviour, slower); `--check-handler pool` forces that path. The tests run both
+`attach` checks for everything it needs and returns None when something is missing, and `start` raises
+CheckLoopError when the core refuses a request; the caller then falls back to the public handler (same
+behaviour, slower); `--check-handler pool` forces that path. The tests run both
 paths over real gRPC.
 """
 
@@ -36,6 +37,10 @@ OUTSTANDING_CALLS = 64
 _REQUEST = object()   # tag of a requested call
 _SENT = object()      # tag of a finished send batch
 _CLOSED = object()    # tag of a receive-close batch
+
+
+class CheckLoopError(RuntimeError):
+    """The loop could not start (grpcio's internals are not what this module expects)."""
 
 
 class CheckLoop:
@@ -75,9 +80,12 @@ class CheckLoop:
             return None
 
     def start(self) -> None:
-        """Call after the server started."""
-        for _ in range(OUTSTANDING_CALLS):
-            self._server.request_registered_call(self._cq, self._cq, CHECK_METHOD, _REQUEST)
+        """Call after the server started. Raises CheckLoopError when grpcio refuses what it is asked."""
+        try:
+            for _ in range(OUTSTANDING_CALLS):
+                self._server.request_registered_call(self._cq, self._cq, CHECK_METHOD, _REQUEST)
+        except Exception as exc:  # noqa: BLE001 - any mismatch: the caller falls back to the public handler
+            raise CheckLoopError(f"{exc.__class__.__name__}: {exc}") from None
         for n in range(self._threads_wanted):
             t = threading.Thread(target=self._run, name=f"ext_authz-check-{n}", daemon=True)
             t.start()
@@ -92,6 +100,8 @@ class CheckLoop:
         """Call after the server has shut down (its calls are finished): drain the queue and end the threads."""
         self._accepting = False
         self._cq.shutdown()
+        if not self._threads:  # never started: drain the queue here (a queue is destroyed empty)
+            self._run()
         for t in self._threads:
             t.join(timeout)
 

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
-from .check_loop import CheckLoop
+from .check_loop import CheckLoop, CheckLoopError
 from .decide import decide, internal_error
 from .extract import ROUTE_EXTENSION, headers_from_header_map, headers_from_map
 from .metrics import Metrics
@@ -149,13 +149,27 @@ class GrpcWorker:
         # Signal handlers first: a SIGTERM right after the ready line must already drain, not kill.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: self.request_stop())
+        try:
+            self._serve(direct=self.cfg.check_handler == "direct")
+        except CheckLoopError as exc:
+            # The server already stopped again; serve with the public handler instead (same answers, slower).
+            logging.getLogger("ext_authz").warning("direct Check handler did not start; using grpc's thread-pool "
+                                                   "handler", extra={"problem": str(exc)})
+            self._serve(direct=False)
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.policy_live(self.store.policy.short_digest, self.store.policy.source)
+        self._started = True
+        return self.port
+
+    def _serve(self, direct: bool) -> None:
         options = [("grpc.so_reuseport", 1 if self.cfg.reuse_port else 0),
                    ("grpc.max_receive_message_length", 8 * 1024 * 1024)]
         self.server = grpc.server(ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="ext_authz-check"),
                                   options=options, maximum_concurrent_rpcs=self.cfg.max_concurrent_rpcs)
         authorizer = Authorizer(self.store, self.metrics)
-        if self.cfg.check_handler == "direct":
-            self.check_loop = CheckLoop.attach(self.server, authorizer.check_bytes, self.cfg.check_threads)
+        self.check_loop = CheckLoop.attach(self.server, authorizer.check_bytes, self.cfg.check_threads) if direct \
+            else None
         if self.check_loop is None:
             external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorizer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -164,12 +178,13 @@ class GrpcWorker:
             raise OSError(f"cannot bind gRPC address {self.cfg.host}:{self.cfg.port}")
         self.server.start()
         if self.check_loop is not None:
-            self.check_loop.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.metrics.policy_live(self.store.policy.short_digest, self.store.policy.source)
-        self._started = True
-        return self.port
+            try:
+                self.check_loop.start()
+            except CheckLoopError:
+                self.server.stop(0).wait()
+                self.check_loop.stop(1.0)
+                self.check_loop = None
+                raise
 
     @property
     def serving(self) -> bool:

@@ -81,6 +81,17 @@ def test_cancelled_checks_leave_the_loop_serving(service: Service) -> None:
     assert service.check({"x-api-key": KEY}, route="messages").status.code == 0
 
 
+@pytest.fixture
+def keep_signal_handlers():
+    """GrpcWorker.start installs SIGTERM/SIGINT handlers; in-process tests put pytest's back afterwards."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 class _NotAGrpcServer:
     pass
 
@@ -101,7 +112,7 @@ def test_check_handler_setting(tmp_path: Path) -> None:
         resolve_config(["--check-handler", "fast"], {})
 
 
-def test_readiness_follows_the_loop_thread() -> None:
+def test_readiness_follows_the_loop_thread(keep_signal_handlers) -> None:
     """In-process: a worker is serving only while its direct handler's thread runs."""
     from prometheus_client import CollectorRegistry
 
@@ -126,3 +137,34 @@ def test_readiness_follows_the_loop_thread() -> None:
         worker.server.stop(0).wait()
         worker.check_loop.stop()
     assert not worker.check_loop.alive and not worker.serving
+
+
+def test_worker_falls_back_when_the_loop_cannot_start(monkeypatch, caplog, keep_signal_handlers) -> None:
+    """A grpcio whose core refuses the registered-call request: the worker rebuilds its server with the public
+    handler and still answers."""
+    from prometheus_client import CollectorRegistry
+
+    from ext_authz import check_loop
+    from ext_authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
+    from ext_authz.metrics import Metrics
+    from ext_authz.policy import parse_policy
+    from ext_authz.reload import PolicyStore
+    from ext_authz.server import GrpcConfig, GrpcWorker
+
+    def refuse(self):
+        raise check_loop.CheckLoopError("TypeError: refused")
+
+    monkeypatch.setattr(check_loop.CheckLoop, "start", refuse)
+    policy = parse_policy(POLICY.encode(), "test")
+    worker = GrpcWorker(GrpcConfig("127.0.0.1", 0), PolicyStore(policy), Metrics(CollectorRegistry()), None,
+                        lambda raw, source: policy)
+    with caplog.at_level(logging.WARNING, logger="ext_authz"):
+        port = worker.start()
+    try:
+        assert worker.check_handler == "pool" and worker.serving
+        assert "direct Check handler did not start" in caplog.text
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+            assert stub.Check(check_request({"x-api-key": KEY}, route="messages"), timeout=10).status.code == 0
+    finally:
+        worker.server.stop(0).wait()
