@@ -1,6 +1,7 @@
 """After a full run with known keys, no log of any process (Envoy, ext_authz, translator, keyrelay-stack and its
 children) contains a key; the fingerprints are there instead. Runs last (file name) so it reads the output of
-every process the session started; it also drives every key path itself, so it is meaningful on its own."""
+every process the session started, after stopping them all; it also drives every key path itself, so it is
+meaningful on its own."""
 
 from __future__ import annotations
 
@@ -42,7 +43,11 @@ def _drive_every_path(stack, fallback_stack, contract_envoy) -> None:
 def test_no_process_log_contains_a_key(stack, fallback_stack, contract_envoy, up, recorder):
     _drive_every_path(stack, fallback_stack, contract_envoy)
     assert set(up.keys) >= {KEY_ALPHA, KEY_BRAVO}  # the keys really travelled (to the upstream only)
-    time.sleep(0.6)  # Envoy flushes its access log every 200 ms
+    time.sleep(0.6)  # Envoy flushes its access log every 200 ms, the translator its log lines every 250 ms
+    # Stop every process (SIGTERM: graceful, so buffered and shutdown-time output is included). This is the
+    # last test of the run; the session fixtures' own teardown then finds them stopped.
+    for proc in ALL_PROCS:
+        proc.stop()
 
     names = {p.name for p in ALL_PROCS}
     assert {"envoy", "ext_authz", "translator", "envoy_fallback", "ext_authz_fallback"} <= names
