@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from translator.convert.openai_response import openai_to_anthropic
 from translator.convert.openai_stream import OpenAIStreamConverter
 from translator.credentials import Credential
 from translator.errors import ApiError, error_body
-from translator.ids import new_message_id
+from translator.ids import new_message_id, new_request_id
 from translator.metrics import Metrics, build_metrics
 from translator.providers import litellm_path
 from translator.providers.anthropic_native import AnthropicBackend
@@ -73,10 +72,6 @@ def error_response(err: ApiError, request_id: str | None = None) -> Response:
     if request_id:
         headers["request-id"] = request_id
     return json_response(err.body(), err.status, headers)
-
-
-def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
 
 
 class ClientGone(Exception):

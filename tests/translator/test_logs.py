@@ -71,3 +71,14 @@ def test_close_flushes_and_the_handler_keeps_working(logger_and_stream):
     logger.info("after close")
     handler.flush()
     assert "".join(stream.writes).splitlines() == ["INFO before close", "INFO after close"]
+
+
+@pytest.mark.parametrize("created", [0.0, 1_700_000_000.123, 1_700_000_000.999, 1_700_000_001.0005, 1_800_000_000.5])
+def test_formatter_matches_the_standard_asctime(created):
+    from translator.logs import Formatter
+
+    fast, std = Formatter("%(asctime)s %(levelname)s %(message)s"), logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    for _ in range(2):  # the second call comes from the per-second cache
+        r = logging.LogRecord("n", logging.INFO, "p", 1, "msg %s", ("x",), None)
+        r.created, r.msecs = created, (created - int(created)) * 1000
+        assert fast.format(r) == std.format(r)

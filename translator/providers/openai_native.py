@@ -54,6 +54,9 @@ def new_session(*, connect_timeout_s: float, read_timeout_s: float, max_connecti
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_connect=connect_timeout_s,
                                       sock_read=read_timeout_s),
         headers={"user-agent": "keyrelay-translator/0.1"},
+        # No cookie jar: the session is shared by every user's requests, so a cookie one upstream answer set
+        # must never ride along on another user's request (and the jar costs a lookup per request).
+        cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         auto_decompress=True,
     )
