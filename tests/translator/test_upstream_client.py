@@ -212,3 +212,19 @@ async def test_a_head_without_body_goes_out_at_the_end_of_the_iteration_and_befo
     wrapped.close()
     assert t.writes == [HEAD, HEAD] and t.closed
     assert wrapped.get_extra_info("peername") == ("127.0.0.1", 1234)  # everything else is the transport's
+
+
+async def test_a_cookie_set_by_the_upstream_never_rides_on_later_requests():
+    # One session serves every user's requests: a Set-Cookie from one answer must not reach the next request.
+    from tests.support.upstream import openai_completion
+
+    first = openai_completion("one")
+    first.headers["set-cookie"] = "session=user-a-secret; Path=/"
+    with ScriptedUpstream() as up:
+        up.push(first, openai_completion("two"))
+        async with session() as s:
+            backend = OpenAIBackend(s)
+            for _ in range(2):
+                await backend.complete(target(up.url + "/v1"), {"model": "gpt-test"}, CRED)
+        assert len(up.requests) == 2
+        assert "cookie" not in up.requests[1].headers
