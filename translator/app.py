@@ -316,9 +316,10 @@ def create_app(settings: Settings | None = None) -> TranslatorApp:
         m.observe_request(route, str(status), provider, elapsed)
         if err is not None and err.upstream:
             m.upstream_errors.labels(provider, str(status)).inc()
-        log.info("%s %s status=%d provider=%s model=%s key_id=%s source=%s stream=%s ms=%.1f%s",
-                 method, path, status, provider or "-", target.model if target else "-",
-                 cred.key_id if cred else "-", cred.source if cred else "-", stream, elapsed * 1000, extra)
+        if log.isEnabledFor(logging.INFO):  # format the line only when it is written
+            logs.log_info(log, "%s %s status=%d provider=%s model=%s key_id=%s source=%s stream=%s ms=%.1f%s" % (
+                method, path, status, provider or "-", target.model if target else "-",
+                cred.key_id if cred else "-", cred.source if cred else "-", stream, elapsed * 1000, extra))
 
     async def handle_messages(scope: dict, receive: Callable) -> Response:
         """POST /v1/messages: the answer as a Response (a StreamingResponse for streams). Never raises."""

@@ -67,6 +67,15 @@ class BatchedStreamHandler(logging.StreamHandler):
         if full or record.levelno >= logging.WARNING:
             self.flush()
 
+    def emit_line(self, line: str) -> None:
+        """A line formatted by the caller (with its terminator): buffered like a record of level INFO."""
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line)
+            self._size += len(line)
+            full = self._size >= self._max
+        if full:
+            self.flush()
+
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             if self._pending:
@@ -88,6 +97,47 @@ class BatchedStreamHandler(logging.StreamHandler):
         # way) "closes" every existing handler although ours stays attached to the root logger and in use.
         self.flush()
         super().close()
+
+
+def _sole_batched_handler(logger: logging.Logger) -> BatchedStreamHandler | None:
+    """The handler a record of `logger` would reach, if it is exactly one BatchedStreamHandler with our
+    formatter and nothing (filters, levels) in the way; else None."""
+    found: list[logging.Handler] = []
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters:
+            return None
+        found.extend(node.handlers)
+        node = node.parent if node.propagate else None  # type: ignore[assignment]
+    if len(found) != 1:
+        return None
+    h = found[0]
+    if (type(h) is not BatchedStreamHandler or h.filters or h.level > logging.INFO
+            or type(h.formatter) is not Formatter or h.formatter._fmt != FORMAT):  # noqa: SLF001
+        return None
+    return h
+
+
+def log_info(logger: logging.Logger, msg: str) -> None:
+    """`logger.info(msg)` for a message the caller formatted (the request line): the same text, but in the
+    serving process (root logging configured by `configure`) written straight into the batched handler, without
+    a LogRecord and a Formatter pass per request (~10 µs of the ~140 µs a tiny request cost). Anywhere else
+    (tests capturing logs, other handlers or filters) it is an ordinary `logger.info`."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _sole_batched_handler(logger)
+    if handler is None:
+        logger.info("%s", msg)
+        return
+    now = time.time()
+    fmt = handler.formatter
+    assert isinstance(fmt, Formatter)
+    second = int(now)
+    cached_second, text = fmt._cached  # noqa: SLF001 - the same per-second cache as formatTime
+    if second != cached_second:
+        text = time.strftime(fmt.default_time_format, fmt.converter(now))
+        fmt._cached = (second, text)  # noqa: SLF001
+    handler.emit_line("%s,%03d INFO %s %s\n" % (text, int((now - second) * 1000), logger.name, msg))
 
 
 def configure(level: str) -> None:

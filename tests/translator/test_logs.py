@@ -82,3 +82,44 @@ def test_formatter_matches_the_standard_asctime(created):
         r = logging.LogRecord("n", logging.INFO, "p", 1, "msg %s", ("x",), None)
         r.created, r.msecs = created, (created - int(created)) * 1000
         assert fast.format(r) == std.format(r)
+
+
+def test_log_info_writes_what_logger_info_writes(monkeypatch):
+    import io
+
+    from translator import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.configure("info")
+        handler = root.handlers[0]
+        handler.stream = io.StringIO()
+        log = logging.getLogger("keyrelay.translator")
+        log.info("%s", "POST /v1/messages status=200 key_id=abc")
+        logs.log_info(log, "POST /v1/messages status=200 key_id=abc")
+        handler.flush()
+        a, b = handler.stream.getvalue().splitlines()
+        # Same text; the timestamps (taken a moment apart) agree to the second.
+        assert a[:19] == b[:19] and a[23:] == b[23:]
+        assert b.endswith(" INFO keyrelay.translator POST /v1/messages status=200 key_id=abc")
+        logs.configure("warning")
+        handler = root.handlers[0]
+        handler.stream = io.StringIO()
+        logs.log_info(log, "not shown")
+        handler.flush()
+        assert handler.stream.getvalue() == ""
+    finally:
+        for h in root.handlers:
+            if isinstance(h, BatchedStreamHandler):
+                h._stop.set()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+def test_log_info_goes_through_logging_when_others_listen(caplog):
+    from translator import logs
+
+    with caplog.at_level(logging.INFO, logger="keyrelay.translator"):
+        logs.log_info(logging.getLogger("keyrelay.translator"), "seen by caplog key_id=abc")
+    assert [r.getMessage() for r in caplog.records] == ["seen by caplog key_id=abc"]
