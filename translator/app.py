@@ -62,9 +62,24 @@ class State:
     preload: asyncio.Task | None = field(default=None, repr=False)
 
 
+class JSONBytesResponse(Response):
+    """A Starlette Response of already-encoded JSON whose raw headers are built directly (Response.__init__
+    and init_headers generalize over media types, charsets and header merging on every answer)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status_code: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        raw = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+        if headers:
+            raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.raw_headers = raw
+
+
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json",
-                    headers=dict(headers or {}))
+    return JSONBytesResponse(orjson.dumps(data), status, headers)
 
 
 def error_response(err: ApiError, request_id: str | None = None) -> Response:
