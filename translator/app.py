@@ -470,6 +470,9 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+    # LiteLLM (hundreds of thousands of objects) is imported later, lazily or by the preload: freeze it too.
+    if gc.freeze not in litellm_path.after_import:
+        litellm_path.after_import.append(gc.freeze)
 
 
 def app_from_env() -> TranslatorApp:

@@ -24,6 +24,7 @@ from translator.routing import Target
 _lock = threading.Lock()
 _module: Any = None
 import_seconds: float | None = None  # measured cold import time, exported as a metric and logged
+after_import: list = []  # callables run once LiteLLM is imported (the serving process re-freezes the GC)
 
 
 def _import_litellm() -> Any:
@@ -40,6 +41,8 @@ def _import_litellm() -> Any:
             litellm.drop_params = True  # params a provider does not take are dropped, not a 400
             import_seconds = time.perf_counter() - t0
             _module = litellm
+            for hook in after_import:
+                hook()
     return _module
 
 
