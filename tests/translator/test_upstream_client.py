@@ -228,3 +228,16 @@ async def test_a_cookie_set_by_the_upstream_never_rides_on_later_requests():
                 await backend.complete(target(up.url + "/v1"), {"model": "gpt-test"}, CRED)
         assert len(up.requests) == 2
         assert "cookie" not in up.requests[1].headers
+
+
+async def test_a_redirect_is_not_followed():
+    # The request carries a user's key: it is never replayed to wherever a Location header points.
+    from tests.support.upstream import Reply
+
+    with ScriptedUpstream() as up:
+        up.push(Reply(status=307, headers={"location": up.url + "/elsewhere"}, raw=b""))
+        async with session() as s:
+            with pytest.raises(ApiError) as exc:
+                await OpenAIBackend(s).complete(target(up.url + "/v1"), {"model": "gpt-test"}, CRED)
+        assert [r.path for r in up.requests] == ["/v1/chat/completions"]
+    assert exc.value.status == 502 and exc.value.upstream

@@ -60,6 +60,8 @@ def new_session(*, connect_timeout_s: float, read_timeout_s: float, max_connecti
         trust_env=False,
         auto_decompress=True,
     )
+    # Requests pass allow_redirects=False: a redirect is not followed (as with httpx before); a POST carrying a
+    # user's key must not be replayed to wherever a Location header points. It is answered as an upstream error.
 
 
 def transport_error(exc: BaseException, provider: str) -> ApiError:
@@ -231,7 +233,7 @@ class OpenAIBackend:
     async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
         url, proxy, proxy_auth = self._endpoint(target)
         try:
-            resp = await self.session.post(url, data=orjson.dumps(body), proxy=proxy, proxy_auth=proxy_auth,
+            resp = await self.session.post(url, data=orjson.dumps(body), proxy=proxy, proxy_auth=proxy_auth, allow_redirects=False,
                                            headers=self._headers(cred, "application/json"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, target.provider) from None
@@ -256,7 +258,7 @@ class OpenAIBackend:
     async def open_stream(self, target: Target, body: dict, cred: Credential) -> OpenAIStream:
         url, proxy, proxy_auth = self._endpoint(target)
         try:
-            resp = await self.session.post(url, data=orjson.dumps(body), proxy=proxy, proxy_auth=proxy_auth,
+            resp = await self.session.post(url, data=orjson.dumps(body), proxy=proxy, proxy_auth=proxy_auth, allow_redirects=False,
                                            headers=self._headers(cred, "text/event-stream"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, target.provider) from None
