@@ -1,4 +1,6 @@
-"""The translator's HTTP surface (FastAPI): the Anthropic Messages API in front of the routed backends.
+"""The translator's HTTP surface: the Anthropic Messages API in front of the routed backends.
+
+`POST /v1/messages` is served by a plain ASGI handler (`TranslatorApp`), everything else by FastAPI.
 
 Request bodies are read and parsed here (size-limited, orjson, then pydantic) rather than by FastAPI's body
 binding, so malformed JSON and validation failures are 400 invalid_request_error in the Anthropic shape

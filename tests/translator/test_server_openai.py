@@ -467,3 +467,20 @@ def test_upstream_error_metric_counts_only_upstream_failures(translator, upstrea
                json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER})  # upstream's 401
     after = httpx.get(translator.url + "/metrics").text
     assert _metric(after, name % 401) - _metric(before, name % 401) == 1
+
+
+def test_client_gone_mid_body_is_counted_and_nothing_goes_upstream(translator, upstream):
+    gone = 'keyrelay_translator_requests_total{provider="",route="messages",status="499"}'
+    before = _metric(httpx.get(translator.url + "/metrics").text, gone)
+    with socket.create_connection(("127.0.0.1", translator.port), timeout=5) as s:
+        s.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                  b"x-api-key: " + KEY.encode() + b"\r\ncontent-length: 500\r\n\r\n{\"model\": \"claude")
+        time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while _metric(httpx.get(translator.url + "/metrics").text, gone) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric(httpx.get(translator.url + "/metrics").text, gone) == before + 1
+    assert upstream.requests == []
+    upstream.push(openai_completion("still serving"))
+    assert translator.client(KEY).messages.create(model="claude-sonnet-4-5", max_tokens=5,
+                                                  messages=USER).content[0].text == "still serving"
