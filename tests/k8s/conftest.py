@@ -17,9 +17,6 @@ K8S = REPO / "k8s"
 ISTIO_CRDS = REPO.parent / "shared" / "schemas" / "istio" / "customresourcedefinitions.gen.yaml"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-# kubectl's built-in kustomize refuses files outside the kustomization root; the standalone overlay reads the
-# repository's envoy.yaml, so it is rendered (and documented) with this flag.
-LOAD_ANYWHERE = ("--load-restrictor", "LoadRestrictionsNone")
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ class Layout:
 LAYOUTS = {
     "base": Layout("base", K8S / "base"),
     "istio": Layout("istio", K8S / "overlays" / "istio"),
-    "standalone": Layout("standalone", K8S / "overlays" / "standalone", LOAD_ANYWHERE),
+    "standalone": Layout("standalone", K8S / "overlays" / "standalone"),
 }
 
 

@@ -51,6 +51,14 @@ def cluster_endpoint(config: dict, name: str) -> tuple[str, int]:
     return sock["address"], sock["port_value"]
 
 
+def test_repository_envoy_yaml_is_the_overlay_file_not_a_copy():
+    # kustomize reads only files inside the kustomization root, so the one real envoy.yaml lives in the
+    # standalone overlay and the repository root links to it (what Envoy, keyrelay-stack and the bench read).
+    overlay_file = REPO / "k8s" / "overlays" / "standalone" / "envoy.yaml"
+    assert ENVOY_YAML.is_symlink() and not overlay_file.is_symlink()
+    assert ENVOY_YAML.resolve() == overlay_file.resolve()
+
+
 def test_envoy_configmap_is_the_repository_file_byte_for_byte(envoy_cm):
     assert envoy_cm["data"]["envoy.yaml"].encode("utf-8") == ENVOY_YAML.read_bytes()
     assert set(envoy_cm["data"]) == {"envoy.yaml"}

@@ -82,9 +82,9 @@ def test_renders_expected_kinds(rendered, layout):
     assert all(o["metadata"].get("namespace") == "keyrelay" for o in rendered[layout] if o["kind"] != "Namespace")
 
 
-@pytest.mark.parametrize("layout", ["base", "istio"])
-def test_mesh_layouts_render_with_plain_apply_k(kubectl, layout):
-    # `kubectl apply -k` has no --load-restrictor: these two must render with kustomize's default restriction.
+@pytest.mark.parametrize("layout", ["base", "istio", "standalone"])
+def test_layouts_render_with_plain_apply_k(kubectl, layout):
+    # `kubectl apply -k` has no --load-restrictor: every layout must render with kustomize's default restriction.
     assert kustomize(kubectl, LAYOUTS[layout].path)
 
 
