@@ -9,48 +9,29 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from keyrelay_stack.processes import (PROVIDER_ENV_PREFIXES, SERVICE_ENV_PREFIXES, child_env, console_script,
+                                       free_port)  # noqa: F401  (free_port re-exported)
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def script(name: str) -> str:
     """Path of a console script installed in this venv (falls back to PATH)."""
-    path = BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if not found:
-        raise RuntimeError(f"{name} is not installed; run `make bench` (it installs the project into .venv)")
-    return found
+    return console_script(name, hint="run `make bench`: it installs the project into .venv")
 
 
 def base_env(**extra: str) -> dict[str, str]:
     """The parent environment without any provider/policy setting that could change what is measured."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OPENAI_", "ANTHROPIC_", "GEMINI_", "VERTEX_", "PASSTHROUGH_", "REQUIRE_PASSTHROUGH",
-                                "EXT_AUTHZ_", "TRANSLATOR_", "BIG_MODEL", "SMALL_MODEL", "PREFERRED_PROVIDER",
-                                "USE_VERTEX_AUTH", "LITELLM_"))}
-    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    return child_env(drop=PROVIDER_ENV_PREFIXES + SERVICE_ENV_PREFIXES + ("LITELLM_",), **extra)
 
 
 def taskset_prefix(cpus: str | None) -> list[str]:

@@ -29,14 +29,12 @@ import yaml
 
 from .envoy_config import (ENVOY_YAML, REPO, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
                            load_source, render)
+from .processes import PROVIDER_ENV_PREFIXES, child_env, console_script, free_port
 from .supervisor import ChildFailed, ChildSpec, Interrupted, Supervisor
 
 DEFAULT_POLICY = REPO / "examples" / "policy.yaml"
 # Provider settings that mean "serve real traffic" (the same names the translator reads).
 PROVIDER_VARS = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "USE_VERTEX_AUTH")
-# Only the translator needs provider settings and keys; the other children get an environment without them.
-_PROVIDER_PREFIXES = ("OPENAI_", "ANTHROPIC_", "GEMINI_", "VERTEX_", "USE_VERTEX_AUTH", "PREFERRED_PROVIDER",
-                      "BIG_MODEL", "SMALL_MODEL")
 DEMO_KEY = "sk-keyrelay-demo-0001"
 # The static key the translator holds in demo mode (used only when a policy allows requests without a key);
 # the demo upstream accepts anything, so this is not a secret.
@@ -127,27 +125,15 @@ def check_ports_free(ports: Ports, host: str) -> None:
             raise UsageError(f"port {port} ({what}) is already in use; pick another with {flag} or --port-base")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _script(name: str) -> str:
-    path = Path(sys.executable).parent / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if not found:
-        raise UsageError(f"{name} is not installed (run `make run`, which installs the project into .venv)")
-    return found
+    try:
+        return console_script(name, hint="run `make run`, which installs the project into .venv")
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _child_env(env: Mapping[str, str], *, provider: bool) -> dict[str, str]:
-    out = {k: v for k, v in env.items() if provider or not k.startswith(_PROVIDER_PREFIXES)}
-    out["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    out["PYTHONUNBUFFERED"] = "1"
-    return out
+    return child_env(env, drop=() if provider else PROVIDER_ENV_PREFIXES)
 
 
 def describe_policy(path: Path | None, env: Mapping[str, str]) -> str:
@@ -248,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sup = Supervisor()
     sup.install_signal_handlers()
     say = sup.say
-    demo_port = ports.demo or (_free_port() if demo else 0)
+    demo_port = ports.demo or (free_port() if demo else 0)
     public_host = "127.0.0.1" if ns.host in ("0.0.0.0", "") else ns.host
     url = f"http://{public_host}:{ports.listen}"
 

@@ -61,13 +61,8 @@ def start_stack(**env: str) -> tuple[Proc, int]:
             "--translator-port", str(free_port()), "--envoy-concurrency", "1"]
     proc = Proc(argv, base_env(**env), name="keyrelay-stack")
     ALL_PROCS.append(proc)
-    # Proc.wait_ready also fires on a child's `[demo] ready: ...` line; the stack's own line is the one to await.
-    deadline = time.monotonic() + 90
-    while not any(line.startswith("ready: stack on ") for line in list(proc.lines)):
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            proc.stop()
-            raise RuntimeError(f"keyrelay-stack did not become ready:\n{proc.output[-4000:]}")
-        time.sleep(0.05)
+    proc.wait_ready(90)
+    assert any(line.startswith("ready: stack on ") for line in proc.lines), proc.output[-2000:]
     return proc, port
 
 

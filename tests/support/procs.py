@@ -4,45 +4,27 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
+from keyrelay_stack.processes import (PROVIDER_ENV_PREFIXES, SERVICE_ENV_PREFIXES, child_env, console_script,
+                                       free_port)  # noqa: F401  (free_port re-exported)
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def script(name: str) -> str:
     """Path of a console script installed in this venv (falls back to PATH)."""
-    path = BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if not found:
-        raise RuntimeError(f"{name} is not installed; run `make test` (it installs the project into .venv)")
-    return found
+    return console_script(name, hint="run `make test`: it installs the project into .venv")
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OPENAI_", "ANTHROPIC_", "GEMINI_", "VERTEX_", "PASSTHROUGH_", "REQUIRE_PASSTHROUGH",
-                                "EXT_AUTHZ_", "TRANSLATOR_", "BIG_MODEL", "SMALL_MODEL", "PREFERRED_PROVIDER",
-                                "USE_VERTEX_AUTH"))}
-    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    """This process's environment without provider or service settings (a test passes what it means)."""
+    return child_env(drop=PROVIDER_ENV_PREFIXES + SERVICE_ENV_PREFIXES, **extra)
 
 
 class Proc:
@@ -63,7 +45,7 @@ class Proc:
         assert self.popen.stdout is not None
         for line in self.popen.stdout:
             self.lines.append(line.rstrip("\n"))
-            if line.startswith("ready:") or " ready: " in line:
+            if line.startswith("ready:"):  # the process's own line, not a prefixed child's `[demo] ready: ...`
                 self._ready.set()
         self._ready.set()  # EOF: unblock waiters; they check returncode
 
@@ -73,7 +55,7 @@ class Proc:
 
     def wait_ready(self, timeout: float = 60.0) -> "Proc":
         if not self._ready.wait(timeout) or self.popen.poll() is not None and not any(
-                l.startswith("ready:") or " ready: " in l for l in self.lines):
+                l.startswith("ready:") for l in self.lines):
             self.stop()
             raise RuntimeError(f"{self.name} did not become ready within {timeout}s:\n{self.output[-4000:]}")
         return self

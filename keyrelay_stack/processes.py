@@ -1,0 +1,46 @@
+"""What keyrelay-stack, the bench and the tests share to start the project's processes: a free loopback port,
+the path of an installed console script, and a child environment without settings that would change what the
+child does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Mapping
+
+# Provider settings and keys: only the translator gets them.
+PROVIDER_ENV_PREFIXES = ("OPENAI_", "ANTHROPIC_", "GEMINI_", "VERTEX_", "USE_VERTEX_AUTH", "PREFERRED_PROVIDER",
+                         "BIG_MODEL", "SMALL_MODEL")
+# The services' own settings: a test or a benchmark passes what it means explicitly.
+SERVICE_ENV_PREFIXES = ("PASSTHROUGH_", "REQUIRE_PASSTHROUGH", "EXT_AUTHZ_", "TRANSLATOR_")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def console_script(name: str, *, hint: str) -> str:
+    """Path of a console script of this virtualenv (beside its python), else from PATH."""
+    path = Path(sys.executable).parent / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} is not installed ({hint})")
+    return found
+
+
+def child_env(env: Mapping[str, str] | None = None, *, drop: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
+    """`env` (default: this process's) without the variables starting with `drop`, with LiteLLM's offline
+    price map and unbuffered Python output, plus `extra`."""
+    source = os.environ if env is None else env
+    out = {k: v for k, v in source.items() if not k.startswith(drop)} if drop else dict(source)
+    out["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    out["PYTHONUNBUFFERED"] = "1"
+    out.update(extra)
+    return out
