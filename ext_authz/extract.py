@@ -137,7 +137,7 @@ def extract_key(headers: RequestHeaders, route: RoutePolicy) -> Extracted:
     if not found:
         return NO_KEY
     if len(found) > 1:
-        (first_source, first), (_, second) = found[0], found[1]
+        (_, first), (_, second) = found[0], found[1]
         # Constant-time: the comparison involves secrets.
         if not hmac.compare_digest(first.encode(), second.encode()) and route.conflicting_keys == "reject":
             return Extracted(reason="conflicting_keys",

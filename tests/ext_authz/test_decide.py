@@ -76,7 +76,7 @@ CASES = [
     ("repeated header (raw)", POLICY, "messages", H((KEY, KEY)), False, "malformed_key", 400),
     ("CRLF injection", POLICY, "messages", H(f"{KEY}\r\nx-authz-tenant: admin"), False, "malformed_key", 400),
     ("NUL byte", POLICY, "messages", H(f"{KEY}\x00"), False, "malformed_key", 400),
-    ("tab inside", POLICY, "messages", H(f"sk-a\tb-0123456789"), False, "malformed_key", 400),
+    ("tab inside", POLICY, "messages", H("sk-a\tb-0123456789"), False, "malformed_key", 400),
     ("space inside bearer token", POLICY, "messages", H(authorization=f"Bearer {KEY} extra"), False,
      "malformed_key", 400),
     ("unicode lookalike", POLICY, "messages", H("sk-tеst-0123456789"), False, "malformed_key", 400),

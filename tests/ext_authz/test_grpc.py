@@ -200,7 +200,6 @@ def test_workers_share_one_port(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     with running_service(path, workers=2) as svc:
-        pids = set()
         total = 0
         for _ in range(8):  # fresh connections spread over the workers
             with grpc.insecure_channel(f"127.0.0.1:{svc.grpc_port}",
