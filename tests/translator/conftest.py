@@ -25,11 +25,17 @@ def make_translator() -> Iterator:
         srv.stop()
 
 
+def openai_backend_env(upstream_url: str) -> dict[str, str]:
+    """The default shared translator: the scripted upstream as an OpenAI-compatible backend."""
+    return {"OPENAI_BASE_URL": upstream_url + "/v1", "TRANSLATOR_PING_INTERVAL": "0.2"}
+
+
 @pytest.fixture(scope="module")
-def _shared_pair() -> Iterator[tuple[ScriptedUpstream, TranslatorServer]]:
+def _shared_pair(request) -> Iterator[tuple[ScriptedUpstream, TranslatorServer]]:
+    # A test module picks another backend by defining `translator_env(upstream_url) -> dict`.
+    env_for = getattr(request.module, "translator_env", openai_backend_env)
     with ScriptedUpstream() as up:
-        srv = TranslatorServer(translator_settings(OPENAI_BASE_URL=up.url + "/v1",
-                                                   TRANSLATOR_PING_INTERVAL="0.2")).start()
+        srv = TranslatorServer(translator_settings(**env_for(up.url))).start()
         try:
             yield up, srv
         finally:
@@ -44,6 +50,6 @@ def upstream(_shared_pair) -> ScriptedUpstream:
 
 @pytest.fixture
 def translator(_shared_pair) -> TranslatorServer:
-    """Translator routed to the scripted upstream as an OpenAI-compatible backend, no static keys
-    (pings after 0.2 s of upstream silence)."""
+    """Translator routed to the scripted upstream (by default as an OpenAI-compatible backend, no static keys,
+    pings after 0.2 s of upstream silence; see `translator_env`)."""
     return _shared_pair[1]
