@@ -38,6 +38,7 @@ from translator.metrics import Metrics, build_metrics
 from translator.providers import litellm_path
 from translator.providers.anthropic_native import AnthropicBackend
 from translator.providers.litellm_path import LiteLLMBackend
+from translator.providers.http1 import Http1Pool
 from translator.providers.openai_native import OpenAIBackend, new_session
 from translator.routing import Router, Target, build_router
 from translator.schemas.anthropic import CountTokensRequest, MessagesRequest, describe_validation_error
@@ -56,7 +57,8 @@ class State:
     router: Router
     metrics: Metrics
     client: httpx.AsyncClient | None = None  # Anthropic passthrough
-    session: Any = None  # aiohttp.ClientSession of the native OpenAI path
+    session: Any = None  # aiohttp.ClientSession of the native OpenAI path (requests through a proxy)
+    pool: Any = None  # Http1Pool of the native OpenAI path (direct requests)
     openai: OpenAIBackend | None = None
     anthropic: AnthropicBackend | None = None
     litellm: LiteLLMBackend | None = None
@@ -223,7 +225,9 @@ def create_app(settings: Settings | None = None) -> TranslatorApp:
         )
         state.session = new_session(connect_timeout_s=s.connect_timeout_s, read_timeout_s=s.read_timeout_s,
                                     max_connections=s.max_connections)
-        state.openai = OpenAIBackend(state.session)
+        state.pool = Http1Pool(connect_timeout_s=s.connect_timeout_s, read_timeout_s=s.read_timeout_s,
+                               max_connections=s.max_connections)
+        state.openai = OpenAIBackend(state.session, state.pool)
         state.anthropic = AnthropicBackend(state.client)
         state.litellm = LiteLLMBackend(s.read_timeout_s, first_chunk_wait_s=s.ping_interval_s)
         if s.preload_litellm or state.router.needs_litellm():
@@ -249,6 +253,7 @@ def create_app(settings: Settings | None = None) -> TranslatorApp:
                 state.preload.cancel()
             await state.client.aclose()
             await state.session.close()
+            await state.pool.close()
 
     app = FastAPI(title="keyrelay translator", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.keyrelay = state

@@ -1,10 +1,12 @@
-"""The native OpenAI path's upstream client (aiohttp) and the serving protocol, against real loopback servers:
-pings in silences without losing bytes, pooled connections reused after a finished stream and closed after an
-abandoned one, proxy variables honoured, and the response head sent with the first body bytes."""
+"""The native OpenAI path's upstream clients (http1 direct, aiohttp through a proxy) and the serving protocol,
+against real loopback servers: pings in silences without losing bytes, pooled connections reused after a
+finished stream and closed after an abandoned one, proxy variables honoured, and the response head sent with
+the first body bytes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 import orjson
@@ -13,6 +15,7 @@ import pytest
 from tests.support.upstream import ScriptedUpstream, openai_chunk, openai_stream
 from translator.credentials import Credential
 from translator.errors import ApiError
+from translator.providers.http1 import Http1Pool
 from translator.providers.openai_native import OpenAIBackend, new_session
 from translator.routing import Target
 from translator.serving import HeadCoalescingTransport
@@ -77,8 +80,16 @@ class MiniUpstream:
         self.server.close()
 
 
-def session():
-    return new_session(connect_timeout_s=5, read_timeout_s=30, max_connections=8)
+@contextlib.asynccontextmanager
+async def backend(*, read_timeout_s: float = 30, max_connections: int = 8):
+    """The backend as the app builds it: http1 for direct requests, aiohttp for proxied ones."""
+    async with new_session(connect_timeout_s=5, read_timeout_s=read_timeout_s,
+                           max_connections=max_connections) as s:
+        pool = Http1Pool(connect_timeout_s=5, read_timeout_s=read_timeout_s, max_connections=max_connections)
+        try:
+            yield OpenAIBackend(s, pool)
+        finally:
+            await pool.close()
 
 
 async def drain(stream, interval: float = 5.0) -> list:
@@ -92,10 +103,9 @@ async def drain(stream, interval: float = 5.0) -> list:
 
 
 async def test_finished_streams_reuse_one_pooled_connection():
-    async with MiniUpstream(frames=3) as up, session() as s:
-        backend = OpenAIBackend(s)
+    async with MiniUpstream(frames=3) as up, backend() as b:
         for _ in range(3):
-            items = await drain(await backend.open_stream(target(up.url), {"stream": True}, CRED))
+            items = await drain(await b.open_stream(target(up.url), {"stream": True}, CRED))
             chunks = [c for batch in items for c in batch]
             assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["w0 ", "w1 ", "w2 "]
         assert up.connections == 1
@@ -103,13 +113,12 @@ async def test_finished_streams_reuse_one_pooled_connection():
 
 
 async def test_an_abandoned_stream_closes_its_connection():
-    async with MiniUpstream(frames=20, frame_delay_s=0.01) as up, session() as s:
-        backend = OpenAIBackend(s)
-        stream = await backend.open_stream(target(up.url), {"stream": True}, CRED)
+    async with MiniUpstream(frames=20, frame_delay_s=0.01) as up, backend() as b:
+        stream = await b.open_stream(target(up.url), {"stream": True}, CRED)
         async for _ in stream.paced_batches(5.0):
             break  # the client went away after the first read
         await stream.aclose()
-        items = await drain(await backend.open_stream(target(up.url), {"stream": True}, CRED))
+        items = await drain(await b.open_stream(target(up.url), {"stream": True}, CRED))
         assert sum(len(b) for b in items) == 20
         assert up.connections == 2  # the abandoned connection was not handed to the next request
 
@@ -121,8 +130,8 @@ async def test_silence_yields_pings_and_loses_no_bytes():
     reply.frame_delay_s = 0.35
     with ScriptedUpstream() as up:
         up.push(reply)
-        async with session() as s:
-            stream = await OpenAIBackend(s).open_stream(target(up.url + "/v1"), {"stream": True}, CRED)
+        async with backend() as b:
+            stream = await b.open_stream(target(up.url + "/v1"), {"stream": True}, CRED)
             items = await drain(stream, interval=0.1)
     got = [c["choices"][0]["delta"]["content"] for batch in items if batch is not None for c in batch]
     assert got == ["p0", "p1", "p2", "p3"]
@@ -135,8 +144,8 @@ async def test_session_read_timeout_is_an_upstream_timeout_not_a_ping():
     reply.frame_delay_s = 2.0
     with ScriptedUpstream() as up:
         up.push(reply)
-        async with new_session(connect_timeout_s=5, read_timeout_s=0.3, max_connections=4) as s:
-            stream = await OpenAIBackend(s).open_stream(target(up.url + "/v1"), {"stream": True}, CRED)
+        async with backend(read_timeout_s=0.3) as b:
+            stream = await b.open_stream(target(up.url + "/v1"), {"stream": True}, CRED)
             with pytest.raises(ApiError) as exc:
                 await drain(stream, interval=0.1)
     assert (exc.value.status, exc.value.message) == (504, "upstream openai timed out")
@@ -149,8 +158,8 @@ async def test_proxy_variables_are_honoured(monkeypatch, no_proxy, via_proxy):
         monkeypatch.setenv("NO_PROXY", no_proxy)
         monkeypatch.delenv("http_proxy", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
-        async with session() as s:
-            items = await drain(await OpenAIBackend(s).open_stream(target(direct.url), {"stream": True}, CRED))
+        async with backend() as b:
+            items = await drain(await b.open_stream(target(direct.url), {"stream": True}, CRED))
         assert sum(len(b) for b in items) == 3
         if via_proxy:
             # A proxy gets the absolute URL of the upstream in the request line.
@@ -222,10 +231,9 @@ async def test_a_cookie_set_by_the_upstream_never_rides_on_later_requests():
     first.headers["set-cookie"] = "session=user-a-secret; Path=/"
     with ScriptedUpstream() as up:
         up.push(first, openai_completion("two"))
-        async with session() as s:
-            backend = OpenAIBackend(s)
+        async with backend() as b:
             for _ in range(2):
-                await backend.complete(target(up.url + "/v1"), {"model": "gpt-test"}, CRED)
+                await b.complete(target(up.url + "/v1"), {"model": "gpt-test"}, CRED)
         assert len(up.requests) == 2
         assert "cookie" not in up.requests[1].headers
 
@@ -236,8 +244,8 @@ async def test_a_redirect_is_not_followed():
 
     with ScriptedUpstream() as up:
         up.push(Reply(status=307, headers={"location": up.url + "/elsewhere"}, raw=b""))
-        async with session() as s:
+        async with backend() as b:
             with pytest.raises(ApiError) as exc:
-                await OpenAIBackend(s).complete(target(up.url + "/v1"), {"model": "gpt-test"}, CRED)
+                await b.complete(target(up.url + "/v1"), {"model": "gpt-test"}, CRED)
         assert [r.path for r in up.requests] == ["/v1/chat/completions"]
     assert exc.value.status == 502 and exc.value.upstream

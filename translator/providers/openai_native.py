@@ -6,17 +6,17 @@ Claude Code answer is thousands of chunks. So this module does as little as poss
 SSE bytes incrementally (translator.sse), orjson-parse each `data:` payload, hand the dicts on in batches
 (one batch per network read, so the streaming loop pays its per-await costs per read, not per chunk).
 
-Why aiohttp and not httpx (which the Anthropic passthrough still uses): measured side by side in one process
-against the bench's loopback upstream (uvloop, 16 concurrent requests, CPU time per request, two rounds):
-httpx 0.28 (pooled AsyncClient, also with trust_env=False and build_request/send) 1040-1100 µs per tiny
-non-streaming request, aiohttp 3.14 (pooled ClientSession) 59-65 µs; reading a 203-frame stream 2370-2500 µs
-against 262-311 µs. httpx was more than half of the translator's CPU per request (httpcore's pure-Python h11
-parsing and anyio's stream layers per read); aiohttp parses HTTP in C (llhttp). Details in docs/translator.md.
+Which HTTP client: direct requests (the common case: an in-cluster LiteLLM gateway, vLLM, api.openai.com)
+go over `translator.providers.http1`, a small pooled HTTP/1.1 client on asyncio transports and httptools;
+requests that the environment routes through a proxy (HTTP(S)_PROXY, NO_PROXY) go over one aiohttp session.
+Measured side by side in one process against the bench's loopback upstream (uvloop, 16 concurrent requests,
+CPU time per tiny non-streaming request): httpx 0.28 (pooled AsyncClient) 1040-1100 µs, aiohttp 3.14 (pooled
+ClientSession) 52.6-65 µs, http1 9.6-9.7 µs. Why http1 is enough and what it leaves out: its docstring.
+Details in docs/translator.md.
 
-aiohttp is also what makes ping pacing cheap: its StreamReader buffers what the connection delivers, so a
-read that is cancelled by a timeout loses nothing (the next read returns the buffered bytes). The relay can
-therefore wait for the next read under `asyncio.timeout` on the streaming task itself, with no helper task
-per read (an httpx read must not be cancelled, so it needed a task per chunk).
+Both clients buffer what the connection delivers, so a read cancelled by a timer loses nothing (the next read
+returns the buffered bytes). That is what makes ping pacing cheap: the relay waits for the next read under
+`asyncio.timeout` on the streaming task itself, with no helper task per read.
 """
 
 from __future__ import annotations
@@ -32,15 +32,20 @@ from yarl import URL
 from translator.credentials import Credential
 from translator.errors import (ApiError, extract_message, upstream_broken, upstream_error, upstream_timeout,
                                upstream_unreachable)
+from translator.providers import http1
 from translator.routing import Target
 from translator.sse import SSEDecoder
+
+# What both clients raise for transport failures (http1.ReadTimeout and ConnectTimeout are TimeoutErrors).
+TRANSPORT_ERRORS = (aiohttp.ClientError, http1.HttpError, TimeoutError)
 
 _MAX_ERROR_BODY = 64 * 1024
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 def new_session(*, connect_timeout_s: float, read_timeout_s: float, max_connections: int) -> aiohttp.ClientSession:
-    """The pooled upstream session (create it inside the running event loop, close it at shutdown).
+    """The pooled aiohttp session for proxied requests (create it inside the running event loop, close it at
+    shutdown).
 
     trust_env is off because aiohttp would then read the proxy variables and ~/.netrc on every request;
     `OpenAIBackend` resolves the environment's proxy once per upstream URL instead (same variables:
@@ -65,15 +70,20 @@ def new_session(*, connect_timeout_s: float, read_timeout_s: float, max_connecti
 
 
 def transport_error(exc: BaseException, provider: str) -> ApiError:
-    """aiohttp transport failures -> Anthropic-shaped errors (connection refused 502, timeouts 504)."""
-    if isinstance(exc, TimeoutError):  # aiohttp's connect and socket read timeouts subclass it
+    """Transport failures of either client -> Anthropic-shaped errors (connection failed 502, timeouts 504)."""
+    if isinstance(exc, TimeoutError):  # both clients' connect and read timeouts subclass it
         return upstream_timeout(provider)
-    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS failure, unreachable network
+    if isinstance(exc, (aiohttp.ClientConnectorError, http1.ConnectError)):  # refused, DNS, unreachable, TLS
         return upstream_unreachable(provider)
     return upstream_broken(provider)
 
 
-async def error_from_response(resp: aiohttp.ClientResponse, provider: str, cred: Credential) -> ApiError:
+# The response interface both clients offer: status, headers, content.read_nowait/readany/at_eof, read(),
+# release(), close().
+UpstreamResponse = aiohttp.ClientResponse | http1.Response
+
+
+async def error_from_response(resp: UpstreamResponse, provider: str, cred: Credential) -> ApiError:
     raw = b""
     try:
         while len(raw) <= _MAX_ERROR_BODY:
@@ -81,7 +91,7 @@ async def error_from_response(resp: aiohttp.ClientResponse, provider: str, cred:
             if not part:
                 break
             raw += part
-    except (aiohttp.ClientError, TimeoutError):
+    except TRANSPORT_ERRORS:
         pass
     try:
         payload: Any = orjson.loads(raw)
@@ -102,7 +112,7 @@ class OpenAIStream:
     """An open streaming response whose status was 200. Iterate `paced_batches()` (or `batches()`); always
     `aclose()`."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, provider: str, cred: Credential) -> None:
+    def __init__(self, resp: UpstreamResponse, provider: str, cred: Credential) -> None:
         self._resp = resp
         self._provider = provider
         self._cred = cred
@@ -168,7 +178,7 @@ class OpenAIStream:
                             raw = await content.readany()
                     except TimeoutError:
                         if not timer.expired():
-                            raise  # the session's own read timeout (aiohttp.ServerTimeoutError)
+                            raise  # the client's own read timeout
                         raw = content.read_nowait()  # bytes that arrived just as the timer fired
                         if not raw:
                             if not content.at_eof():
@@ -179,7 +189,7 @@ class OpenAIStream:
                 batch = self._decode(raw)
                 if batch:
                     yield batch
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self._provider) from None
 
     async def batches(self) -> AsyncIterator[list[dict]]:
@@ -198,7 +208,7 @@ class OpenAIStream:
                 async with asyncio.timeout(0.5):
                     while await resp.content.readany():
                         pass
-            except (aiohttp.ClientError, TimeoutError):
+            except TRANSPORT_ERRORS:
                 pass
         if self._done and resp.content.at_eof():
             resp.release()
@@ -207,8 +217,9 @@ class OpenAIStream:
 
 
 class OpenAIBackend:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
+    def __init__(self, session: aiohttp.ClientSession, pool: http1.Http1Pool) -> None:
+        self.session = session  # requests through a proxy
+        self.pool = pool  # direct requests
         self._urls: dict[str | None, tuple[URL, URL | None, aiohttp.BasicAuth | None]] = {}
 
     def _endpoint(self, target: Target) -> tuple[URL, URL | None, aiohttp.BasicAuth | None]:
@@ -223,29 +234,32 @@ class OpenAIBackend:
             hit = self._urls[target.base_url] = (url, proxy, auth)
         return hit
 
-    @staticmethod
-    def _headers(cred: Credential, accept: str) -> dict[str, str]:
-        h = {"content-type": "application/json", "accept": accept}
+    async def _post(self, target: Target, body: dict, cred: Credential, accept: str) -> UpstreamResponse:
+        url, proxy, proxy_auth = self._endpoint(target)
+        headers = {"content-type": "application/json", "accept": accept}
         if cred.key:
-            h["authorization"] = f"Bearer {cred.key}"
-        return h
+            headers["authorization"] = f"Bearer {cred.key}"
+        try:
+            if proxy is None:
+                return await self.pool.post(url, orjson.dumps(body), headers)
+            return await self.session.post(url, data=orjson.dumps(body), proxy=proxy, proxy_auth=proxy_auth,
+                                           allow_redirects=False, headers=headers)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, target.provider) from None
 
     async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
-        url, proxy, proxy_auth = self._endpoint(target)
-        try:
-            resp = await self.session.post(url, data=orjson.dumps(body), proxy=proxy, proxy_auth=proxy_auth, allow_redirects=False,
-                                           headers=self._headers(cred, "application/json"))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc, target.provider) from None
+        resp = await self._post(target, body, cred, "application/json")
         try:
             if resp.status != 200:
                 raise await error_from_response(resp, target.provider, cred)
             try:
                 raw = await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 raise transport_error(exc, target.provider) from None
-        finally:
-            resp.release()
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -256,12 +270,7 @@ class OpenAIBackend:
         return data
 
     async def open_stream(self, target: Target, body: dict, cred: Credential) -> OpenAIStream:
-        url, proxy, proxy_auth = self._endpoint(target)
-        try:
-            resp = await self.session.post(url, data=orjson.dumps(body), proxy=proxy, proxy_auth=proxy_auth, allow_redirects=False,
-                                           headers=self._headers(cred, "text/event-stream"))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc, target.provider) from None
+        resp = await self._post(target, body, cred, "text/event-stream")
         if resp.status != 200:
             try:
                 raise await error_from_response(resp, target.provider, cred)
