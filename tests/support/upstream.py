@@ -272,6 +272,13 @@ class ScriptedUpstream:
         self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-upstream", daemon=True)
 
     # -- script
+    def wait_aborted(self, timeout_s: float = 3.0) -> bool:
+        """Whether a client cut a reply off (closed its connection) within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while not self.aborted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return bool(self.aborted)
+
     def push(self, *replies: Reply) -> "ScriptedUpstream":
         with self._lock:
             self._script.extend(replies)

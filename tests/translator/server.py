@@ -54,6 +54,17 @@ class TranslatorServer:
         self._thread.join(10)
         self._sock.close()
 
+    def leave_stream_early(self, api_key: str, max_tokens: int = 5) -> None:
+        """Start a streamed /v1/messages, read two pieces of the answer and hang up, as a client that goes away."""
+        import httpx
+
+        with httpx.stream("POST", f"{self.url}/v1/messages", headers={"x-api-key": api_key},
+                          json={"model": "claude-sonnet-4-5", "max_tokens": max_tokens, "stream": True,
+                                "messages": [{"role": "user", "content": "hello"}]}) as r:
+            it = r.iter_bytes()
+            next(it)
+            next(it)
+
     def client(self, api_key: str | None = "sk-user-test-key-0001", **kw) -> anthropic.Anthropic:
         return anthropic.Anthropic(base_url=self.url, api_key=api_key, max_retries=0, timeout=30, **kw)
 

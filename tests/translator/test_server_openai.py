@@ -209,17 +209,10 @@ def test_upstream_error_chunk_mid_stream_is_error_event(translator, upstream):
 
 def test_client_disconnect_cancels_upstream(translator, upstream):
     upstream.push(openai_stream_text([f"piece{i} " for i in range(200)], frame_delay_s=0.02))
-    with httpx.stream("POST", f"{translator.url}/v1/messages", headers={"x-api-key": KEY},
-                      json={"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": USER, "stream": True}) as r:
-        it = r.iter_bytes()
-        next(it)
-        next(it)
+    translator.leave_stream_early(KEY, max_tokens=10)
     # The client is gone after ~2 frames; the whole reply would take 4 s. The upstream must see its
     # connection closed well before that.
-    deadline = time.monotonic() + 3
-    while not upstream.aborted and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert upstream.aborted, "the translator kept the upstream request open after the client left"
+    assert upstream.wait_aborted(3), "the translator kept the upstream request open after the client left"
     deadline = time.monotonic() + 2
     while translator.state.metrics.inflight._value.get() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -151,6 +151,25 @@ async def test_session_read_timeout_is_an_upstream_timeout_not_a_ping():
     assert (exc.value.status, exc.value.message) == (504, "upstream openai timed out")
 
 
+@pytest.mark.parametrize("body", [
+    b"data: [1, 2]\n\n",  # a complete event that is not a JSON object
+    b"data: {not json\n\n",
+    b"data: 7",  # completed only by the end of the body
+    b"data: {not json",
+])
+async def test_a_malformed_stream_chunk_is_a_502(body):
+    from tests.support.upstream import Reply
+
+    first = b"data: " + orjson.dumps(openai_chunk({"content": "ok"})) + b"\n\n"
+    with ScriptedUpstream() as up:
+        up.push(Reply(raw=first + body, headers={"content-type": "text/event-stream"}))
+        async with backend() as b:
+            stream = await b.open_stream(target(up.url + "/v1"), {"stream": True}, CRED)
+            with pytest.raises(ApiError) as exc:
+                await drain(stream)
+    assert (exc.value.status, exc.value.message) == (502, "upstream openai sent a malformed stream chunk")
+
+
 @pytest.mark.parametrize("no_proxy,via_proxy", [("", True), ("127.0.0.1", False)])
 async def test_proxy_variables_are_honoured(monkeypatch, no_proxy, via_proxy):
     async with MiniUpstream() as proxy, MiniUpstream() as direct:

@@ -22,7 +22,7 @@ returns the buffered bytes). That is what makes ping pacing cheap: the relay wai
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
 import aiohttp
 import orjson
@@ -34,7 +34,7 @@ from translator.errors import (ApiError, extract_message, upstream_broken, upstr
                                upstream_unreachable)
 from translator.providers import http1
 from translator.routing import Target
-from translator.sse import SSEDecoder
+from translator.sse import SSEDecoder, SSEEvent
 
 # What both clients raise for transport failures (http1.ReadTimeout and ConnectTimeout are TimeoutErrors).
 TRANSPORT_ERRORS = (aiohttp.ClientError, http1.HttpError, TimeoutError)
@@ -119,11 +119,11 @@ class OpenAIStream:
         self._decoder = SSEDecoder()
         self._done = False  # [DONE] seen or the body ended
 
-    def _decode(self, raw: bytes) -> list[dict]:
-        """The chunks completed by `raw`; sets `_done` at `[DONE]`."""
+    def _chunks(self, events: Iterable[SSEEvent]) -> list[dict]:
+        """The chunk dicts of decoded SSE events, up to `[DONE]` (which sets `_done`)."""
         batch: list[dict] = []
         loads = orjson.loads
-        for ev in self._decoder.feed(raw):
+        for ev in events:
             data = ev.data
             if not data:
                 continue
@@ -133,28 +133,23 @@ class OpenAIStream:
             try:
                 chunk = loads(data)
             except orjson.JSONDecodeError:
+                chunk = None
+            if not isinstance(chunk, dict):
                 raise ApiError(502, "api_error", f"upstream {self._provider} sent a malformed stream chunk",
-                               upstream=True) from None
-            if isinstance(chunk, dict) and chunk.get("error") is not None:
+                               upstream=True)
+            if chunk.get("error") is not None:
                 raise _stream_error(chunk, self._provider, self._cred)
             batch.append(chunk)
         return batch
 
+    def _decode(self, raw: bytes) -> list[dict]:
+        """The chunks completed by `raw`."""
+        return self._chunks(self._decoder.feed(raw))
+
     def _tail(self) -> list[dict]:
+        """The chunks of an event the body's end completed (an upstream that omits the final blank line)."""
         self._done = True
-        out = []
-        for ev in self._decoder.flush():
-            if ev.data and ev.data != "[DONE]":
-                try:
-                    chunk = orjson.loads(ev.data)
-                except orjson.JSONDecodeError:
-                    raise ApiError(502, "api_error", f"upstream {self._provider} sent a malformed stream chunk",
-                                   upstream=True) from None
-                if isinstance(chunk, dict):
-                    if chunk.get("error") is not None:
-                        raise _stream_error(chunk, self._provider, self._cred)
-                    out.append(chunk)
-        return out
+        return self._chunks(self._decoder.flush())
 
     async def paced_batches(self, interval: float) -> AsyncIterator[list[dict] | None]:
         """Chunk batches (one per network read), with `None` whenever `interval` seconds pass without one.
@@ -239,10 +234,11 @@ class OpenAIBackend:
         headers = {"content-type": "application/json", "accept": accept}
         if cred.key:
             headers["authorization"] = f"Bearer {cred.key}"
+        data = orjson.dumps(body)
         try:
             if proxy is None:
-                return await self.pool.post(url, orjson.dumps(body), headers)
-            return await self.session.post(url, data=orjson.dumps(body), proxy=proxy, proxy_auth=proxy_auth,
+                return await self.pool.post(url, data, headers)
+            return await self.session.post(url, data=data, proxy=proxy, proxy_auth=proxy_auth,
                                            allow_redirects=False, headers=headers)
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, target.provider) from None
