@@ -117,6 +117,34 @@ def policy_builder(overrides: EnvOverrides):
     return build
 
 
+def build_worker(cfg: Config, policy: Policy, port: int, *, reuse_port: bool, registry=None):
+    """One gRPC worker serving `policy` (its metrics on `registry`, or a registry of its own), and its store."""
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import Metrics
+    from .reload import PolicyStore
+    from .server import GrpcConfig, GrpcWorker
+
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    metrics.reloads.labels("success").inc()
+    store = PolicyStore(policy)
+    worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=reuse_port, drain_seconds=cfg.drain_seconds,
+                                   reload_interval=cfg.reload_interval, threads=cfg.threads,
+                                   check_handler=cfg.check_handler),
+                        store, metrics, cfg.policy, policy_builder(cfg.overrides))
+    return worker, store
+
+
+def start_http(cfg: Config, app):
+    """The HTTP side (metrics, probes) started on the configured address; a bind failure is a SettingsError."""
+    from .httpd import HttpSide
+
+    try:
+        return HttpSide(cfg.http_host, cfg.http_port, app).start()
+    except OSError as exc:
+        raise SettingsError(f"cannot bind HTTP address {cfg.http_host}:{cfg.http_port}: {exc.strerror}") from None
+
+
 def ready_line(grpc_host: str, grpc_port: int, http_host: str, http_port: int) -> str:
     return (f"ready: ext_authz grpc on {join_hostport(grpc_host, grpc_port)} "
             f"http on {join_hostport(http_host, http_port)}")
@@ -125,28 +153,16 @@ def ready_line(grpc_host: str, grpc_port: int, http_host: str, http_port: int) -
 def run_single(cfg: Config, policy: Policy) -> int:
     from prometheus_client import CollectorRegistry
 
-    from .httpd import HttpSide, make_app
-    from .metrics import Metrics
-    from .reload import PolicyStore
-    from .server import GrpcConfig, GrpcWorker
+    from .httpd import make_app
 
     registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    metrics.reloads.labels("success").inc()
-    store = PolicyStore(policy)
-    worker = GrpcWorker(GrpcConfig(cfg.grpc_host, cfg.grpc_port, reuse_port=False, drain_seconds=cfg.drain_seconds,
-                                   reload_interval=cfg.reload_interval, threads=cfg.threads,
-                                   check_handler=cfg.check_handler),
-                        store, metrics, cfg.policy, policy_builder(cfg.overrides))
+    worker, store = build_worker(cfg, policy, cfg.grpc_port, reuse_port=False, registry=registry)
 
     def ready():
         info = {"policy": store.policy.source, "digest": store.policy.short_digest}
         return (worker.serving, info)
 
-    try:
-        http = HttpSide(cfg.http_host, cfg.http_port, make_app(registry, ready)).start()
-    except OSError as exc:
-        raise SettingsError(f"cannot bind HTTP address {cfg.http_host}:{cfg.http_port}: {exc.strerror}") from None
+    http = start_http(cfg, make_app(registry, ready))
     try:
         try:
             port = worker.start()
@@ -192,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def digest_main(argv: Sequence[str] | None = None) -> int:
     """Print the sha256 hex digest of a key for the policy file, reading the key from stdin (one key per line)
     or from a no-echo prompt. The key itself is never printed."""
-    import hashlib
 
-    from .decide import KEY_ID_LENGTH
+    from .decide import KEY_ID_LENGTH, key_digest
     from .extract import key_problem
+    from .policy import MAX_KEY_LENGTH_LIMIT
 
     parser = argparse.ArgumentParser(
         prog="keyrelay-key-digest",
@@ -217,12 +233,12 @@ def digest_main(argv: Sequence[str] | None = None) -> int:
         return 1
     out = []
     for number, key in enumerate(keys, 1):
-        problem = key_problem(key, 16384)
+        problem = key_problem(key, MAX_KEY_LENGTH_LIMIT)
         if problem:
             where = f"key on line {number}" if len(keys) > 1 else "the key"
             print(f"keyrelay-key-digest: {where} {problem}; ext_authz would reject it", file=sys.stderr)
             return 1
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        digest = key_digest(key)
         out.append(digest[:KEY_ID_LENGTH] if args.key_id else digest)
     print("\n".join(out))
     return 0

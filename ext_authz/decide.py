@@ -27,7 +27,6 @@ DENIALS = {
 }
 # Allow reasons: passthrough (key forwarded), no_key (fallback, key not required), passthrough_off (key
 # validated, static key used upstream).
-ALLOW_REASONS = ("passthrough", "no_key", "passthrough_off")
 
 
 @dataclass(frozen=True, slots=True)

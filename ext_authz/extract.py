@@ -34,7 +34,6 @@ class Extracted:
     """Outcome of key extraction: a key, no key at all, or a problem (reason + client-facing message)."""
 
     key: str | None = field(default=None, repr=False)
-    source: str = ""
     reason: str = ""   # "" when fine; otherwise "malformed_key" or "conflicting_keys"
     message: str = ""
 
@@ -105,7 +104,7 @@ def _malformed(message: str) -> Extracted:
 
 def extract_key(headers: RequestHeaders, route: RoutePolicy) -> Extracted:
     """Read the key from the sources the route's policy names, in its order."""
-    found: list[tuple[str, str]] = []
+    found: list[str] = []
     for source in route.key_sources:
         if source == API_KEY:
             values = headers.api_key
@@ -133,13 +132,12 @@ def extract_key(headers: RequestHeaders, route: RoutePolicy) -> Extracted:
         problem = key_problem(key, route.max_key_length)
         if problem:
             return _malformed(f"the {label} {problem}")
-        found.append((source, key))
+        found.append(key)
     if not found:
         return NO_KEY
     if len(found) > 1:
-        (_, first), (_, second) = found[0], found[1]
         # Constant-time: the comparison involves secrets.
-        if not hmac.compare_digest(first.encode(), second.encode()) and route.conflicting_keys == "reject":
+        if route.conflicting_keys == "reject" and not hmac.compare_digest(found[0].encode(), found[1].encode()):
             return Extracted(reason="conflicting_keys",
                              message="x-api-key and Authorization: Bearer carry different keys; send one key")
-    return Extracted(key=found[0][1], source=found[0][0])
+    return Extracted(key=found[0])

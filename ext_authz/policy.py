@@ -24,9 +24,15 @@ DEFAULT_ROUTE = "default"
 # Route names Envoy sets through context_extensions `keyrelay_route` (docs/interfaces.md).
 KNOWN_ROUTES = ("messages", "count_tokens", "models", "root", "health", DEFAULT_ROUTE)
 DEFAULT_MAX_KEY_LENGTH = 1024
+MAX_KEY_LENGTH_LIMIT = 16384  # the highest max_key_length a policy may set
 _ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+
+
+def _is_null(node: yaml.Node) -> bool:
+    """A YAML null (`~`, `null` or an empty value)."""
+    return isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")
 
 
 class PolicyError(ValueError):
@@ -143,7 +149,7 @@ class _Loader:
             if name not in fields:
                 continue
             _, node = fields[name]
-            if name == "key_format" and isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            if name == "key_format" and _is_null(node):
                 changes[name] = None
                 continue
             value = self.typed(node, f"{where}{name}", kind)
@@ -157,8 +163,9 @@ class _Loader:
                     value = re.compile(value)
                 except re.error as exc:
                     raise self.error(node, f"{where}key_format is not a valid regular expression: {exc}") from None
-            elif name == "max_key_length" and not 1 <= value <= 16384:
-                raise self.error(node, f"{where}max_key_length must be between 1 and 16384, got {value}")
+            elif name == "max_key_length" and not 1 <= value <= MAX_KEY_LENGTH_LIMIT:
+                raise self.error(node, f"{where}max_key_length must be between 1 and {MAX_KEY_LENGTH_LIMIT}, "
+                                       f"got {value}")
             changes[name] = value
         return changes
 
@@ -176,7 +183,7 @@ class _Loader:
         return tuple(sources)
 
     def digest_list(self, node: yaml.Node, what: str, with_tenant: bool) -> dict[str, str]:
-        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+        if _is_null(node):
             return {}
         if not isinstance(node, yaml.SequenceNode):
             raise self.error(node, f"{what} must be a list of entries like {{sha256: <64 hex>}}")
@@ -237,13 +244,13 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
     overrides: dict[str, dict[str, Any]] = {}
     if "routes" in top:
         routes_node = top["routes"][1]
-        if not (isinstance(routes_node, yaml.ScalarNode) and routes_node.tag.endswith(":null")):
+        if not _is_null(routes_node):
             for name, (key_node, value_node) in loader.mapping(routes_node, "routes", None).items():
                 if not _ROUTE_NAME.match(name):
                     raise loader.error(key_node, f"route name {name!r} must be lower-case letters, digits, _ . -")
                 if name == DEFAULT_ROUTE:
                     raise loader.error(key_node, "use the top-level fields for the default route, not routes.default")
-                if isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":null"):
+                if _is_null(value_node):
                     fields = {}
                 else:
                     fields = loader.mapping(value_node, f"routes.{name}", set(ROUTE_FIELDS))
@@ -254,9 +261,8 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
         allowlist = loader.digest_list(top["allowlist"][1], "allowlist", with_tenant=True)
     revoked = frozenset(loader.digest_list(top["revoked"][1], "revoked", with_tenant=False)) \
         if "revoked" in top else frozenset()
-    return Policy(version=version, default=default, route_overrides=overrides,
-                  routes={name: replace(default, **changes) for name, changes in overrides.items()},
-                  allowlist=allowlist, revoked=revoked, source=source, digest=hashlib.sha256(raw).hexdigest())
+    return with_defaults(Policy(version=version, default=default, route_overrides=overrides, allowlist=allowlist,
+                                revoked=revoked, source=source, digest=hashlib.sha256(raw).hexdigest()))
 
 
 def with_defaults(policy: Policy, **changes: Any) -> Policy:

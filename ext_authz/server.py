@@ -21,7 +21,7 @@ from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from .check_loop import CheckLoop, CheckLoopError
 from .decide import decide, internal_error
-from .extract import ROUTE_EXTENSION, headers_from_header_map, headers_from_map
+from .extract import headers_from_header_map, headers_from_map, route_of
 from .metrics import Metrics
 from .policy import DEFAULT_ROUTE, KNOWN_ROUTES, Policy, PolicyError
 from .reload import PolicyStore, PolicyWatcher
@@ -49,7 +49,7 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         policy = self.store.policy
         try:
             attributes = request.attributes
-            route = attributes.context_extensions.get(ROUTE_EXTENSION) or DEFAULT_ROUTE
+            route = route_of(attributes.context_extensions)
             http = attributes.request.http
             if http.HasField("header_map"):
                 headers = headers_from_header_map(http.header_map.headers)
@@ -103,11 +103,9 @@ class GrpcConfig:
     drain_seconds: float = 5.0
     reload_interval: float = 1.0
     threads: int = 4
-    max_concurrent_rpcs: int | None = None
     # "direct": Check answered by CheckLoop straight off the completion queue; "pool": grpc's public
     # thread-pool handler (also the automatic fallback when the direct handler cannot attach).
     check_handler: str = "direct"
-    check_threads: int = 1
 
 
 class GrpcWorker:
@@ -166,16 +164,14 @@ class GrpcWorker:
         options = [("grpc.so_reuseport", 1 if self.cfg.reuse_port else 0),
                    ("grpc.max_receive_message_length", 8 * 1024 * 1024)]
         self.server = grpc.server(ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="ext_authz-check"),
-                                  options=options, maximum_concurrent_rpcs=self.cfg.max_concurrent_rpcs)
+                                  options=options)
         authorizer = Authorizer(self.store, self.metrics)
-        self.check_loop = CheckLoop.attach(self.server, authorizer.check_bytes, self.cfg.check_threads) if direct \
+        self.check_loop = CheckLoop.attach(self.server, authorizer.check_bytes) if direct \
             else None
         if self.check_loop is None:
             external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorizer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(join_hostport(self.cfg.host, self.cfg.port))
-        if not self.port:
-            raise OSError(f"cannot bind gRPC address {self.cfg.host}:{self.cfg.port}")
+        self.port = self.server.add_insecure_port(join_hostport(self.cfg.host, self.cfg.port))  # RuntimeError if not
         self.server.start()
         if self.check_loop is not None:
             try:

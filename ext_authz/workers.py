@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 
-from .cli import Config, SettingsError, initial_policy, policy_builder, ready_line
+from .cli import Config, SettingsError, build_worker, initial_policy, ready_line, start_http
 from .policy import Policy, PolicyError
 
 log = logging.getLogger("ext_authz.workers")
@@ -23,12 +23,7 @@ READY_TIMEOUT = 60.0
 
 
 def _worker_main(cfg: Config, port: int, index: int, events) -> None:
-    from prometheus_client import CollectorRegistry
-
     from . import logs
-    from .metrics import Metrics
-    from .reload import PolicyStore
-    from .server import GrpcConfig, GrpcWorker
 
     logs.setup(cfg.log_level)
     try:
@@ -36,13 +31,7 @@ def _worker_main(cfg: Config, port: int, index: int, events) -> None:
     except PolicyError as exc:
         events.put(("failed", index, os.getpid(), str(exc)))
         raise SystemExit(2) from None
-    metrics = Metrics(CollectorRegistry())
-    metrics.reloads.labels("success").inc()
-    store = PolicyStore(policy)
-    worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=True, drain_seconds=cfg.drain_seconds,
-                                   reload_interval=cfg.reload_interval, threads=cfg.threads,
-                                   check_handler=cfg.check_handler),
-                        store, metrics, cfg.policy, policy_builder(cfg.overrides))
+    worker, _ = build_worker(cfg, policy, port, reuse_port=True)
     try:
         worker.start()
     except (OSError, RuntimeError) as exc:
@@ -63,7 +52,7 @@ def _free_port(host: str) -> int:
 def run_workers(cfg: Config, policy: Policy) -> int:
     from prometheus_client import CollectorRegistry, multiprocess
 
-    from .httpd import HttpSide, make_app
+    from .httpd import make_app
 
     own_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     try:
@@ -120,10 +109,7 @@ def run_workers(cfg: Config, policy: Policy) -> int:
         alive = sum(1 for p in procs.values() if p.is_alive())
         return alive > 0, {"workers_alive": alive}
 
-    try:
-        http = HttpSide(cfg.http_host, cfg.http_port, make_app(registry, is_ready, is_healthy)).start()
-    except OSError as exc:
-        raise SettingsError(f"cannot bind HTTP address {cfg.http_host}:{cfg.http_port}: {exc.strerror}") from None
+    http = start_http(cfg, make_app(registry, is_ready, is_healthy))
 
     def on_signal(signum, frame):
         stopping.set()

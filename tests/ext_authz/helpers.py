@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -16,10 +15,6 @@ from ext_authz._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest,
 from tests.support.procs import Proc, base_env, free_port, script
 
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
-
-
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def check_request(headers: dict[str, str] | list[tuple[str, str | bytes]] | None = None, route: str | None = None,
