@@ -28,7 +28,8 @@ from starlette.responses import Response, StreamingResponse
 
 from translator import credentials, logs
 from translator.caps import caps_for, validate_caps
-from translator.convert.openai_request import anthropic_to_openai
+from translator.convert.anthropic_body import drop_synthetic_thinking
+from translator.convert.openai_request import anthropic_to_openai, tool_name_map
 from translator.convert.openai_response import openai_to_anthropic
 from translator.convert.openai_stream import OpenAIStreamConverter
 from translator.credentials import Credential
@@ -158,29 +159,6 @@ def _validate(model: type, data: dict) -> Any:
 def _lower_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     # Starlette's Headers are already case-insensitive; a plain dict is cheaper for repeated lookups.
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-
-
-def _drop_unsigned_thinking(body: dict) -> dict:
-    """Thinking blocks the translator made from another backend's reasoning carry a marker signature that
-    Anthropic would reject; an Anthropic passthrough drops them from earlier turns (only those)."""
-    from translator.convert.openai_response import is_synthetic_signature
-
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return body
-    changed = False
-    new_messages = []
-    for m in messages:
-        content = m.get("content") if isinstance(m, dict) else None
-        if m.get("role") == "assistant" and isinstance(content, list) and any(
-                isinstance(b, dict) and b.get("type") == "thinking" and is_synthetic_signature(b.get("signature"))
-                for b in content):
-            content = [b for b in content if not (isinstance(b, dict) and b.get("type") == "thinking"
-                                                  and is_synthetic_signature(b.get("signature")))]
-            m = dict(m, content=content or [{"type": "text", "text": ""}])
-            changed = True
-        new_messages.append(m)
-    return dict(body, messages=new_messages) if changed else body
 
 
 class TranslatorApp:
@@ -400,19 +378,21 @@ def create_app(settings: Settings | None = None) -> TranslatorApp:
 
     async def _openai_messages(req: MessagesRequest, target: Target, cred: Credential, started: float,
                                path: str, request_id: str) -> Response:
-        body = anthropic_to_openai(req, model=target.model, caps=caps_for(target))
+        caps = caps_for(target)
+        body = anthropic_to_openai(req, model=target.model, caps=caps)
+        tool_names = tool_name_map(req, caps)  # tool names shortened for the backend, mapped back in the answer
         backend = state.openai if target.path == "openai" else state.litellm
         assert backend is not None
         t0 = time.perf_counter()
         if not req.stream:
             raw = await backend.complete(target, body, cred)
             m.observe_first_byte(target.provider, time.perf_counter() - t0)
-            msg = openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences)
+            msg = openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
             return json_response(msg, headers={"request-id": request_id})
         stream = await backend.open_stream(target, body, cred)
         m.observe_first_byte(target.provider, time.perf_counter() - t0)
         converter = OpenAIStreamConverter(model=req.model, message_id=new_message_id(),
-                                          stop_sequences=req.stop_sequences)
+                                          stop_sequences=req.stop_sequences, tool_names=tool_names)
         gen = relay_openai(stream, converter, ping_interval=state.settings.ping_interval_s, stats=StreamStats(),
                            on_close=_stream_closed(target, cred, started, path))
         return StreamingResponse(gen, media_type="text/event-stream",
@@ -422,7 +402,7 @@ def create_app(settings: Settings | None = None) -> TranslatorApp:
                                   cred: Credential, started: float, path: str, request_id: str) -> Response:
         backend = state.anthropic
         assert backend is not None
-        body = _drop_unsigned_thinking(data)
+        body = drop_synthetic_thinking(data)[0]
         t0 = time.perf_counter()
         if not req.stream:
             msg = await backend.complete(target, body, headers, cred, requested_model=req.model)
@@ -450,7 +430,7 @@ def create_app(settings: Settings | None = None) -> TranslatorApp:
             if target.path == "anthropic":
                 cred = credentials.resolve(headers, target, state.settings)
                 assert state.anthropic is not None
-                result = await state.anthropic.count_tokens(target, _drop_unsigned_thinking(data), headers, cred)
+                result = await state.anthropic.count_tokens(target, drop_synthetic_thinking(data)[0], headers, cred)
             else:
                 result = {"input_tokens": await count_tokens_locally(data, target)}
             _finish("count_tokens", target, 200, started, cred, request.method, request.url.path, False)

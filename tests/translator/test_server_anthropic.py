@@ -88,6 +88,21 @@ def test_passthrough_drops_only_translator_made_thinking(translator, upstream):
     assert [b.get("signature") for b in sent if b["type"] == "thinking"] == ["EqQBCkYIBxgCKkD"]
 
 
+def test_passthrough_removes_an_assistant_turn_left_empty(translator, upstream):
+    # Anthropic rejects empty content and empty text blocks: a turn that held only translator-made thinking goes.
+    upstream.push(anthropic_message("ok"))
+    history = [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "from another backend", "signature": "keyrelay-unsigned"}]},
+        {"role": "user", "content": "q2"},
+    ]
+    r = httpx.post(f"{translator.url}/v1/messages", headers={"x-api-key": KEY},
+                   json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": history})
+    assert r.status_code == 200, r.text
+    assert upstream.requests[-1].body["messages"] == [history[0], history[2]]
+
+
 def test_passthrough_upstream_errors_pass_with_mapping(translator, upstream):
     upstream.push(Reply(status=529, json_body={"type": "error", "error": {"type": "overloaded_error",
                                                                           "message": "Overloaded"}}))

@@ -112,6 +112,30 @@ def test_query_string_ignored_and_tool_call_round_trip(translator, upstream):
     assert upstream.requests[-1].body["tools"][0]["function"]["name"] == "Read"
 
 
+LONG_TOOL = "mcp__company-knowledge-base-server__search_engineering_design_documents_by_keyword"  # 86 chars
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_name_shortened_for_the_backend_comes_back_as_the_client_sent_it(translator, upstream, stream):
+    tools = [{"name": LONG_TOOL, "description": "search", "input_schema": {"type": "object", "properties": {}}}]
+    probe = httpx.post(f"{translator.url}/v1/messages", headers={"x-api-key": KEY},  # learn the backend's name
+                       json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER, "tools": tools})
+    assert probe.status_code == 200, probe.text
+    short = upstream.requests[-1].body["tools"][0]["function"]["name"]
+    assert short != LONG_TOOL and len(short) <= 64
+    if stream:
+        upstream.push(openai_stream_tool_call("call_5", short, {"q": "auth"}))
+        with translator.client(KEY).messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=USER,
+                                                    tools=tools) as s:
+            block = s.get_final_message().content[-1]
+    else:
+        upstream.push(openai_completion(None, finish_reason="tool_calls",
+                                        tool_calls=[openai_tool_call("call_5", short, {"q": "auth"})]))
+        block = translator.client(KEY).messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=USER,
+                                                       tools=tools).content[-1]
+    assert (block.type, block.name, block.input) == ("tool_use", LONG_TOOL, {"q": "auth"})
+
+
 # ------------------------------------------------------------------ streaming
 
 
