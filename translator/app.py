@@ -22,7 +22,6 @@ import httpx
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 
@@ -42,7 +41,7 @@ from translator.providers.litellm_path import LiteLLMBackend
 from translator.providers.http1 import Http1Pool
 from translator.providers.openai_native import OpenAIBackend, new_session
 from translator.routing import Router, Target, build_router
-from translator.schemas.anthropic import CountTokensRequest, MessagesRequest, describe_validation_error
+from translator.schemas.anthropic import CountTokensRequest, MessagesRequest, validate_or_400
 from translator.settings import Settings, load_settings
 from translator.streaming import StreamStats, relay_anthropic, relay_openai
 from translator.tokens import count_tokens_locally
@@ -142,18 +141,6 @@ def parse_json_object(raw: bytes) -> dict:
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_request_error", "request body must be a JSON object")
     return data
-
-
-async def read_json_body(request: Request, limit: int) -> dict:
-    """The request body as a JSON object; 413 over `limit` (checked on content-length and while reading)."""
-    return parse_json_object(await read_body(_lower_headers(request.scope), request.receive, limit))
-
-
-def _validate(model: type, data: dict) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(400, "invalid_request_error", describe_validation_error(exc)) from None
 
 
 def _lower_headers(scope: Mapping[str, Any]) -> dict[str, str]:
@@ -333,7 +320,7 @@ def create_app(settings: Settings | None = None) -> TranslatorApp:
         try:
             headers = _lower_headers(scope)
             data = parse_json_object(await read_body(headers, receive, state.settings.max_body_bytes))
-            req = _validate(MessagesRequest, data)
+            req = validate_or_400(MessagesRequest, data)
             target = state.router.resolve(req.model)
             cred = credentials.resolve(headers, target, state.settings)
             if target.path == "anthropic":
@@ -423,10 +410,10 @@ def create_app(settings: Settings | None = None) -> TranslatorApp:
         target: Target | None = None
         cred: Credential | None = None
         try:
-            data = await read_json_body(request, state.settings.max_body_bytes)
-            req = _validate(CountTokensRequest, data)
-            target = state.router.resolve(req.model)
             headers = _lower_headers(request.scope)
+            data = parse_json_object(await read_body(headers, request.receive, state.settings.max_body_bytes))
+            req = validate_or_400(CountTokensRequest, data)
+            target = state.router.resolve(req.model)
             if target.path == "anthropic":
                 cred = credentials.resolve(headers, target, state.settings)
                 assert state.anthropic is not None

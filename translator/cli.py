@@ -24,7 +24,7 @@ import uvicorn
 
 from translator import logs
 from translator.serving import uvicorn_options
-from translator.settings import ConfigError, Settings, load_settings
+from translator.settings import ConfigError, load_settings
 
 log = logging.getLogger("keyrelay.translator")
 
@@ -86,10 +86,6 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _configure_logging(settings: Settings) -> None:
-    logs.configure(settings.log_level)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
@@ -100,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"keyrelay-translator: configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
-    _configure_logging(settings)
+    logs.configure(settings.log_level)
     common = uvicorn_options()
     stop = threading.Event()
     cleanup: list[str] = []

@@ -8,7 +8,6 @@ VERTEX_LOCATION, PREFERRED_PROVIDER, BIG_MODEL, SMALL_MODEL), so an existing env
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Sequence
@@ -220,8 +219,3 @@ def _build(raw: dict[str, tuple[str, str]]) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

@@ -8,7 +8,6 @@ away (the generator is cancelled or closed; the upstream connection is closed wi
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 import anyio
@@ -51,13 +50,11 @@ async def paced(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | 
 
 
 class StreamStats:
-    __slots__ = ("chunks", "error", "started", "first_event_at")
+    __slots__ = ("chunks", "error")
 
     def __init__(self) -> None:
         self.chunks = 0
         self.error: ApiError | None = None
-        self.started = time.perf_counter()
-        self.first_event_at: float | None = None
 
 
 async def relay_openai(stream: Any, converter: Any, *, ping_interval: float, stats: StreamStats,
@@ -68,7 +65,6 @@ async def relay_openai(stream: Any, converter: Any, *, ping_interval: float, sta
         try:
             # message_start as soon as the upstream answered 200: first bytes out early, and any ping
             # that follows is in Anthropic's order (message_start first).
-            stats.first_event_at = time.perf_counter()
             yield encode_events(converter.start())
             paced_batches = getattr(stream, "paced_batches", None)
             source = (paced_batches(ping_interval) if paced_batches is not None
@@ -97,15 +93,15 @@ async def relay_openai(stream: Any, converter: Any, *, ping_interval: float, sta
 async def relay_anthropic(stream: Any, *, ping_interval: float, stats: StreamStats,
                           on_close: Callable[[StreamStats], None]) -> AsyncIterator[bytes]:
     """Anthropic upstream events relayed as bytes (cut at event boundaries by the provider)."""
+    begun = False  # no ping before the upstream's first event (message_start comes first)
     try:
         try:
             async for frames in paced(stream.frames(), ping_interval):
                 if frames is None:
-                    if stats.first_event_at is not None:
+                    if begun:
                         yield PING
                     continue
-                if stats.first_event_at is None:
-                    stats.first_event_at = time.perf_counter()
+                begun = True
                 stats.chunks += frames.count(b"\n\n")
                 yield frames
                 if b"event: message_stop" in frames:

@@ -16,19 +16,11 @@ import orjson
 
 from translator.caps import caps_for
 from translator.convert.openai_request import anthropic_to_openai
-from translator.errors import ApiError
 from translator.providers.litellm_path import get_litellm
 from translator.routing import Target
-from translator.schemas.anthropic import MessagesRequest, describe_validation_error
+from translator.schemas.anthropic import MessagesRequest, validate_or_400
 
 log = logging.getLogger("keyrelay.translator")
-
-
-def tokenizer_model(target: Target) -> str:
-    """The model name LiteLLM's token counter understands (bare names for OpenAI, prefixed otherwise)."""
-    if target.path == "openai":
-        return target.model
-    return target.model  # LiteLLM strings already carry their provider prefix
 
 
 def has_remote_image(messages: list[dict]) -> bool:
@@ -53,13 +45,7 @@ def _count(litellm, model: str, body: dict) -> int:
 
 
 async def count_tokens_locally(data: dict, target: Target) -> int:
-    try:
-        req = MessagesRequest.model_validate({**data, "max_tokens": 1, "stream": False})
-    except Exception as exc:  # noqa: BLE001
-        from pydantic import ValidationError
-        if isinstance(exc, ValidationError):
-            raise ApiError(400, "invalid_request_error", describe_validation_error(exc)) from None
-        raise
+    req = validate_or_400(MessagesRequest, {**data, "max_tokens": 1, "stream": False})
     body = anthropic_to_openai(req, model=target.model, caps=caps_for(target))
     litellm = await get_litellm()
-    return await asyncio.to_thread(_count, litellm, tokenizer_model(target), body)
+    return await asyncio.to_thread(_count, litellm, target.model, body)  # LiteLLM's counter takes bare OpenAI names and prefixed others

@@ -52,10 +52,6 @@ async def get_litellm() -> Any:
     return await asyncio.to_thread(_import_litellm)
 
 
-def loaded() -> bool:
-    return _module is not None
-
-
 def map_exception(exc: BaseException, provider: str, cred: Credential) -> ApiError:
     """LiteLLM's OpenAI-style exceptions -> Anthropic-shaped errors."""
     name = type(exc).__name__

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from translator.errors import ApiError
+
 _IGNORE = ConfigDict(extra="ignore")
 
 
@@ -323,6 +325,14 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
 
 
 _LOC_NOISE = frozenset({"str", "list", "dict", "int", "float", "bool", "none"})
+
+
+def validate_or_400(model: type[BaseModel], data: dict) -> Any:
+    """`model.model_validate(data)`; a validation failure is a 400 invalid_request_error naming the fields."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_request_error", describe_validation_error(exc)) from None
 
 
 def describe_validation_error(exc: ValidationError, *, limit: int = 5) -> str:
