@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
+
+import orjson
 
 STATUS_TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -100,6 +102,23 @@ def upstream_error(status: int, message: str, *, provider: str, headers: Mapping
     detail = f": {text}" if text else ""
     return ApiError(out_status, type_for_status(out_status),
                     f"upstream {provider} returned HTTP {status}{detail}", out_headers, upstream=True)
+
+
+MAX_ERROR_BODY = 64 * 1024  # how much of an upstream's error body is read for its message
+
+
+def upstream_error_from_body(status: int, raw: bytes, *, provider: str, headers: Mapping[str, str] | None,
+                             secrets: Iterable[str | None] = ()) -> ApiError:
+    """`upstream_error` for an error answer whose body (JSON or not) is `raw`."""
+    try:
+        payload: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = raw
+    return upstream_error(status, extract_message(payload), provider=provider, headers=headers, secrets=secrets)
+
+
+def upstream_not_json(provider: str) -> ApiError:
+    return ApiError(502, "api_error", f"upstream {provider} sent a non-JSON response", upstream=True)
 
 
 def upstream_timeout(provider: str) -> ApiError:

@@ -29,12 +29,16 @@ class Formatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self.default_msec_format % (self.second_text(record.created), record.msecs)
+
+    def second_text(self, t: float) -> str:
+        """The date and time of `t` to the second, formatted once per second."""
+        second = int(t)
         cached_second, text = self._cached
         if second != cached_second:
-            text = time.strftime(self.default_time_format, self.converter(record.created))
+            text = time.strftime(self.default_time_format, self.converter(t))
             self._cached = (second, text)
-        return self.default_msec_format % (text, record.msecs)
+        return text
 
 
 class BatchedStreamHandler(logging.StreamHandler):
@@ -60,20 +64,15 @@ class BatchedStreamHandler(logging.StreamHandler):
         except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
             self.handleError(record)
             return
-        with self.lock:  # type: ignore[union-attr]
-            self._pending.append(line)
-            self._size += len(line)
-            full = self._size >= self._max
-        if full or record.levelno >= logging.WARNING:
-            self.flush()
+        self.emit_line(line, urgent=record.levelno >= logging.WARNING)
 
-    def emit_line(self, line: str) -> None:
-        """A line formatted by the caller (with its terminator): buffered like a record of level INFO."""
+    def emit_line(self, line: str, *, urgent: bool = False) -> None:
+        """A formatted line (with its terminator), buffered; written at once when `urgent` or the buffer is full."""
         with self.lock:  # type: ignore[union-attr]
             self._pending.append(line)
             self._size += len(line)
             full = self._size >= self._max
-        if full:
+        if full or urgent:
             self.flush()
 
     def flush(self) -> None:
@@ -132,12 +131,8 @@ def log_info(logger: logging.Logger, msg: str) -> None:
     now = time.time()
     fmt = handler.formatter
     assert isinstance(fmt, Formatter)
-    second = int(now)
-    cached_second, text = fmt._cached  # noqa: SLF001 - the same per-second cache as formatTime
-    if second != cached_second:
-        text = time.strftime(fmt.default_time_format, fmt.converter(now))
-        fmt._cached = (second, text)  # noqa: SLF001
-    handler.emit_line("%s,%03d INFO %s %s\n" % (text, int((now - second) * 1000), logger.name, msg))
+    handler.emit_line("%s,%03d INFO %s %s\n" % (fmt.second_text(now), int((now - int(now)) * 1000), logger.name,
+                                                  msg))
 
 
 def configure(level: str) -> None:

@@ -14,12 +14,11 @@ import httpx
 import orjson
 
 from translator.credentials import Credential
-from translator.errors import (ApiError, extract_message, upstream_broken, upstream_error, upstream_timeout,
-                               upstream_unreachable)
+from translator.errors import (MAX_ERROR_BODY, ApiError, upstream_broken, upstream_error_from_body,
+                               upstream_not_json, upstream_timeout, upstream_unreachable)
 from translator.routing import Target
 
 DEFAULT_VERSION = "2023-06-01"
-_MAX_ERROR_BODY = 64 * 1024
 FORWARDED = ("anthropic-version", "anthropic-beta")
 
 
@@ -48,16 +47,12 @@ async def error_from_response(resp: httpx.Response, provider: str, cred: Credent
     try:
         async for part in resp.aiter_bytes():
             raw += part
-            if len(raw) > _MAX_ERROR_BODY:
+            if len(raw) > MAX_ERROR_BODY:
                 break
     except httpx.HTTPError:
         pass
-    try:
-        payload: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        payload = raw
-    return upstream_error(resp.status_code, extract_message(payload), provider=provider,
-                          headers=resp.headers, secrets=[cred.key])
+    return upstream_error_from_body(resp.status_code, raw, provider=provider, headers=resp.headers,
+                                    secrets=[cred.key])
 
 
 def _url(target: Target, suffix: str = "") -> str:
@@ -142,8 +137,7 @@ class AnthropicBackend:
         try:
             return orjson.loads(resp.content)
         except orjson.JSONDecodeError:
-            raise ApiError(502, "api_error",
-                           f"upstream {target.provider} sent a non-JSON response", upstream=True) from None
+            raise upstream_not_json(target.provider) from None
 
     async def open_stream(self, target: Target, body: dict, client_headers: Mapping[str, str], cred: Credential,
                           *, requested_model: str) -> AnthropicStream:

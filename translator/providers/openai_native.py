@@ -22,7 +22,7 @@ returns the buffered bytes). That is what makes ping pacing cheap: the relay wai
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Iterable
+from typing import AsyncIterator, Iterable
 
 import aiohttp
 import orjson
@@ -30,8 +30,8 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from translator.credentials import Credential
-from translator.errors import (ApiError, extract_message, upstream_broken, upstream_error, upstream_timeout,
-                               upstream_unreachable)
+from translator.errors import (MAX_ERROR_BODY, ApiError, extract_message, upstream_broken, upstream_error,
+                               upstream_error_from_body, upstream_not_json, upstream_timeout, upstream_unreachable)
 from translator.providers import http1
 from translator.routing import Target
 from translator.sse import SSEDecoder, SSEEvent
@@ -39,7 +39,6 @@ from translator.sse import SSEDecoder, SSEEvent
 # What both clients raise for transport failures (http1.ReadTimeout and ConnectTimeout are TimeoutErrors).
 TRANSPORT_ERRORS = (aiohttp.ClientError, http1.HttpError, TimeoutError)
 
-_MAX_ERROR_BODY = 64 * 1024
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -86,19 +85,14 @@ UpstreamResponse = aiohttp.ClientResponse | http1.Response
 async def error_from_response(resp: UpstreamResponse, provider: str, cred: Credential) -> ApiError:
     raw = b""
     try:
-        while len(raw) <= _MAX_ERROR_BODY:
+        while len(raw) <= MAX_ERROR_BODY:
             part = await resp.content.readany()
             if not part:
                 break
             raw += part
     except TRANSPORT_ERRORS:
         pass
-    try:
-        payload: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        payload = raw
-    return upstream_error(resp.status, extract_message(payload), provider=provider, headers=resp.headers,
-                          secrets=[cred.key])
+    return upstream_error_from_body(resp.status, raw, provider=provider, headers=resp.headers, secrets=[cred.key])
 
 
 def _stream_error(chunk: dict, provider: str, cred: Credential) -> ApiError:
@@ -259,8 +253,7 @@ class OpenAIBackend:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise ApiError(502, "api_error",
-                           f"upstream {target.provider} sent a non-JSON response", upstream=True) from None
+            raise upstream_not_json(target.provider) from None
         if not isinstance(data, dict) or data.get("error") is not None and not data.get("choices"):
             raise upstream_error(502, extract_message(data), provider=target.provider, secrets=[cred.key])
         return data
