@@ -56,7 +56,9 @@ class PolicyWatcher:
         self.build = build
         self.on_reload = on_reload
         self.on_error = on_error
-        self._last_sig = signature(path)
+        # None, not the file's signature now: the store's policy was read before this watcher started, so the
+        # first poll reads the file and compares digests (a change in between is picked up, none is no reload).
+        self._last_sig: FileSignature | None = None
         self._last_bad: str | None = None
 
     def poll_once(self) -> str:

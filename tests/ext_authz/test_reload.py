@@ -72,6 +72,17 @@ def test_touch_without_change_does_not_reload(tmp_path: Path) -> None:
     assert watcher.poll_once() == "unchanged" and rec.reloads == []
 
 
+def test_a_change_between_start_up_and_the_watcher_is_picked_up(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD)
+    store = PolicyStore(load_policy(path))  # start-up read the file ...
+    rewrite(path, REVOKING)  # ... which changed before the watcher started
+    rec = Recorder()
+    watcher = PolicyWatcher(str(path), store, policy_builder(EnvOverrides()), lambda p: rec.reloads.append(p.digest),
+                            rec.errors.append)
+    assert watcher.poll_once() == "reloaded" and key_digest(KEY) in store.policy.revoked
+
+
 def configmap_dir(root: Path, version: str, text: str) -> None:
     """Mimic the kubelet: files live in a timestamped dir, `..data` points at it, the file is a symlink
     through `..data`, and updates swap `..data` atomically with a rename."""
