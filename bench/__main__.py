@@ -16,6 +16,7 @@ from pathlib import Path
 from bench import authz, cold, components as C, envoy_config, machine, profile, report, runner
 from bench import translator_path, wrk
 from bench.procs import REPO
+from bench.upstream import frames_per_stream
 
 RESULTS = REPO / "bench" / "results"
 SECTIONS = ("authz", "translator", "cold")
@@ -73,7 +74,7 @@ def stream_cost(up: C.Started, workdir: Path, variants: dict, *, tr_us: float | 
     body_file = workdir / "stream_cost_openai.json"
     body_file.write_text(json.dumps(translator_path.with_stream_openai(variants["tiny"], True)[0]))
     url = f"http://127.0.0.1:{up.port}/v1/chat/completions"
-    frames = chunks + 3
+    frames = frames_per_stream(chunks)
 
     def client(mode: str, streams: int) -> dict:
         out = subprocess.run([sys.executable, "-m", "bench.stream_client", "--url", url, "--body", str(body_file),
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 if tiny_stream and tiny_json:
                     per_stream = tiny_stream["points"]["b_translator"]["cpu_s_per_1k"]["translator"] / 1000
                     per_request = tiny_json["points"]["b_translator"]["cpu_s_per_1k"]["translator"] / 1000
-                    marginal = (per_stream - per_request) / (args.chunks + 3) * 1e6
+                    marginal = (per_stream - per_request) / frames_per_stream(args.chunks) * 1e6
                 try:
                     extra["stream_cost"] = stream_cost(up, workdir, variants,
                                                        tr_us=tiny_stream.get("translator_cpu_us_per_chunk"),

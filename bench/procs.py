@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -46,7 +45,6 @@ class Proc:
         self.name = name or Path(argv[0]).name
         self.argv = argv
         self.tail: collections.deque[str] = collections.deque(maxlen=200)
-        self.ready_line: str | None = None
         self.ready_at: float | None = None
         self._ready_prefix = ready_prefix
         self._ready = threading.Event()
@@ -66,7 +64,6 @@ class Proc:
         for line in self.popen.stdout:
             if self.ready_at is None and (line.startswith(self._ready_prefix) or f" {self._ready_prefix} " in line):
                 self.ready_at = time.monotonic()
-                self.ready_line = line.strip()
                 self._ready.set()
             self.tail.append(line.rstrip("\n"))
         self._ready.set()  # EOF: unblock waiters; they check whether ready_at was set
@@ -175,13 +172,3 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         return {n: p.cpu_seconds() - self._t0[n] for n, p in self.procs.items()}
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"port {port} not listening after {timeout}s")

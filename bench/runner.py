@@ -23,7 +23,6 @@ class Point:
     request: wrk.Request
     connections: int
     procs: dict[str, Proc] = field(default_factory=dict)
-    label: str = ""
 
 
 @dataclass

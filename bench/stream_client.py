@@ -18,6 +18,8 @@ import json
 import os
 import time
 
+from bench.upstream import frames_per_stream
+
 
 async def httpx_loop(url: str, body: bytes, streams: int) -> tuple[int, float]:
     import httpx
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--body", required=True)
     ap.add_argument("--streams", type=int, default=200)
     ap.add_argument("--mode", choices=["httpx", "litellm"], default="httpx")
-    ap.add_argument("--frames-per-stream", type=int, default=203, help="upstream frames per stream (litellm mode)")
+    ap.add_argument("--frames-per-stream", type=int, default=frames_per_stream(200),
+                    help="upstream frames per stream (litellm mode; default: those of 200 chunks)")
     args = ap.parse_args(argv)
     body = open(args.body, "rb").read()
     if args.mode == "httpx":

@@ -14,6 +14,7 @@ from pathlib import Path
 from bench import bodies, components as C, envoy_config, runner, wrk
 from bench.procs import free_port
 from bench.runner import Point, Settings
+from bench.upstream import frames_per_stream
 
 ANTHROPIC_BETA = ("claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14,"
                   "context-management-2025-06-27")
@@ -114,7 +115,7 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     result["groups"][group]["reference_over_direct"] = runner.paired_ratio(a, r, lambda s: s.rps)
                     result["groups"][group]["translator_over_reference"] = runner.paired_ratio(r, b, lambda s: s.rps)
                 if stream:
-                    frames = chunks + 3  # upstream SSE frames per stream: content chunks, finish, usage, [DONE]
+                    frames = frames_per_stream(chunks)
                     result["groups"][group]["translator_cpu_us_per_chunk"] = runner.median(
                         [s.cpu_s["translator"] / (s.requests * frames) * 1e6 for s in b if s.requests])
         result["envoy_connection_reuse"] = envoy_reuse(admin_port)

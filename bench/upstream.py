@@ -49,6 +49,12 @@ def stream_frames(chunks: int) -> list[bytes]:
     return frames
 
 
+def frames_per_stream(chunks: int) -> int:
+    """How many SSE frames `stream_frames(chunks)` sends: the content chunks (at least one, which carries the
+    role), a finish chunk, a usage chunk and [DONE]."""
+    return max(chunks, 1) + 3
+
+
 def encode_replies(chunks: int) -> tuple[bytes, list[bytes]]:
     """The non-streaming reply, and the streaming reply as a list of writes: the head with the first frame,
     one HTTP chunk per further frame, the terminating chunk appended to the last."""

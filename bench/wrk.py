@@ -52,15 +52,15 @@ def wrk_version() -> str:
     return (out.stdout or out.stderr).splitlines()[0].split(" Copyright")[0].strip()
 
 
-def run(req: Request, *, connections: int, duration_s: float, threads: int = 1, cpus: str | None = None,
+def run(req: Request, *, connections: int, duration_s: float, cpus: str | None = None,
         timeout_s: float = 30.0) -> WrkResult:
     env = dict(os.environ)
     env["BENCH_METHOD"] = req.method
     env["BENCH_BODY_FILE"] = req.body_file or ""
     env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in req.headers.items())
-    # wrk takes whole time units only (no milliseconds).
+    # One wrk thread (-t 1). wrk takes whole time units only (no milliseconds).
     argv = taskset_prefix(cpus) + [
-        wrk_path(), "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{max(1, round(duration_s))}s",
+        wrk_path(), "-t", "1", "-c", str(connections), "-d", f"{max(1, round(duration_s))}s",
         "--timeout", f"{int(timeout_s)}s", "-s", str(LUA), req.url,
     ]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration_s + timeout_s + 30)

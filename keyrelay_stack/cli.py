@@ -264,9 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if policy is not None:
         authz_argv += ["--policy", str(policy)]
     specs.append(ChildSpec("ext_authz", authz_argv, _child_env(env, provider=False)))
-    translator_env = _child_env(env, provider=True)
+    translator_env = _child_env(env, provider=not demo)
     if demo:
-        translator_env = _child_env(env, provider=False)
         translator_env.update(OPENAI_BASE_URL=f"http://127.0.0.1:{demo_port}/v1", OPENAI_API_KEY=DEMO_STATIC_KEY,
                               PREFERRED_PROVIDER="openai", BIG_MODEL="keyrelay-demo-big",
                               SMALL_MODEL="keyrelay-demo-small")

@@ -43,7 +43,6 @@ class ChildSpec:
     # A child is ready when it prints a line starting with "ready:" (the project's process contract), or,
     # when `probe` is given, when the probe returns True.
     probe: Callable[[], bool] | None = None
-    cwd: str | None = None
 
 
 @dataclass
@@ -52,7 +51,6 @@ class Child:
     popen: subprocess.Popen
     ready: threading.Event = field(default_factory=threading.Event)
     reader: threading.Thread | None = None
-    exited: bool = False
 
     @property
     def name(self) -> str:
@@ -102,7 +100,6 @@ class Supervisor:
         self._events: queue.Queue[tuple[str, object]] = queue.Queue()
         self._out_lock = threading.Lock()
         self._out = out or (lambda line: print(line, flush=True))
-        self._stopping = False
 
     # -- output
     def say(self, line: str) -> None:
@@ -121,7 +118,7 @@ class Supervisor:
         started = []
         for spec in specs:
             popen = subprocess.Popen(
-                spec.argv, env=spec.env, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                spec.argv, env=spec.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec, text=True, bufsize=1,
                 errors="replace")
             child = Child(spec, popen)
@@ -142,7 +139,6 @@ class Supervisor:
             if child.spec.probe is None and line.startswith("ready:"):
                 child.ready.set()
         code = child.popen.wait()
-        child.exited = True
         self._events.put(("exit", (child, code)))
 
     # -- wait
@@ -197,7 +193,6 @@ class Supervisor:
     # -- stop
     def stop_all(self, timeout: float = 10.0) -> None:
         """SIGTERM every child's process group (in reverse start order), then SIGKILL what is left."""
-        self._stopping = True
         for child in reversed(self.children):
             child.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + timeout

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 from keyrelay_stack.processes import (PROVIDER_ENV_PREFIXES, SERVICE_ENV_PREFIXES, child_env, console_script,
@@ -70,13 +68,3 @@ class Proc:
                 self.popen.wait(5)
         self._reader.join(5)
         return self.popen.returncode
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"port {port} not listening after {timeout}s")
