@@ -32,19 +32,28 @@ run: $(VENV)/.stack
 test: $(VENV)/.test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The LiteLLM proxy server the bench compares with, in its own virtualenv: `litellm[proxy]` resolves to another
+# litellm version than the project's (the proxy extra pins its own companion package), which must not change
+# what the translator and its tests run with.
+LITELLM_PROXY_VENV ?= .venv-litellm-proxy
+$(LITELLM_PROXY_VENV)/bin/litellm:
+	@echo "==> installing litellm[proxy] into $(LITELLM_PROXY_VENV)"
+	$(PYTHON) -m venv $(LITELLM_PROXY_VENV)
+	$(LITELLM_PROXY_VENV)/bin/python -m pip --disable-pip-version-check -q install 'litellm[proxy]'
+
 # Benchmark (docs/bench.md): needs wrk, installed from Debian when running as root. ARGS=--quick for a short run.
-bench: $(VENV)/.test
+bench: $(VENV)/.test $(LITELLM_PROXY_VENV)/bin/litellm
 	@command -v wrk >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "==> installing wrk (apt-get)"; (apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk)) >/dev/null; \
 	  else \
 	    echo "make bench needs wrk: run 'sudo apt-get install -y wrk' (Debian/Ubuntu) or 'brew install wrk', then retry" >&2; exit 1; \
 	  fi; }
-	$(PY) -m bench $(ARGS)
+	LITELLM_PROXY_BIN=$(LITELLM_PROXY_VENV)/bin/litellm $(PY) -m bench $(ARGS)
 
 # Regenerate the committed gRPC/protobuf code from protos/ (tests fail when it drifts).
 protos: $(VENV)/.test
 	$(PY) -m ext_authz.protogen
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(LITELLM_PROXY_VENV) .pytest_cache build *.egg-info

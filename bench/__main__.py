@@ -13,18 +13,20 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import authz, cold, components as C, envoy_config, machine, profile, report, runner
-from bench import translator_path, wrk
+from bench import authz, baseline, cold, components as C, envoy_config, machine, profile, report, runner
+from bench import scale, translator_path, wrk
 from bench.procs import REPO
 from bench.upstream import frames_per_stream
 
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("authz", "translator", "cold")
+SECTIONS = ("authz", "translator", "cold", "scale")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="3 runs x 1 s per point, no LiteLLM baseline (~2 min)")
+    ap.add_argument("--quick", action="store_true",
+                    help="3 runs x 1 s per point, no LiteLLM proxy or stream baseline, scale N=200 for 5 s "
+                         "(under 3 min)")
     ap.add_argument("--only", action="append", choices=SECTIONS,
                     help="run only this section (repeatable); default: all")
     ap.add_argument("--runs", type=int, help="repetitions per point (default 5; --quick 3)")
@@ -45,14 +47,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true",
                     help="also sample the translator with py-spy on the Claude-Code-sized body and print the top")
     ap.add_argument("--no-litellm", action="store_true", help="skip the informational LiteLLM stream baseline")
-    ap.add_argument("--no-reference", action="store_true",
-                    help="skip the LiteLLM-based reference proxy (calibration of the translator ratios)")
+    ap.add_argument("--no-litellm-proxy", action="store_true",
+                    help="skip the LiteLLM proxy server measured side by side in the translator section")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also measure ext_authz and the translator of git revision REV (a temporary worktree), "
+                         "interleaved with the current tree's, and print both with their ratio")
+    ap.add_argument("--baseline-dir", metavar="DIR", type=Path,
+                    help="like --baseline, with the source tree in DIR (e.g. another worktree, uncommitted)")
+    ap.add_argument("--scale-n", default="500,2000,5000",
+                    help="scale section: concurrent streams per run, comma-separated (default 500,2000,5000)")
+    ap.add_argument("--scale-hold", type=float, default=20.0,
+                    help="scale section: seconds each stream lasts (default 20)")
+    ap.add_argument("--scale-interval", type=float, default=50.0,
+                    help="scale section: ms between the upstream's chunks (default 50)")
+    ap.add_argument("--scale-ramp", type=float,
+                    help="scale section: seconds over which the streams start (default N/400, 1-10 s)")
     args = ap.parse_args(argv)
+    if args.baseline and args.baseline_dir:
+        ap.error("--baseline and --baseline-dir exclude each other")
     args.runs = args.runs or (3 if args.quick else 5)
     args.duration = args.duration or (1.0 if args.quick else 3.0)
     args.warmup = 1.0 if args.warmup is None else args.warmup
     if args.quick:
-        args.no_litellm = True
+        args.no_litellm = args.no_litellm_proxy = True
+        if args.scale_n == ap.get_default("scale_n"):
+            args.scale_n = "200"
+        if args.scale_hold == ap.get_default("scale_hold"):
+            args.scale_hold = 5.0
+    args.scale_ns = sorted(int(n) for n in args.scale_n.split(",") if n)
     args.sections = tuple(args.only or SECTIONS)
     return args
 
@@ -117,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
                                wrk_cpus=wrk_cpus)
     t_start = time.monotonic()
     per_point = settings.runs * settings.duration_s + settings.warmup_s
-    n_workers = len([w for w in args.workers.split(",") if w])
+    with_base = bool(args.baseline or args.baseline_dir)
+    n_workers = len([w for w in args.workers.split(",") if w]) + with_base
     points = ((2 * (1 + n_workers)) if "authz" in args.sections else 0) + \
-        ((13 if not args.no_reference else 12) if "translator" in args.sections else 0)
-    runner.log(f"bench: {points} points x ({settings.runs} runs x {settings.duration_s:.0f} s + warm-up), "
-               f"about {points * per_point / 60 + 0.6:.0f} min plus start-up; {pin_text}")
+        (4 * (3 + (not args.no_litellm_proxy) + 2 * with_base) if "translator" in args.sections else 0)
+    scale_s = (len(args.scale_ns) * (args.scale_hold + 12)) if "scale" in args.sections else 0
+    runner.log(f"bench: {points} points x ({settings.runs} runs x {settings.duration_s:.0f} s + warm-up)"
+               f"{f' + scale {scale_s:.0f} s' if scale_s else ''}, about "
+               f"{(points * per_point + scale_s) / 60 + 0.6:.0f} min plus start-up; {pin_text}")
     result: dict = {
         "machine": machine.describe(C.envoy_version(), wrk.wrk_version()),
         "settings": {"runs": settings.runs, "duration_s": settings.duration_s, "warmup_s": settings.warmup_s,
@@ -134,15 +159,19 @@ def main(argv: list[str] | None = None) -> int:
                                                   translator_port=8082)
     stack_settings = envoy_config.stack_ext_authz_settings(rendered)
 
-    with tempfile.TemporaryDirectory(prefix="keyrelay-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="keyrelay-bench-") as tmp, \
+            baseline.resolve(args.baseline, args.baseline_dir) as base_tree:
         workdir = Path(tmp)
+        if base_tree is not None:
+            result["baseline"] = {"label": base_tree.label, "imports": baseline.self_check(base_tree)}
+            runner.log(f"baseline: {base_tree.label} from {base_tree.path}")
         if "authz" in args.sections:
             try:
                 workers = tuple(int(w) for w in args.workers.split(",") if w)
                 result["authz"] = authz.run(workdir, settings, envoy_concurrency=args.envoy_concurrency,
                                             worker_counts=workers, sut_cpus=sut_cpus, stack_settings=stack_settings,
                                             profile_to=RESULTS / "profile-ext_authz-c16.txt" if args.profile
-                                            else None)
+                                            else None, baseline=base_tree)
                 if "profile" in result["authz"]:
                     result.setdefault("profile", {})["ext_authz, 1 worker, c16"] = result["authz"].pop("profile")
             except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
@@ -174,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 tr_result = translator_path.run(
                     workdir, settings, connections=args.connections, envoy_concurrency=args.envoy_concurrency,
                     upstream_procs=args.upstream_procs, chunks=args.chunks, sut_cpus=sut_cpus,
-                    upstream_cpus=sut_cpus, stack_settings=stack_settings, reference=not args.no_reference,
-                    stream_writes=args.stream_writes,
+                    upstream_cpus=sut_cpus, stack_settings=stack_settings,
+                    litellm_proxy=not args.no_litellm_proxy, stream_writes=args.stream_writes, baseline=base_tree,
                     on_ready=after)
                 result["stream_cost"] = tr_result.pop("stream_cost", None)
                 if "stream_cost_error" in tr_result:
@@ -184,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
                 result["translator"] = tr_result
             except Exception as exc:  # noqa: BLE001
                 result["errors"]["translator"] = f"{exc.__class__.__name__}: {exc}"
+                traceback.print_exc()
+        if "scale" in args.sections:
+            try:
+                result["scale"] = scale.run(workdir, ns=args.scale_ns, hold_s=args.scale_hold,
+                                            interval_ms=args.scale_interval, ramp_s=args.scale_ramp,
+                                            envoy_concurrency=args.envoy_concurrency, sut_cpus=sut_cpus)
+            except Exception as exc:  # noqa: BLE001
+                result["errors"]["scale"] = f"{exc.__class__.__name__}: {exc}"
                 traceback.print_exc()
         if "cold" in args.sections:
             try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench import components as C
 from bench import envoy_config, runner, wrk
+from bench.baseline import Tree
 from bench.procs import free_port
 from bench.runner import Point, Settings
 
@@ -19,7 +20,7 @@ CONCURRENCIES = (1, 16)
 
 def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_counts: tuple[int, ...],
         sut_cpus: str | None, stack_settings: envoy_config.ExtAuthzSettings,
-        profile_to: Path | None = None) -> dict:
+        profile_to: Path | None = None, baseline: Tree | None = None) -> dict:
     policy = workdir / "policy.yaml"
     policy.write_text(C.policy_yaml())
     started: list[C.Started] = []
@@ -29,6 +30,9 @@ def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_cou
             s = C.start_ext_authz(policy, workers=w, cpus=sut_cpus)
             started.append(s)
             authz[f"w{w}"] = s
+        if baseline is not None:  # the baseline tree's ext_authz, 1 worker (bench/baseline.py)
+            authz["base"] = C.start_ext_authz(policy, workers=1, cpus=sut_cpus, tree=baseline)
+            started.append(authz["base"])
         ports = {label: (free_port(), s.port) for label, s in authz.items()}
         plain_port, admin_port = free_port(), free_port()
         cfg = envoy_config.authz_bootstrap(admin_port=admin_port, plain_port=plain_port, authz=ports,
@@ -65,6 +69,24 @@ def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_cou
                                                       lambda s: s.p50_ms),
                 "added_p99_ms_c1": runner.paired_diff(samples["plain/c1"], samples[f"{label}/c1"],
                                                       lambda s: s.p99_ms),
+            }
+        if baseline is not None and "w1" in authz:
+            cur, old = "w1", "base"
+            cpu = runner.cpu_per_request("ext_authz")
+            result["baseline"] = {
+                "label": baseline.label,
+                "throughput_c16": {"current": result["ratios"][cur]["throughput_c16"],
+                                   "baseline": result["ratios"][old]["throughput_c16"],
+                                   "ratio": runner.paired_ratio(samples[f"{old}/c16"], samples[f"{cur}/c16"],
+                                                                lambda s: s.rps)},
+                "added_p50_ms_c1": {"current": result["ratios"][cur]["added_p50_ms_c1"],
+                                    "baseline": result["ratios"][old]["added_p50_ms_c1"],
+                                    "diff": runner.paired_diff(samples[f"{old}/c1"], samples[f"{cur}/c1"],
+                                                               lambda s: s.p50_ms)},
+                "ext_authz_cpu_ms_c16": {"current": runner.median([cpu(x) * 1000 for x in samples[f"{cur}/c16"]]),
+                                         "baseline": runner.median([cpu(x) * 1000 for x in samples[f"{old}/c16"]]),
+                                         "ratio": runner.paired_ratio(samples[f"{old}/c16"], samples[f"{cur}/c16"],
+                                                                      cpu)},
             }
         result["peak_rss_mb"] = {label: {str(pid): round(mb, 1) for pid, mb in s.proc.peak_rss_mb().items()}
                                  for label, s in authz.items()}

@@ -41,7 +41,7 @@ class Proc:
     """A child process in its own session. Output is drained continuously; only the last lines are kept."""
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None, name: str = "",
-                 cpus: str | None = None, ready_prefix: str = "ready:") -> None:
+                 cpus: str | None = None, ready_prefix: str = "ready:", cwd: Path = REPO) -> None:
         self.name = name or Path(argv[0]).name
         self.argv = argv
         self.tail: collections.deque[str] = collections.deque(maxlen=200)
@@ -51,7 +51,7 @@ class Proc:
         self.started_at = time.monotonic()
         self.popen = subprocess.Popen(taskset_prefix(cpus) + argv, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                                      start_new_session=True, cwd=REPO)
+                                      start_new_session=True, cwd=cwd)
         self._reader = threading.Thread(target=self._read, daemon=True, name=f"out-{self.name}")
         self._reader.start()
 

@@ -97,9 +97,16 @@ def summarize(samples: list[Sample]) -> dict:
     }
 
 
-def paired_ratio(a: list[Sample], b: list[Sample], metric: Callable[[Sample], float]) -> float:
-    """Median over repetitions of metric(b_i) / metric(a_i)."""
-    return median([metric(y) / metric(x) for x, y in zip(a, b) if metric(x)])
+def paired_ratio(a: list[Sample], b: list[Sample], metric: Callable[[Sample], float],
+                 metric_a: Callable[[Sample], float] | None = None) -> float:
+    """Median over repetitions of metric(b_i) / metric_a(a_i) (metric_a defaults to metric)."""
+    metric_a = metric_a or metric
+    return median([metric(y) / metric_a(x) for x, y in zip(a, b) if metric_a(x)])
+
+
+def cpu_per_request(proc: str) -> Callable[[Sample], float]:
+    """CPU seconds of `proc` per request of a sample (NaN when it completed none)."""
+    return lambda s: s.cpu_s[proc] / s.requests if s.requests else float("nan")
 
 
 def paired_diff(a: list[Sample], b: list[Sample], metric: Callable[[Sample], float]) -> float:

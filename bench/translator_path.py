@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench import bodies, components as C, envoy_config, runner, wrk
 from bench.procs import free_port
+from bench.baseline import Tree
 from bench.runner import Point, Settings
 from bench.upstream import frames_per_stream
 
@@ -22,8 +23,8 @@ ANTHROPIC_BETA = ("claude-code-20250219,interleaved-thinking-2025-05-14,fine-gra
 
 def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrency: int, upstream_procs: int,
         chunks: int, sut_cpus: str | None, upstream_cpus: str | None,
-        stack_settings: envoy_config.ExtAuthzSettings, reference: bool = True, stream_writes: str = "frame",
-        on_ready=None) -> dict:
+        stack_settings: envoy_config.ExtAuthzSettings, litellm_proxy: bool = True, stream_writes: str = "frame",
+        baseline: Tree | None = None, on_ready=None) -> dict:
     policy = workdir / "policy.yaml"
     policy.write_text(C.policy_yaml())
     started: list[C.Started] = []
@@ -44,9 +45,21 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
             source = "bench/envoy_config.full_bootstrap (" + source + ")"
         envoy = C.start_envoy(cfg, workdir, "envoy-full", envoy_concurrency, cpus=sut_cpus)
         started.append(envoy)
-        ref = C.start_reference_proxy(up.port, cpus=sut_cpus) if reference else None
-        if ref:
-            started.append(ref)
+        base: dict[str, C.Started] = {}
+        if baseline is not None:
+            # The baseline's translator and ext_authz behind an Envoy with the same (current) configuration.
+            base["tr"] = C.start_translator(up.port, cpus=sut_cpus, tree=baseline)
+            started.append(base["tr"])
+            base["authz"] = C.start_ext_authz(policy, workers=1, cpus=sut_cpus, tree=baseline)
+            started.append(base["authz"])
+            base["port"], base_admin = free_port(), free_port()
+            bcfg, _ = envoy_config.stack_bootstrap(admin_port=base_admin, port=base["port"],
+                                                   authz_grpc_port=base["authz"].port, translator_port=base["tr"].port)
+            base["envoy"] = C.start_envoy(bcfg or cfg, workdir, "envoy-baseline", envoy_concurrency, cpus=sut_cpus)
+            started.append(base["envoy"])
+        litellm = C.start_litellm_proxy(up.port, workdir, cpus=sut_cpus) if litellm_proxy else None
+        if litellm:
+            started.append(litellm)
 
         cc_body, cc_source = bodies.claude_code_body()
         variants = {"tiny": bodies.tiny_body(), "claude_code": cc_body}
@@ -80,19 +93,26 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     "c_full": wrk.Request(f"http://127.0.0.1:{envoy_port}{path}", str(b_file),
                                           {**common, "x-api-key": C.BENCH_KEY}),
                 }
+                if base:
+                    reqs["B_translator"] = wrk.Request(f"http://127.0.0.1:{base['tr'].port}{path}", str(b_file),
+                                                       {**common, "authorization": f"Bearer {C.BENCH_KEY}"})
+                    reqs["C_full"] = wrk.Request(f"http://127.0.0.1:{base['port']}{path}", str(b_file),
+                                                 {**common, "x-api-key": C.BENCH_KEY})
                 procs = {
+                    "B_translator": {"translator": base["tr"].proc, "upstream": up.proc} if base else {},
+                    "C_full": {"envoy": base["envoy"].proc, "ext_authz": base["authz"].proc,
+                               "translator": base["tr"].proc, "upstream": up.proc} if base else {},
                     "a_direct": {"upstream": up.proc},
                     "b_translator": {"translator": tr.proc, "upstream": up.proc},
                     "c_full": {"envoy": envoy.proc, "ext_authz": authz.proc, "translator": tr.proc,
                                "upstream": up.proc},
                 }
-                if ref and body_name == "tiny" and not stream:
-                    # Calibration yardstick (bench/reference_proxy.py), non-streaming tiny body only: a stream
-                    # through LiteLLM costs ~70 ms CPU here, so at c16 one takes over a second and a run of a
-                    # few seconds completes too few for a figure; the streaming-cost table covers LiteLLM.
-                    reqs["r_reference"] = wrk.Request(f"http://127.0.0.1:{ref.port}{path}", str(b_file),
-                                                      {**common, "authorization": f"Bearer {C.BENCH_KEY}"})
-                    procs["r_reference"] = {"reference": ref.proc, "upstream": up.proc}
+                if litellm:
+                    # The LiteLLM proxy server in front of the same upstream, its master key as Claude Code
+                    # would send a key (x-api-key).
+                    reqs["l_litellm"] = wrk.Request(f"http://127.0.0.1:{litellm.port}{path}", str(b_file),
+                                                    {**common, "x-api-key": C.LITELLM_MASTER_KEY})
+                    procs["l_litellm"] = {"litellm": litellm.proc, "upstream": up.proc}
                 probes = {k: probe(r, stream) for k, r in reqs.items()}
                 points = [Point(key=f"{group}/{k}", request=r, connections=connections, procs=procs[k])
                           for k, r in reqs.items()]
@@ -110,24 +130,66 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     "upstream_busy_during_b": runner.median(
                         [s.cpu_s["upstream"] / settings.duration_s for s in b]),
                 }
-                if "r_reference" in reqs:
-                    r = samples[f"{group}/r_reference"]
-                    result["groups"][group]["reference_over_direct"] = runner.paired_ratio(a, r, lambda s: s.rps)
-                    result["groups"][group]["translator_over_reference"] = runner.paired_ratio(r, b, lambda s: s.rps)
+                if "l_litellm" in reqs:
+                    lp = samples[f"{group}/l_litellm"]
+                    result["groups"][group]["litellm"] = {
+                        "litellm_over_direct": runner.paired_ratio(a, lp, lambda s: s.rps),
+                        # CPU per request, keyrelay / LiteLLM proxy (target <= 1/50 for the translator).
+                        "translator_cpu_over_litellm": runner.paired_ratio(
+                            lp, b, runner.cpu_per_request("translator"), runner.cpu_per_request("litellm")),
+                        "full_cpu_over_litellm": runner.paired_ratio(
+                            lp, c, full_path_cpu_per_request, runner.cpu_per_request("litellm")),
+                    }
                 if stream:
                     frames = frames_per_stream(chunks)
                     result["groups"][group]["translator_cpu_us_per_chunk"] = runner.median(
                         [s.cpu_s["translator"] / (s.requests * frames) * 1e6 for s in b if s.requests])
+                if base:
+                    result["groups"][group]["baseline"] = compare_baseline(
+                        b, samples[f"{group}/B_translator"], c, samples[f"{group}/C_full"],
+                        frames_per_stream(chunks) if stream else None)
+        if baseline is not None:
+            result["baseline"] = {"label": baseline.label, "peak_rss_mb": {
+                name: {str(pid): round(mb, 1) for pid, mb in base[name].proc.peak_rss_mb().items()}
+                for name in ("tr", "authz")}}
         result["envoy_connection_reuse"] = envoy_reuse(admin_port)
         result["peak_rss_mb"] = {name: {str(pid): round(mb, 1) for pid, mb in s.proc.peak_rss_mb().items()}
                                  for name, s in (("translator", tr), ("ext_authz", authz), ("envoy", envoy),
-                                                 ("upstream", up)) + ((("reference", ref),) if ref else ())}
+                                                 ("upstream", up)) + ((("litellm", litellm),) if litellm else ())}
         if on_ready is not None:  # stream cost and profiling reuse the running upstream and translator
             result.update(on_ready(up=up, tr=tr, workdir=workdir, variants=variants, partial=result))
         return result
     finally:
         for s in reversed(started):
             s.proc.stop()
+
+
+def full_path_cpu_per_request(s: runner.Sample) -> float:
+    """Envoy + ext_authz + translator CPU seconds per request of a full-path sample."""
+    return sum(s.cpu_s[p] for p in ("envoy", "ext_authz", "translator")) / s.requests if s.requests else float("nan")
+
+
+def compare_baseline(b: list[runner.Sample], bb: list[runner.Sample], c: list[runner.Sample],
+                     cb: list[runner.Sample], frames: int | None) -> dict:
+    """Current against baseline, each ratio the median of per-repetition ratios (current / baseline; below 1
+    is better): translator CPU per request alone and on the full path, and per upstream chunk for streams."""
+    out = {}
+    for label, cur, old in (("translator", b, bb), ("full", c, cb)):
+        procs = ("translator",) if label == "translator" else ("translator", "ext_authz", "envoy")
+        for proc in procs:
+            metric = runner.cpu_per_request(proc)
+            out[f"{label}/{proc}"] = {"current_ms": runner.median([metric(s) * 1000 for s in cur]),
+                                      "baseline_ms": runner.median([metric(s) * 1000 for s in old]),
+                                      "ratio": runner.paired_ratio(old, cur, metric)}
+        out[f"{label}/rps"] = {"current": runner.median([s.rps for s in cur]),
+                               "baseline": runner.median([s.rps for s in old]),
+                               "ratio": runner.paired_ratio(old, cur, lambda s: s.rps)}
+    if frames:
+        per_chunk = lambda s: s.cpu_s["translator"] / (s.requests * frames) * 1e6 if s.requests else float("nan")  # noqa: E731
+        out["translator/us_per_chunk"] = {"current_us": runner.median([per_chunk(s) for s in b]),
+                                          "baseline_us": runner.median([per_chunk(s) for s in bb]),
+                                          "ratio": runner.paired_ratio(bb, b, per_chunk)}
+    return out
 
 
 def envoy_reuse(admin_port: int) -> dict[str, float | None]:

@@ -16,9 +16,11 @@ import argparse
 import asyncio
 import json
 import os
+import heapq
 import signal
 import socket
 import sys
+import time
 
 MODEL = "gpt-bench"
 
@@ -61,10 +63,8 @@ def encode_replies(chunks: int) -> tuple[bytes, list[bytes]]:
     body = completion_body()
     plain = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
              + str(len(body)).encode() + b"\r\n\r\n" + body)
-    head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-            b"transfer-encoding: chunked\r\n\r\n")
-    parts = [f"{len(frame):x}\r\n".encode() + frame + b"\r\n" for frame in stream_frames(chunks)]
-    parts[0] = head + parts[0]
+    parts = [http_chunk(frame) for frame in stream_frames(chunks)]
+    parts[0] = STREAM_HEAD + parts[0]
     parts[-1] += b"0\r\n\r\n"
     return plain, parts
 
@@ -123,22 +123,136 @@ class UpstreamProtocol(asyncio.Protocol):
             pos += length
         if head.startswith(b"head ") or head.startswith(b"get "):
             self.transport.write(self.plain)  # health probes
+        # A byte search rather than json.loads: the upstream must stay cheap for 70 KB bodies.
+        elif b'"stream":true' in body or b'"stream": true' in body:
+            self.send_stream()
         else:
-            # A byte search rather than json.loads: the upstream must stay cheap for 70 KB bodies.
-            wants_stream = b'"stream":true' in body or b'"stream": true' in body
-            if wants_stream:
-                # One write per frame: frames leave as separate segments, as from an upstream that flushes
-                # every token (`--stream-writes whole` sends the whole stream with one write instead).
-                for part in self.stream:
-                    self.transport.write(part)
-            else:
-                self.transport.write(self.plain)
+            self.transport.write(self.plain)
         if close:
             self.transport.close()
         return pos
 
+    def send_stream(self) -> None:
+        # One write per frame: frames leave as separate segments, as from an upstream that flushes every token
+        # (`--stream-writes whole` sends the whole stream with one write instead).
+        for part in self.stream:
+            self.transport.write(part)
 
-def serve(sock: socket.socket, chunks: int, stream_writes: str = "frame") -> None:
+
+def http_chunk(frame: bytes) -> bytes:
+    return f"{len(frame):x}\r\n".encode() + frame + b"\r\n"
+
+
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+               b"transfer-encoding: chunked\r\n\r\n")
+# Paced streams stamp every content chunk with the monotonic clock (shared by all processes of the machine) at
+# the moment it is written: `t` + 19 digits of nanoseconds + a space. The scale client reads the stamp back
+# from the translated text_delta and charges the difference to the path (bench/scale_client.py).
+STAMP_PREFIX = b"t"
+STAMP_DIGITS = 19
+QUANTUM_NS = 1_000_000
+
+
+def paced_templates() -> tuple[bytes, bytes, bytes, bytes]:
+    """The first content frame (with the role) and every further one, each split around the stamp as
+    (prefix, suffix); the stamp is fixed-width so the HTTP chunk size is known in advance."""
+    marker = "@" * STAMP_DIGITS
+
+    def chunk(delta: dict) -> bytes:
+        obj = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": MODEL,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        return http_chunk(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+
+    first = chunk({"role": "assistant", "content": f"t{marker} "})
+    other = chunk({"content": f"t{marker} "})
+    fa, fb = first.split(marker.encode())
+    oa, ob = other.split(marker.encode())
+    return STREAM_HEAD + fa, fb, oa, ob
+
+
+def tool_call_tail(chunks: int) -> bytes:
+    """What ends a Claude-Code-shaped turn: one tool call (a tool the Claude Code request declares), the
+    finish chunk with tool_calls, usage and [DONE], with the terminating HTTP chunk."""
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": MODEL}
+
+    def frame(obj: dict) -> bytes:
+        return http_chunk(b"data: " + json.dumps({**base, **obj}, separators=(",", ":")).encode() + b"\n\n")
+
+    call = {"index": 0, "id": "call_bench", "type": "function",
+            "function": {"name": "Bash", "arguments": '{"command": "ls -la", "description": "List files"}'}}
+    return (frame({"choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]})
+            + frame({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+            + frame({"choices": [], "usage": {"prompt_tokens": 21, "completion_tokens": chunks,
+                                              "total_tokens": 21 + chunks}})
+            + http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+
+class Pacer:
+    """Writes the content chunks of every open paced stream, one each `interval_ns`, from one timer loop for
+    all streams (a heap of due times) instead of a sleeping task per stream: the upstream must stay cheap at
+    thousands of concurrent streams. Each stream keeps the phase of its arrival, so writes are spread like
+    those of independent upstream streams, not synchronized in bursts."""
+
+    def __init__(self, interval_ms: float, chunks: int) -> None:
+        self.interval_ns = int(interval_ms * 1e6)
+        self.chunks = max(chunks, 1)
+        self.first_a, self.first_b, self.other_a, self.other_b = paced_templates()
+        self.tail = tool_call_tail(self.chunks)
+        self.heap: list[tuple[int, int, asyncio.Transport, int]] = []
+        self.seq = 0
+        self.wake: asyncio.Event | None = None
+
+    def add(self, transport: asyncio.Transport) -> None:
+        self._write(transport, 0)
+        self._push(time.monotonic_ns() + self.interval_ns, transport, 1)
+
+    def _push(self, due: int, transport: asyncio.Transport, index: int) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (due, self.seq, transport, index))
+        if self.wake is not None:
+            self.wake.set()
+
+    def _write(self, transport: asyncio.Transport, index: int) -> None:
+        stamp = b"%019d" % time.monotonic_ns()
+        if index == 0:
+            transport.write(self.first_a + stamp + self.first_b)
+        else:
+            transport.write(self.other_a + stamp + self.other_b)
+
+    async def run(self) -> None:
+        self.wake = asyncio.Event()
+        heap = self.heap
+        while True:
+            if not heap:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            # Everything due within the next QUANTUM_NS goes out now: one wake-up per millisecond at most,
+            # not one per frame (the stamp is taken at the write, so the measurement is unaffected).
+            now = time.monotonic_ns() + QUANTUM_NS
+            while heap and heap[0][0] <= now:
+                due, _, transport, index = heapq.heappop(heap)
+                if transport.is_closing():
+                    continue
+                self._write(transport, index)
+                if index + 1 < self.chunks:
+                    self._push(due + self.interval_ns, transport, index + 1)
+                else:
+                    transport.write(self.tail)
+            if heap:
+                # At least one quantum: the event loop's timers have millisecond resolution, a shorter sleep
+                # would spin.
+                await asyncio.sleep(max(QUANTUM_NS, heap[0][0] - QUANTUM_NS - time.monotonic_ns()) / 1e9)
+
+
+class PacedProtocol(UpstreamProtocol):
+    pacer: Pacer
+
+    def send_stream(self) -> None:
+        self.pacer.add(self.transport)  # type: ignore[arg-type]
+
+
+def serve(sock: socket.socket, chunks: int, stream_writes: str = "frame", interval_ms: float = 0) -> None:
     try:
         import uvloop  # type: ignore[import-not-found]
         uvloop.install()
@@ -147,10 +261,16 @@ def serve(sock: socket.socket, chunks: int, stream_writes: str = "frame") -> Non
     plain, parts = encode_replies(chunks)
     UpstreamProtocol.plain = plain
     UpstreamProtocol.stream = parts if stream_writes == "frame" else [b"".join(parts)]
+    protocol: type[UpstreamProtocol] = UpstreamProtocol
+    if interval_ms > 0:
+        PacedProtocol.pacer = Pacer(interval_ms, chunks)
+        protocol = PacedProtocol
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(UpstreamProtocol, sock=sock, backlog=1024)
+        if interval_ms > 0:
+            pacer_task = loop.create_task(PacedProtocol.pacer.run())  # noqa: F841 - runs until the loop ends
+        server = await loop.create_server(protocol, sock=sock, backlog=4096)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -168,17 +288,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunks", type=int, default=200)
     ap.add_argument("--stream-writes", choices=("frame", "whole"), default="frame",
                     help="frame: one write per SSE frame (default); whole: the stream in one write")
+    ap.add_argument("--interval-ms", type=float, default=0,
+                    help="paced streams: one time-stamped content chunk every this many ms, then a tool call "
+                         "(Claude-Code-shaped turn; the scale section); 0 = as fast as possible (default)")
     args = ap.parse_args(argv)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
-    sock.listen(1024)
+    sock.listen(4096)
     sock.setblocking(False)
     children = []
     for _ in range(args.procs - 1):
         pid = os.fork()
         if pid == 0:
-            serve(sock, args.chunks, args.stream_writes)
+            serve(sock, args.chunks, args.stream_writes, args.interval_ms)
             os._exit(0)
         children.append(pid)
     print(f"ready: bench upstream on {args.host}:{args.port} ({args.procs} process(es), {args.chunks} chunks, "
@@ -193,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
                 pass
 
     signal.signal(signal.SIGTERM, forward)
-    serve(sock, args.chunks, args.stream_writes)
+    serve(sock, args.chunks, args.stream_writes, args.interval_ms)
     forward(signal.SIGTERM, None)
     for pid in children:
         os.waitpid(pid, 0)

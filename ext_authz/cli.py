@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 from .policy import Policy, PolicyError, builtin_policy, load_policy, parse_policy
 from .settings import EnvOverrides, SettingsError, apply_overrides, env_overrides, join_hostport, parse_addr
+from keyrelay_stack.processes import raise_open_files_limit
 
 PROG = "keyrelay-ext-authz"
 log = logging.getLogger("ext_authz")
@@ -182,6 +183,7 @@ def run_single(cfg: Config, policy: Policy) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from . import logs
+    raise_open_files_limit()  # one socket per open stream (keyrelay_stack/processes.py)
 
     try:
         cfg = resolve_config(argv, os.environ)

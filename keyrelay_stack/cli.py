@@ -29,7 +29,7 @@ import yaml
 
 from .envoy_config import (ENVOY_YAML, REPO, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
                            load_source, render)
-from .processes import PROVIDER_ENV_PREFIXES, child_env, console_script, free_port
+from .processes import PROVIDER_ENV_PREFIXES, child_env, console_script, free_port, raise_open_files_limit
 from .supervisor import ChildFailed, ChildSpec, Interrupted, Supervisor
 
 DEFAULT_POLICY = REPO / "examples" / "policy.yaml"
@@ -199,6 +199,7 @@ def usage_banner(url: str, demo: bool) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    raise_open_files_limit()  # one socket per open stream (keyrelay_stack/processes.py)
     try:
         ns = parse_args(argv)
         ports = choose_ports(ns)

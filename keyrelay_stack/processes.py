@@ -5,6 +5,7 @@ child does."""
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -16,6 +17,22 @@ PROVIDER_ENV_PREFIXES = ("OPENAI_", "ANTHROPIC_", "GEMINI_", "VERTEX_", "USE_VER
                          "BIG_MODEL", "SMALL_MODEL")
 # The services' own settings: a test or a benchmark passes what it means explicitly.
 SERVICE_ENV_PREFIXES = ("PASSTHROUGH_", "REQUIRE_PASSTHROUGH", "EXT_AUTHZ_", "TRANSLATOR_")
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit and return (soft, hard) as they are after.
+
+    Every open stream costs a process one socket (the translator two: client and upstream), and container
+    runtimes commonly start processes with a soft limit of 1024 under a much higher hard one, which would cap a
+    translator at a few hundred concurrent streams (EMFILE on accept). Children inherit the raised limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, hard  # e.g. a hard limit of infinity that the kernel refuses as a soft one
+        soft = hard
+    return soft, hard
 
 
 def free_port(host: str = "127.0.0.1") -> int:

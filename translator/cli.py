@@ -25,6 +25,7 @@ import uvicorn
 from translator import logs
 from translator.serving import uvicorn_options
 from translator.settings import ConfigError, load_settings
+from keyrelay_stack.processes import raise_open_files_limit
 
 log = logging.getLogger("keyrelay.translator")
 
@@ -88,6 +89,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    raise_open_files_limit()  # one socket per open stream (keyrelay_stack/processes.py)
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
         from translator.app import create_app, tune_gc  # validates the routing file and its caps
