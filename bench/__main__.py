@@ -14,12 +14,12 @@ import traceback
 from pathlib import Path
 
 from bench import authz, baseline, cold, components as C, envoy_config, machine, profile, report, runner
-from bench import scale, translator_path, wrk
+from bench import envoy_cost, scale, translator_path, wrk
 from bench.procs import REPO
 from bench.upstream import frames_per_stream
 
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("authz", "translator", "cold", "scale")
+SECTIONS = ("authz", "translator", "cold", "scale", "envoy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,7 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.scale_hold == ap.get_default("scale_hold"):
             args.scale_hold = 5.0
     args.scale_ns = sorted(int(n) for n in args.scale_n.split(",") if n)
-    args.sections = tuple(args.only or SECTIONS)
+    # --quick leaves out the Envoy variants section unless asked for by --only.
+    args.sections = tuple(args.only or [s for s in SECTIONS if not (args.quick and s == "envoy")])
     return args
 
 
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     n_workers = len([w for w in args.workers.split(",") if w]) + with_base
     points = ((2 * (1 + n_workers)) if "authz" in args.sections else 0) + \
         (4 * (3 + (not args.no_litellm_proxy) + 2 * with_base) if "translator" in args.sections else 0)
+    points += 6 if "envoy" in args.sections else 0
     scale_s = (len(args.scale_ns) * (args.scale_hold + 12)) if "scale" in args.sections else 0
     runner.log(f"bench: {points} points x ({settings.runs} runs x {settings.duration_s:.0f} s + warm-up)"
                f"{f' + scale {scale_s:.0f} s' if scale_s else ''}, about "
@@ -221,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
                                             envoy_concurrency=args.envoy_concurrency, sut_cpus=sut_cpus)
             except Exception as exc:  # noqa: BLE001
                 result["errors"]["scale"] = f"{exc.__class__.__name__}: {exc}"
+                traceback.print_exc()
+        if "envoy" in args.sections:
+            try:
+                result["envoy"] = envoy_cost.run(workdir, settings, connections=args.connections,
+                                                 envoy_concurrency=args.envoy_concurrency, chunks=args.chunks,
+                                                 sut_cpus=sut_cpus)
+            except Exception as exc:  # noqa: BLE001
+                result["errors"]["envoy"] = f"{exc.__class__.__name__}: {exc}"
                 traceback.print_exc()
         if "cold" in args.sections:
             try:

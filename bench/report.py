@@ -164,9 +164,13 @@ def render(result: dict) -> str:
                 lines.append(f"  {'':<19}CPU per request vs the LiteLLM proxy: translator "
                              f"1/{_f(_inv(lp['translator_cpu_over_litellm']))}, full path (Envoy + ext_authz + "
                              f"translator) 1/{_f(_inv(lp['full_cpu_over_litellm']))}")
-        lines.append("  ratio: (b) = translator / direct upstream, (c) = full path / translator alone, "
-                     "(l) = LiteLLM proxy server / direct upstream (its CPU in the translator column); "
-                     "same runs, same concurrency")
+        lines.append("  ratio: (b) = translator / direct upstream, (c) = full path / translator alone"
+                     + (", (l) = LiteLLM proxy server / direct upstream (its CPU in the translator column; "
+                        f"streams at c{tr.get('litellm_stream_connections')} for at least 5 s)"
+                        if any("l_litellm" in g["points"] for g in tr["groups"].values()) else "")
+                     + (", (b)/(c) baseline = the same points with the baseline tree's services"
+                        if any("B_translator" in g["points"] for g in tr["groups"].values()) else "")
+                     + "; same runs, same concurrency")
         lines.append("  bodies: " + "; ".join(f"{k} {v['anthropic_bytes']:,} B ({v['anthropic_from']})"
                                           for k, v in tr.get("bodies", {}).items() if k.endswith("/json")))
         reuse = tr.get("envoy_connection_reuse") or {}
@@ -197,6 +201,8 @@ def render(result: dict) -> str:
                              "(tiny body)")
     if result.get("scale"):
         lines += scale_table(result["scale"])
+    if result.get("envoy"):
+        lines += envoy_table(result["envoy"])
     ts = result.get("targets") or []
     if ts:
         lines += ["", "Targets", f"  {'target':<58}{'measured':>12}{'wanted':>14}  result"]
@@ -287,4 +293,34 @@ def scale_table(sc: dict) -> list[str]:
             f"{_f(r.get('loadavg'), '{:.1f}'):>6}")
         if r["errors"]:
             lines.append("    ! " + ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())))
+    return lines
+
+
+def envoy_table(ev: dict) -> list[str]:
+    names = {"as_is": "envoy.yaml as is", "no_access_log": "without the access log",
+             "one_worker": "--concurrency 1"}
+    lines = ["", "5. Envoy's share of the full path: the same translator and ext_authz behind Envoy variants, "
+                 "interleaved, wrk c16",
+             f"  {'body/mode':<19}{'variant':<24}{'req/s':>8}{'p50 ms':>8}   CPU-ms per request: "
+             f"{'envoy':>7}{'ext_authz':>10}{'translator':>11}   envoy vs as is"]
+    for group, g in ev["groups"].items():
+        for i, (name, p) in enumerate(g.items()):
+            cpu = p["cpu_s_per_1k"]
+            lines.append(f"  {group if i == 0 else '':<19}{names.get(name, name):<24}{_f(p['rps']):>8}"
+                         f"{_f(p['p50_ms'], '{:.2f}'):>8}{'':>23}{_f(cpu['envoy'], '{:.3f}'):>7}"
+                         f"{_f(cpu['ext_authz'], '{:.3f}'):>10}{_f(cpu['translator'], '{:.3f}'):>11}"
+                         f"   {_f(p['envoy_cpu_ratio'], '{:.2f}'):>6}"
+                         + (f"  ! {p['errors']} errors" if p["errors"] else ""))
+    st = ev.get("stats") or {}
+    if st:
+        lines.append("  envoy stats (as is): " + ", ".join(
+            f"{k.replace('_', ' ')} {_f(v, '{:,.1f}')}" for k, v in st.items() if k != "requests"))
+    perf = ev.get("perf") or {}
+    if perf.get("error"):
+        lines.append(f"  perf: {perf['error']}")
+    elif perf:
+        lines.append("  perf (as is, claude_code/json): by object " + ", ".join(
+            f"{name} {pct:.0f}%" for name, pct in perf["by_dso"]))
+        for name, pct in perf["top_symbols"][:10]:
+            lines.append(f"    {pct:5.1f}%  {name}")
     return lines

@@ -23,6 +23,10 @@ class Point:
     request: wrk.Request
     connections: int
     procs: dict[str, Proc] = field(default_factory=dict)
+    # A slow point (the LiteLLM proxy's streams) runs longer and gets more time to finish aborted requests, so
+    # that it completes enough requests for a figure and its CPU is not charged to the next point.
+    min_duration_s: float = 0.0
+    settle_s: float | None = None
 
 
 @dataclass
@@ -62,11 +66,12 @@ def run_interleaved(points: list[Point], settings: Settings) -> dict[str, list[S
         for p in order:
             meter = CpuMeter(p.procs)
             meter.start()
-            res = wrk.run(p.request, connections=p.connections, duration_s=settings.duration_s,
+            res = wrk.run(p.request, connections=p.connections, duration_s=max(settings.duration_s,
+                                                                               p.min_duration_s),
                           cpus=settings.wrk_cpus)
             # wrk closes its connections mid-request when the time is up; let the processes finish with those
             # (their CPU belongs to this point, not to the next one).
-            time.sleep(settings.settle_s)
+            time.sleep(settings.settle_s if p.settle_s is None else p.settle_s)
             cpu = meter.stop()
             s = Sample(rps=res.rps, requests=res.requests, p50_ms=res.latency_us["p50"] / 1000,
                        p99_ms=res.latency_us["p99"] / 1000, errors=res.error_count, cpu_s=cpu)

@@ -17,6 +17,7 @@ from bench.baseline import Tree
 from bench.runner import Point, Settings
 from bench.upstream import frames_per_stream
 
+LITELLM_STREAM_CONNECTIONS = 2
 ANTHROPIC_BETA = ("claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14,"
                   "context-management-2025-06-27")
 
@@ -65,7 +66,8 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
         variants = {"tiny": bodies.tiny_body(), "claude_code": cc_body}
         result: dict = {"groups": {}, "bodies": {}, "full_path_envoy_config": source,
                         "connections": connections, "upstream_procs": upstream_procs, "chunks": chunks,
-                        "stream_writes": stream_writes}
+                        "stream_writes": stream_writes,
+                        "litellm_stream_connections": min(connections, LITELLM_STREAM_CONNECTIONS)}
         for body_name, body in variants.items():
             for stream in (False, True):
                 group = f"{body_name}/{'stream' if stream else 'json'}"
@@ -113,9 +115,20 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     reqs["l_litellm"] = wrk.Request(f"http://127.0.0.1:{litellm.port}{path}", str(b_file),
                                                     {**common, "x-api-key": C.LITELLM_MASTER_KEY})
                     procs["l_litellm"] = {"litellm": litellm.proc, "upstream": up.proc}
+                # Each baseline point right after its current counterpart (and right before it in the reversed
+                # repetitions: ABBA), so the two of a pair see the same machine.
+                order = ("a_direct", "b_translator", "B_translator", "c_full", "C_full", "l_litellm")
+                reqs = {k: reqs[k] for k in order if k in reqs}
                 probes = {k: probe(r, stream) for k, r in reqs.items()}
                 points = [Point(key=f"{group}/{k}", request=r, connections=connections, procs=procs[k])
                           for k, r in reqs.items()]
+                for p in points:
+                    if p.key.endswith("/l_litellm") and stream:
+                        # A 200-chunk stream costs the LiteLLM proxy ~100x the translator's CPU: at c16 one
+                        # takes seconds and a run of a few seconds completes none. Fewer connections and at
+                        # least 5 s keep in-flight requests (charged, not counted) a small share.
+                        p.connections = min(connections, LITELLM_STREAM_CONNECTIONS)
+                        p.min_duration_s, p.settle_s = 5.0, 1.0
                 runner.log(f"[translator] {group}: {len(points)} points x {settings.runs} runs x "
                            f"{settings.duration_s:.0f}s")
                 samples = runner.run_interleaved(points, settings)
