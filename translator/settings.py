@@ -54,7 +54,8 @@ class Settings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     max_body_bytes: int = MAX_BODY_BYTES
-    max_connections: int = 512
+    # As many streams as Envoy lets through to one translator (its cluster limits and listener cap: 10,000).
+    max_connections: int = 10000
     preload_litellm: bool = False
     # Accept a client's x-api-key as the upstream credential when no bearer credential is present
     # (direct use without Envoy; behind Envoy ext_authz always removes x-api-key).
