@@ -242,15 +242,15 @@ def baseline_table(result: dict) -> list[str]:
     b = result["baseline"]
     lines = ["", f"Before/after in one run: current tree vs baseline {b['label']} (same runs, interleaved; "
                  "ratio = current / baseline, median of per-run ratios)",
-             f"  {'metric':<58}{'current':>10}{'baseline':>10}{'ratio':>8}"]
+             f"  {'metric':<66}{'current':>10}{'baseline':>10}{'ratio':>8}"]
     authz = (result.get("authz") or {}).get("baseline")
     if authz:
         t, p, c = authz["throughput_c16"], authz["added_p50_ms_c1"], authz["ext_authz_cpu_ms_c16"]
-        lines.append(f"  {'authz throughput / no authz, c16 (1 worker)':<58}{_pct(t['current']):>10}"
+        lines.append(f"  {'authz throughput / no authz, c16 (1 worker)':<66}{_pct(t['current']):>10}"
                      f"{_pct(t['baseline']):>10}{_f(t['ratio'], '{:.2f}'):>8}")
-        lines.append(f"  {'authz added p50 at c1, ms (1 worker)':<58}{_f(p['current'], '{:.3f}'):>10}"
+        lines.append(f"  {'authz added p50 at c1, ms (1 worker)':<66}{_f(p['current'], '{:.3f}'):>10}"
                      f"{_f(p['baseline'], '{:.3f}'):>10}{_f(p['diff'], '{:+.3f}'):>8}")
-        lines.append(f"  {'ext_authz CPU per request, ms (c16)':<58}{_f(c['current'], '{:.4f}'):>10}"
+        lines.append(f"  {'ext_authz CPU per request, ms (c16)':<66}{_f(c['current'], '{:.4f}'):>10}"
                      f"{_f(c['baseline'], '{:.4f}'):>10}{_f(c['ratio'], '{:.2f}'):>8}")
     for group, g in ((result.get("translator") or {}).get("groups") or {}).items():
         cmp_ = g.get("baseline")
@@ -261,14 +261,14 @@ def baseline_table(result: dict) -> list[str]:
                            ("full/ext_authz", "full path: ext_authz CPU/request, ms"),
                            ("full/envoy", "full path: envoy CPU/request, ms")):
             x = cmp_[key]
-            lines.append(f"  {group + ' ' + label:<58}{_f(x['current_ms'], '{:.4f}'):>10}"
+            lines.append(f"  {group + ' ' + label:<66}{_f(x['current_ms'], '{:.4f}'):>10}"
                          f"{_f(x['baseline_ms'], '{:.4f}'):>10}{_f(x['ratio'], '{:.2f}'):>8}")
         if "translator/us_per_chunk" in cmp_:
             x = cmp_["translator/us_per_chunk"]
-            lines.append(f"  {group + ' translator CPU per upstream chunk, us':<58}{_f(x['current_us'], '{:.2f}'):>10}"
+            lines.append(f"  {group + ' translator CPU per upstream chunk, us':<66}{_f(x['current_us'], '{:.2f}'):>10}"
                          f"{_f(x['baseline_us'], '{:.2f}'):>10}{_f(x['ratio'], '{:.2f}'):>8}")
         x = cmp_["translator/rps"]
-        lines.append(f"  {group + ' translator alone req/s':<58}{_f(x['current']):>10}{_f(x['baseline']):>10}"
+        lines.append(f"  {group + ' translator alone req/s':<66}{_f(x['current']):>10}{_f(x['baseline']):>10}"
                      f"{_f(x['ratio'], '{:.2f}'):>8}")
     return lines
 
