@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 tr_result = translator_path.run(
                     workdir, settings, connections=args.connections, envoy_concurrency=args.envoy_concurrency,
                     upstream_procs=args.upstream_procs, chunks=args.chunks, sut_cpus=sut_cpus,
-                    upstream_cpus=sut_cpus, stack_settings=stack_settings,
+                    upstream_cpus=sut_cpus,
                     litellm_proxy=not args.no_litellm_proxy, stream_writes=args.stream_writes, baseline=base_tree,
                     on_ready=after)
                 result["stream_cost"] = tr_result.pop("stream_cost", None)

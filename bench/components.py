@@ -180,6 +180,36 @@ def start_envoy(config: dict, workdir: Path, name: str, concurrency: int, cpus: 
     return Started(p, admin_port)
 
 
+@dataclass
+class FullPath:
+    """Envoy (the project's envoy.yaml, rendered with loopback ports) + keyrelay-ext-authz (1 worker) +
+    keyrelay-translator (1 worker) in front of an upstream."""
+
+    translator: Started
+    ext_authz: Started
+    envoy: Started
+    port: int  # Envoy's listener
+    config_source: str
+
+
+def start_full_path(workdir: Path, policy: Path, upstream_port: int, started: list[Started], *, name: str,
+                    envoy_concurrency: int, cpus: str | None = None, tree: Tree | None = None) -> FullPath:
+    """Start the three processes (appending each to `started`, so the caller stops them), the services from
+    `tree` when given (bench/baseline.py); Envoy's configuration is always the current tree's."""
+    tr = start_translator(upstream_port, cpus=cpus, tree=tree)
+    started.append(tr)
+    authz = start_ext_authz(policy, workers=1, cpus=cpus, tree=tree)
+    started.append(authz)
+    port, admin_port = free_port(), free_port()
+    cfg, source = envoy_config.stack_bootstrap(admin_port=admin_port, port=port, authz_grpc_port=authz.port,
+                                               translator_port=tr.port)
+    if cfg is None:
+        raise RuntimeError(f"the project's Envoy config is not usable: {source}")
+    envoy = start_envoy(cfg, workdir, name, envoy_concurrency, cpus=cpus)
+    started.append(envoy)
+    return FullPath(tr, authz, envoy, port, source)
+
+
 def request(url: str, body: bytes | None, headers: dict[str, str], method: str = "POST",
             timeout: float = 30.0) -> tuple[int, bytes]:
     """One plain HTTP request (for sanity probes before measuring)."""

@@ -2,8 +2,8 @@
 
 - `authz_bootstrap`: one Envoy, several listeners that all answer with the same fixed direct_response; one
   without any filter but the router, the others with the ext_authz filter pointed at one ext_authz instance each.
-- The full path (Envoy + ext_authz + translator) reuses `keyrelay_stack.envoy_config` when it is importable, so
-  the benchmark measures the project's own Envoy configuration; `full_bootstrap` here is the fallback.
+- The full path (Envoy + ext_authz + translator) is the project's own envoy.yaml rendered by
+  `keyrelay_stack.envoy_config` with the benchmark's ports (`stack_bootstrap`).
 
 The ext_authz filter and cluster settings are taken from the stack's rendered configuration when available
 (`stack_ext_authz_settings`), so the authz listeners carry the same filter settings as envoy.yaml.
@@ -136,37 +136,16 @@ def authz_bootstrap(*, admin_port: int, plain_port: int, authz: dict[str, tuple[
     }
 
 
-def full_bootstrap(*, admin_port: int, port: int, authz_grpc_port: int, translator_port: int,
-                   settings: ExtAuthzSettings) -> dict[str, Any]:
-    """Fallback for the full path when keyrelay_stack.envoy_config is not there yet: ext_authz + router to the
-    translator, with streaming-friendly timeouts."""
-    route = {"match": {"prefix": "/"}, "route": {"cluster": "translator", "timeout": "300s"},
-             "typed_per_filter_config": {EXT_AUTHZ_FILTER: {
-                 "@type": PER_ROUTE_TYPE, "check_settings": {"context_extensions": {"keyrelay_route": "messages"}}}}}
-    translator = {
-        "name": "translator", "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "translator", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-            "socket_address": {"address": "127.0.0.1", "port_value": translator_port}}}}]}]},
-    }
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [_listener("full", port, [settings.filter_for("ext_authz")], [route])],
-            "clusters": [settings.cluster_for("ext_authz", authz_grpc_port), translator],
-        },
-    }
-
-
-def stack_bootstrap(*, admin_port: int, port: int, authz_grpc_port: int,
-                    translator_port: int) -> tuple[dict[str, Any] | None, str]:
+def stack_bootstrap(*, admin_port: int, port: int, authz_grpc_port: int, translator_port: int,
+                    access_log: bool = True) -> tuple[dict[str, Any] | None, str]:
     """The project's own envoy.yaml rendered by keyrelay_stack.envoy_config with the benchmark's ports (access
     log kept: it is part of what the product costs). Returns (None, reason) when it cannot be rendered, so the
-    caller can fall back to `full_bootstrap`."""
+    caller can say why."""
     try:
         from keyrelay_stack import envoy_config as stack
         config = stack.render(stack.load_source(), stack.EnvoyEndpoints(
             listen_port=port, admin_port=admin_port, ext_authz_port=authz_grpc_port,
-            translator_port=translator_port))
+            translator_port=translator_port, access_log=access_log))
     except Exception as exc:  # noqa: BLE001 - the stack's renderer missing or broken: fall back, say why
         return None, f"keyrelay_stack.envoy_config unusable ({exc.__class__.__name__}: {exc})"
     return config, "envoy.yaml via keyrelay_stack.envoy_config.render"

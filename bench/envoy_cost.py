@@ -25,13 +25,6 @@ from bench.translator_path import ANTHROPIC_BETA, probe
 VARIANTS = {"as_is": (True, None), "no_access_log": (False, None), "one_worker": (True, 1)}
 
 
-def render(admin_port: int, port: int, authz_port: int, translator_port: int, access_log: bool) -> dict:
-    from keyrelay_stack import envoy_config as stack
-    return stack.render(stack.load_source(), stack.EnvoyEndpoints(
-        listen_port=port, admin_port=admin_port, ext_authz_port=authz_port, translator_port=translator_port,
-        access_log=access_log))
-
-
 def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrency: int, chunks: int,
         sut_cpus: str | None) -> dict:
     policy = workdir / "policy.yaml"
@@ -47,7 +40,10 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
         envoys: dict[str, tuple[C.Started, int]] = {}
         for name, (access_log, concurrency) in VARIANTS.items():
             port, admin = free_port(), free_port()
-            cfg = render(admin, port, authz.port, tr.port, access_log)
+            cfg, source = envoy_config.stack_bootstrap(admin_port=admin, port=port, authz_grpc_port=authz.port,
+                                                       translator_port=tr.port, access_log=access_log)
+            if cfg is None:
+                raise RuntimeError(f"the project's Envoy config is not usable: {source}")
             e = C.start_envoy(cfg, workdir, f"envoy-{name}", concurrency or envoy_concurrency, cpus=sut_cpus)
             started.append(e)
             envoys[name] = (e, port)

@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench import bodies, components as C, envoy_config, machine, runner
-from bench.procs import Proc, base_env, free_port, vm_hwm_kb
+from bench import bodies, components as C, machine, runner
+from bench.procs import Proc, base_env, vm_hwm_kb
 from bench.scale_client import pct
 from keyrelay_stack.processes import raise_open_files_limit
 from bench.translator_path import ANTHROPIC_BETA
@@ -80,17 +80,9 @@ def run(workdir: Path, *, ns: list[int], hold_s: float, interval_ms: float, ramp
         up_procs = max(1, math.ceil(max(ns) / STREAMS_PER_UPSTREAM))
         up = C.start_upstream(procs=up_procs, chunks=chunks, cpus=sut_cpus, interval_ms=interval_ms)
         started.append(up)
-        tr = C.start_translator(up.port, cpus=sut_cpus)
-        started.append(tr)
-        authz = C.start_ext_authz(policy, workers=1, cpus=sut_cpus)
-        started.append(authz)
-        envoy_port, admin_port = free_port(), free_port()
-        cfg, cfg_source = envoy_config.stack_bootstrap(admin_port=admin_port, port=envoy_port,
-                                                       authz_grpc_port=authz.port, translator_port=tr.port)
-        if cfg is None:
-            raise RuntimeError(f"the project's Envoy config is not usable: {cfg_source}")
-        envoy = C.start_envoy(cfg, workdir, "envoy-scale", envoy_concurrency, cpus=sut_cpus)
-        started.append(envoy)
+        fp = C.start_full_path(workdir, policy, up.port, started, name="envoy-scale",
+                               envoy_concurrency=envoy_concurrency, cpus=sut_cpus)
+        tr, authz, envoy, envoy_port, cfg_source = fp.translator, fp.ext_authz, fp.envoy, fp.port, fp.config_source
         result.update(upstream_procs=up_procs, envoy_config=cfg_source)
         headers = {"content-type": "application/json", "anthropic-version": "2023-06-01",
                    "anthropic-beta": ANTHROPIC_BETA, "x-api-key": C.BENCH_KEY}

@@ -11,8 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from bench import bodies, components as C, envoy_config, runner, wrk
-from bench.procs import free_port
+from bench import bodies, components as C, runner, wrk
 from bench.baseline import Tree
 from bench.runner import Point, Settings
 from bench.upstream import frames_per_stream
@@ -24,7 +23,7 @@ ANTHROPIC_BETA = ("claude-code-20250219,interleaved-thinking-2025-05-14,fine-gra
 
 def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrency: int, upstream_procs: int,
         chunks: int, sut_cpus: str | None, upstream_cpus: str | None,
-        stack_settings: envoy_config.ExtAuthzSettings, litellm_proxy: bool = True, stream_writes: str = "frame",
+        litellm_proxy: bool = True, stream_writes: str = "frame",
         baseline: Tree | None = None, on_ready=None) -> dict:
     policy = workdir / "policy.yaml"
     policy.write_text(C.policy_yaml())
@@ -32,32 +31,16 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
     try:
         up = C.start_upstream(procs=upstream_procs, chunks=chunks, cpus=upstream_cpus, stream_writes=stream_writes)
         started.append(up)
-        tr = C.start_translator(up.port, cpus=sut_cpus)
-        started.append(tr)
-        authz = C.start_ext_authz(policy, workers=1, cpus=sut_cpus)
-        started.append(authz)
-        envoy_port, admin_port = free_port(), free_port()
-        cfg, source = envoy_config.stack_bootstrap(admin_port=admin_port, port=envoy_port,
-                                                   authz_grpc_port=authz.port, translator_port=tr.port)
-        if cfg is None:
-            runner.log(f"[translator] full path: {source}; using the bench's own Envoy config")
-            cfg = envoy_config.full_bootstrap(admin_port=admin_port, port=envoy_port, authz_grpc_port=authz.port,
-                                              translator_port=tr.port, settings=stack_settings)
-            source = "bench/envoy_config.full_bootstrap (" + source + ")"
-        envoy = C.start_envoy(cfg, workdir, "envoy-full", envoy_concurrency, cpus=sut_cpus)
-        started.append(envoy)
-        base: dict[str, C.Started] = {}
+        fp = C.start_full_path(workdir, policy, up.port, started, name="envoy-full",
+                               envoy_concurrency=envoy_concurrency, cpus=sut_cpus)
+        tr, authz, envoy, envoy_port, source = fp.translator, fp.ext_authz, fp.envoy, fp.port, fp.config_source
+        admin_port = envoy.port
+        base: dict = {}
         if baseline is not None:
             # The baseline's translator and ext_authz behind an Envoy with the same (current) configuration.
-            base["tr"] = C.start_translator(up.port, cpus=sut_cpus, tree=baseline)
-            started.append(base["tr"])
-            base["authz"] = C.start_ext_authz(policy, workers=1, cpus=sut_cpus, tree=baseline)
-            started.append(base["authz"])
-            base["port"], base_admin = free_port(), free_port()
-            bcfg, _ = envoy_config.stack_bootstrap(admin_port=base_admin, port=base["port"],
-                                                   authz_grpc_port=base["authz"].port, translator_port=base["tr"].port)
-            base["envoy"] = C.start_envoy(bcfg or cfg, workdir, "envoy-baseline", envoy_concurrency, cpus=sut_cpus)
-            started.append(base["envoy"])
+            bp = C.start_full_path(workdir, policy, up.port, started, name="envoy-baseline",
+                                   envoy_concurrency=envoy_concurrency, cpus=sut_cpus, tree=baseline)
+            base = {"tr": bp.translator, "authz": bp.ext_authz, "envoy": bp.envoy, "port": bp.port}
         litellm = C.start_litellm_proxy(up.port, workdir, cpus=sut_cpus) if litellm_proxy else None
         if litellm:
             started.append(litellm)

@@ -268,14 +268,15 @@ def serve(sock: socket.socket, chunks: int, stream_writes: str = "frame", interv
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        if interval_ms > 0:
-            pacer_task = loop.create_task(PacedProtocol.pacer.run())  # noqa: F841 - runs until the loop ends
+        pacer = loop.create_task(PacedProtocol.pacer.run()) if interval_ms > 0 else None
         server = await loop.create_server(protocol, sock=sock, backlog=4096)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with server:
             await stop.wait()
+        if pacer is not None:
+            pacer.cancel()
 
     asyncio.run(main())
 
