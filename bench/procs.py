@@ -110,6 +110,20 @@ class Proc:
         time is counted while they run; cutime/cstime would only count reaped children)."""
         return sum(cpu_of(p) for p in self.pids())
 
+    def sched_s(self) -> tuple[float, float]:
+        """(seconds on a CPU, seconds runnable but waiting for one) of the process and its live descendants,
+        from /proc/<pid>/schedstat: a large wait means the machine, not the process, set the pace."""
+        run = wait = 0.0
+        for p in self.pids():
+            try:
+                with open(f"/proc/{p}/schedstat") as f:
+                    r, w, _ = f.read().split()
+            except (OSError, ValueError):
+                continue
+            run += int(r) / 1e9
+            wait += int(w) / 1e9
+        return run, wait
+
     def peak_rss_mb(self) -> dict[int, float]:
         """VmHWM per process (the process and each worker) in MiB."""
         out = {}

@@ -291,6 +291,11 @@ def scale_table(sc: dict) -> list[str]:
             f"{_f(cpu['translator'], '{:.2f}'):>7}{_f(cpu['envoy'], '{:.2f}'):>7}{_f(cpu['ext_authz'], '{:.2f}'):>7}"
             f"{_f(cpu['upstream'], '{:.2f}'):>7}{_f(r['client']['cores'], '{:.2f}'):>8}"
             f"{_f(r.get('loadavg'), '{:.1f}'):>6}")
+        lines.append(f"  {'':>6}CPU per chunk (us): translator {_f(r['us_per_chunk']['translator'], '{:.0f}')}, "
+                     f"envoy {_f(r['us_per_chunk']['envoy'], '{:.0f}')}, upstream "
+                     f"{_f(r['us_per_chunk']['upstream'], '{:.0f}')}; translator runnable "
+                     f"{_f(r['translator_runnable_share'], '{:.0%}')} of the time, of which waiting for a CPU "
+                     f"{_f(r['cpu_wait_s']['translator'], '{:.1f}')} s of {r['wall_s']:.0f} s")
         if r["errors"]:
             lines.append("    ! " + ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())))
     return lines

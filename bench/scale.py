@@ -109,6 +109,7 @@ def one_run(workdir: Path, n: int, port: int, headers: dict[str, str], body_file
     clients = max(1, math.ceil(n / STREAMS_PER_CLIENT))
     start_ns = time.monotonic_ns() + int(1.5e9)  # all client processes are up and importing by then
     meters = {name: p.cpu_seconds() for name, p in procs.items()}
+    sched0 = {name: p.sched_s() for name, p in procs.items()}
     t0 = time.monotonic()
     children = []
     for i in range(clients):
@@ -129,6 +130,10 @@ def one_run(workdir: Path, n: int, port: int, headers: dict[str, str], body_file
     wall = time.monotonic() - t0
     time.sleep(0.25)
     cpu = {name: round(p.cpu_seconds() - meters[name], 2) for name, p in procs.items()}
+    # Runnable share: (time on a CPU + time waiting for one) / wall time, per process. Near 1 for a
+    # single-threaded process means it wanted a whole core all along (saturated); a wait much larger than
+    # the run time means the machine was busy with other work.
+    sched = {name: [b - a for a, b in zip(sched0[name], p.sched_s())] for name, p in procs.items()}
     all_delays = array.array("i")
     for _, delays in outs:
         with open(delays, "rb") as fh:
@@ -151,6 +156,8 @@ def one_run(workdir: Path, n: int, port: int, headers: dict[str, str], body_file
     per_chunk = {name: round(v / len(ds) * 1e6, 1) if ds else None for name, v in cpu.items()}
     return {
         "loadavg": machine.loadavg()[0], "us_per_chunk": per_chunk,
+        "cpu_wait_s": {name: round(w, 2) for name, (_, w) in sched.items()},
+        "translator_runnable_share": round(sum(sched["translator"]) / wall, 2),
         "n": n, "completed": sum(o["completed"] for o, _ in outs), "statuses": statuses, "errors": errors,
         "chunks": len(ds), "chunks_expected": n * chunks, "ramp_s": ramp_s, "wall_s": round(wall, 1),
         "delay_ms": {"p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": q(1.0)},
