@@ -25,7 +25,8 @@ from pathlib import Path
 
 from keyrelay_stack.processes import raise_open_files_limit
 
-STAMP = re.compile(rb'"text":"t(\d{19}) ')
+# Every stamp in a text delta: the translator may merge chunks that arrive together into one delta.
+STAMP = re.compile(rb'(?<=[" ])t(\d{19})(?= )')
 
 
 class Result:
