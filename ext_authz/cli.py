@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from keyrelay_stack.version import add_version_flag
+
 from .policy import Policy, PolicyError, builtin_policy, load_policy, parse_policy
 from .settings import EnvOverrides, SettingsError, apply_overrides, env_overrides, join_hostport, parse_addr
 
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "default 1)")
     p.add_argument("--drain-seconds", help="grace period for in-flight checks on SIGTERM (EXT_AUTHZ_DRAIN_SECONDS; "
                                            "default 5)")
-    return p
+    return add_version_flag(p)
 
 
 def _pick(flag: str | None, environ: Mapping[str, str], env_name: str) -> str | None:
@@ -219,7 +221,7 @@ def digest_main(argv: Sequence[str] | None = None) -> int:
                     "Reads the key from stdin, or prompts without echo on a terminal.")
     parser.add_argument("--key-id", action="store_true",
                         help=f"print the {KEY_ID_LENGTH}-hex x-authz-key-id fingerprint instead of the full digest")
-    args = parser.parse_args(argv)
+    args = add_version_flag(parser).parse_args(argv)
     if sys.stdin is not None and sys.stdin.isatty():
         try:
             keys = [getpass.getpass("API key (input hidden): ").strip()]
