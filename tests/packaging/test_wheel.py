@@ -122,3 +122,21 @@ def test_stack_from_the_wheel_serves_a_message_from_another_directory(installed,
         code = proc.stop(timeout=20)
     assert code == 0, proc.output[-3000:]
     assert proc.lines[-1] == "[stack] stopped"
+
+
+def test_image_build_context_holds_what_the_data_links_point_to():
+    """The Dockerfile's builder runs `pip wheel .`: the links in keyrelay_stack/data/ resolve there only if their
+    targets are copied to the same relative place and not excluded by .dockerignore."""
+    from tests.k8s.test_dockerfile import DOCKERFILE, DOCKERIGNORE, ignored, stages
+
+    patterns = [ln.strip() for ln in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    builder = stages(DOCKERFILE.read_text(encoding="utf-8"))[1][0]
+    copies = {}
+    for inst, rest in builder.instructions:
+        if inst == "COPY":
+            src, dest = rest.split()[-2:]
+            copies[src] = dest
+    for source in SHIPPED.values():
+        assert copies.get(source) == f"./{source}", f"the builder stage must COPY {source} to ./{source}"
+        assert not ignored(source, patterns), f".dockerignore excludes {source}"
