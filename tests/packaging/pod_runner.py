@@ -96,7 +96,7 @@ def check(port: int, key: str) -> dict:
         for case, headers in (("with_key", {"x-api-key": key}), ("without_key", {})):
             req = CheckRequest()
             http_attrs = req.attributes.request.http
-            http_attrs.id, http_attrs.method, http_attrs.path, http_attrs.host = "sandbox-1", "POST", "/v1/messages", "x"
+            http_attrs.id, http_attrs.method, http_attrs.path = "sandbox-1", "POST", "/v1/messages"
             for name, value in headers.items():
                 http_attrs.headers[name] = value
             resp = stub.Check(req, timeout=10)
