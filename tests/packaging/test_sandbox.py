@@ -138,7 +138,8 @@ def plan_pod(objs: list[dict], name: str) -> PodPlan:
         for mount in c.get("volumeMounts", []):
             volume = volumes[mount["name"]]
             if "emptyDir" in volume:
-                plan.tmpfs.append(mount["mountPath"])
+                if mount["mountPath"] not in plan.tmpfs:  # one mount per path: the Pod's containers share it here
+                    plan.tmpfs.append(mount["mountPath"])
             else:
                 cm = one(objs, "ConfigMap", volume["configMap"]["name"])
                 assert mount.get("readOnly") is True, f"{c['name']} mounts {mount['name']} writable"
