@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from .policy import Policy, PolicyError, builtin_policy, load_policy, parse_policy
+from .reload import LOOSEN_QUIET_SECONDS
 from .settings import EnvOverrides, SettingsError, apply_overrides, env_overrides, join_hostport, parse_addr
 
 PROG = "keyrelay-ext-authz"
@@ -30,6 +31,7 @@ class Config:
     workers: int = 1
     log_level: str = "info"
     reload_interval: float = 1.0
+    loosen_quiet_seconds: float = LOOSEN_QUIET_SECONDS
     drain_seconds: float = 5.0
     threads: int = 4
     check_handler: str = "direct"
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", help="debug, info, warning, error (EXT_AUTHZ_LOG_LEVEL; default info)")
     p.add_argument("--reload-interval", help="seconds between policy file checks (EXT_AUTHZ_RELOAD_INTERVAL; "
                                              "default 1)")
+    p.add_argument("--loosen-quiet-seconds", help="a policy change that loosens the policy is applied only after "
+                                                  "the file stayed unchanged this long; tightening applies at once "
+                                                  "(EXT_AUTHZ_LOOSEN_QUIET_SECONDS; default 5)")
     p.add_argument("--drain-seconds", help="grace period for in-flight checks on SIGTERM (EXT_AUTHZ_DRAIN_SECONDS; "
                                            "default 5)")
     return p
@@ -100,6 +105,9 @@ def resolve_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Co
         check_handler=handler,
         reload_interval=_number("--reload-interval", _pick(args.reload_interval, environ,
                                                            "EXT_AUTHZ_RELOAD_INTERVAL"), 1.0, float, 0.05, 3600),
+        loosen_quiet_seconds=_number("--loosen-quiet-seconds", _pick(args.loosen_quiet_seconds, environ,
+                                                                     "EXT_AUTHZ_LOOSEN_QUIET_SECONDS"),
+                                     LOOSEN_QUIET_SECONDS, float, 0, 3600),
         drain_seconds=_number("--drain-seconds", _pick(args.drain_seconds, environ, "EXT_AUTHZ_DRAIN_SECONDS"),
                               5.0, float, 0, 600),
         overrides=env_overrides(environ),
@@ -129,7 +137,8 @@ def build_worker(cfg: Config, policy: Policy, port: int, *, reuse_port: bool, re
     metrics.reloads.labels("success").inc()
     store = PolicyStore(policy)
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=reuse_port, drain_seconds=cfg.drain_seconds,
-                                   reload_interval=cfg.reload_interval, threads=cfg.threads,
+                                   reload_interval=cfg.reload_interval, loosen_quiet_seconds=cfg.loosen_quiet_seconds,
+                                   threads=cfg.threads,
                                    check_handler=cfg.check_handler),
                         store, metrics, cfg.policy, policy_builder(cfg.overrides))
     return worker, store

@@ -24,7 +24,7 @@ from .decide import decide, internal_error
 from .extract import headers_from_header_map, headers_from_map, route_of
 from .metrics import Metrics
 from .policy import DEFAULT_ROUTE, KNOWN_ROUTES, Policy, PolicyError
-from .reload import PolicyStore, PolicyWatcher
+from .reload import LOOSEN_QUIET_SECONDS, PolicyStore, PolicyWatcher
 from .respond import build_response, deny_response
 from .settings import join_hostport
 
@@ -102,6 +102,7 @@ class GrpcConfig:
     reuse_port: bool = False
     drain_seconds: float = 5.0
     reload_interval: float = 1.0
+    loosen_quiet_seconds: float = LOOSEN_QUIET_SECONDS
     threads: int = 4
     # "direct": Check answered by CheckLoop straight off the completion queue; "pool": grpc's public
     # thread-pool handler (also the automatic fallback when the direct handler cannot attach).
@@ -135,6 +136,13 @@ class GrpcWorker:
         self.metrics.policy_live(policy.short_digest, policy.source)
         logging.getLogger("ext_authz.reload").info(
             "policy reloaded", extra={"policy": policy.source, "digest": policy.short_digest})
+
+    def _on_pending(self, policy: Policy, changes: list, quiet_seconds: float) -> None:
+        loosening = [c.what for c in changes if c.effect == "loosens"]
+        logging.getLogger("ext_authz.reload").warning(
+            "policy change loosens the policy; applied once the file stays unchanged",
+            extra={"policy": policy.source, "digest": policy.short_digest, "quiet_seconds": quiet_seconds,
+                   "loosens": loosening[:20], "live_digest": self.store.policy.short_digest})
 
     def _on_error(self, error: PolicyError) -> None:
         self.metrics.reloads.labels("error").inc()
@@ -197,7 +205,8 @@ class GrpcWorker:
 
     def run_until_stopped(self) -> None:
         if self.policy_path:
-            watcher = PolicyWatcher(self.policy_path, self.store, self.build, self._on_reload, self._on_error)
+            watcher = PolicyWatcher(self.policy_path, self.store, self.build, self._on_reload, self._on_error,
+                                    loosen_quiet_seconds=self.cfg.loosen_quiet_seconds, on_pending=self._on_pending)
             watcher.start_thread(self.cfg.reload_interval, self._stop)
         while not self._stop.wait(0.5):  # a timed wait keeps the main thread responsive to signals
             pass
