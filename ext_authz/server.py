@@ -21,7 +21,9 @@ from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from .check_loop import CheckLoop, CheckLoopError
 from .decide import decide, internal_error
+from .decision_log import DecisionLog
 from .extract import headers_from_header_map, headers_from_map, route_of
+from .logs import request_id
 from .metrics import Metrics
 from .policy import DEFAULT_ROUTE, KNOWN_ROUTES, Policy, PolicyError
 from .reload import LOOSEN_QUIET_SECONDS, PolicyStore, PolicyWatcher
@@ -33,9 +35,10 @@ SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
 
 class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, store: PolicyStore, metrics: Metrics) -> None:
+    def __init__(self, store: PolicyStore, metrics: Metrics, decision_log: DecisionLog | None = None) -> None:
         self.store = store
         self.metrics = metrics
+        self.decision_log = decision_log or DecisionLog()
         self._observe = metrics.check_seconds.observe
         self._debug = log.isEnabledFor(logging.DEBUG)
 
@@ -47,6 +50,7 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         start = time.perf_counter()
         route = DEFAULT_ROUTE
         policy = self.store.policy
+        http = None
         try:
             attributes = request.attributes
             route = route_of(attributes.context_extensions)
@@ -58,33 +62,65 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
             decision = decide(policy, route, headers)
             response = build_response(decision, headers.authz_headers)
         except Exception:
-            return self._fail_closed(route, start)
+            return self._fail_closed(route, start, http, policy)
         label = self._route_label(route, policy)
+        # Dry-run rules and the decision log: one attribute test each when the policy has none.
+        dry_run = self._dry_run(policy, route, label, headers, http, decision) \
+            if decision.allowed and policy.shadow is not None else ""
         if decision.allowed:
             self.metrics.decision("allow", decision.reason, label)
             if self._debug:
                 log.debug("allow", extra={"reason": decision.reason, "route": route, "key_id": decision.key_id,
                                           "tenant": decision.tenant, "credential": decision.credential,
-                                          "request_id": http.id})
+                                          "request_id": request_id(http)})
         else:
             self.metrics.decision("deny", decision.reason, label)
             log.info("deny", extra={"reason": decision.reason, "status": decision.status, "route": route,
-                                    "key_id": decision.key_id, "request_id": http.id})
+                                    "key_id": decision.key_id, "request_id": request_id(http)})
+        if policy.decision_log is not None:
+            self._log_decision(policy, decision, "allow" if decision.allowed else "deny", http, dry_run)
         self._observe(time.perf_counter() - start)
         return response
 
-    def _fail_closed(self, route: str, start: float):
+    def _dry_run(self, policy: Policy, route: str, label: str, headers, http, decision) -> str:
+        """Evaluate the dry-run rules for an allowed request: a would-be denial is logged and counted, the
+        request stays allowed. Returns the would-be reason, or ""."""
+        try:
+            shadow = decide(policy.shadow, route, headers)
+            if shadow.allowed:
+                return ""
+            self.metrics.dry_run_denial(shadow.reason, label)
+            log.info("dry-run deny", extra={"reason": shadow.reason, "status": shadow.status, "route": route,
+                                            "key_id": shadow.key_id or decision.key_id,
+                                            "request_id": request_id(http)})
+            return shadow.reason
+        except Exception:  # a dry run never changes the answer
+            log.error("dry-run evaluation failed", exc_info=True, extra={"route": route})
+            return ""
+
+    def _log_decision(self, policy: Policy, decision, result: str, http, dry_run: str) -> None:
+        try:
+            self.decision_log.write(policy.decision_log, decision, result, policy.short_digest,
+                                    request_id(http) if http is not None else "", dry_run)
+        except Exception:  # the log never changes the answer
+            log.error("decision log failed", exc_info=True)
+
+    def _fail_closed(self, route: str, start: float, http=None, policy: Policy | None = None):
         """An explicit deny for a fault on the decision path; nothing here depends on the policy or the request."""
         if not isinstance(route, str) or route not in KNOWN_ROUTES:
             route = "other"
+        decision = internal_error(route)
         try:
             self.metrics.internal_errors.inc()
             self.metrics.decision("error", "internal_error", route)
             self._observe(time.perf_counter() - start)
-            log.error("check failed; denied (fail closed)", exc_info=True, extra={"route": route})
+            rid = _safe_request_id(http)
+            log.error("check failed; denied (fail closed)", exc_info=True, extra={"route": route, "request_id": rid})
+            if policy is not None and policy.decision_log is not None:
+                self._log_decision(policy, decision, "error", http if rid else None, "")
         except Exception:  # metrics or logging broke too: still answer with the deny
             pass
-        return deny_response(internal_error(route))
+        return deny_response(decision)
 
     def Check(self, request, context):  # noqa: N802 - gRPC method name
         return self.check(request)
@@ -93,6 +129,13 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         """Serialized CheckRequest in, serialized CheckResponse out (the direct handler's entry). A request that
         does not decode raises, and the caller answers gRPC INTERNAL (Envoy: status_on_error, fail closed)."""
         return self.check(CheckRequest.FromString(raw)).SerializeToString()
+
+
+def _safe_request_id(http) -> str:
+    try:
+        return request_id(http) if http is not None else ""
+    except Exception:  # the request itself may be what failed
+        return ""
 
 
 @dataclass
