@@ -26,7 +26,7 @@ KNOWN_ROUTES = ("messages", "count_tokens", "models", "root", "health", DEFAULT_
 DEFAULT_MAX_KEY_LENGTH = 1024
 MAX_KEY_LENGTH_LIMIT = 16384  # the highest max_key_length a policy may set
 _ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
+DIGEST_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")  # a key as stored: sha256 hex
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
 # decision_log.mode: off | all (every decision) | denials (denials and dry-run hits) | sampled (denials and
 # dry-run hits, plus `sample_rate` of the allows).
@@ -226,7 +226,7 @@ class _Loader:
                 raise self.error(item, f"an entry of {what} has no sha256 field")
             digest_node = fields["sha256"][1]
             digest = self.scalar(digest_node, "sha256")
-            if not isinstance(digest, str) or not _DIGEST.match(digest):
+            if not isinstance(digest, str) or not DIGEST_PATTERN.match(digest):
                 raise self.error(digest_node, "sha256 must be 64 hexadecimal characters (the output of "
                                               "keyrelay-key-digest), never the key itself")
             digest = digest.lower()

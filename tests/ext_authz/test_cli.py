@@ -157,11 +157,12 @@ def test_digest_rejects_bad_input(stdin: str, expected: str) -> None:
     assert result.returncode == 1 and expected in result.stderr and result.stdout == ""
 
 
-def test_digest_prompt_does_not_echo() -> None:
+@pytest.mark.parametrize("argv", [["keyrelay-key-digest"], ["keyrelay-policy", "digest"]])
+def test_digest_prompt_does_not_echo(argv: list[str]) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # child: the pty is its controlling terminal, so getpass prompts on it
         env = base_env()
-        os.execve(script("keyrelay-key-digest"), [script("keyrelay-key-digest")], env)
+        os.execve(script(argv[0]), [script(argv[0]), *argv[1:]], env)
     output = b""
     deadline = time.monotonic() + 20
     sent = False
