@@ -228,7 +228,7 @@ class _Loader:
             digest = self.scalar(digest_node, "sha256")
             if not isinstance(digest, str) or not DIGEST_PATTERN.match(digest):
                 raise self.error(digest_node, "sha256 must be 64 hexadecimal characters (the output of "
-                                              "keyrelay-key-digest), never the key itself")
+                                              "keyrelay-policy digest), never the key itself")
             digest = digest.lower()
             if digest in out:
                 raise self.error(digest_node, f"digest {digest[:16]}... is listed twice in {what}")
