@@ -25,6 +25,8 @@ DEFAULT_ROUTE = "default"
 KNOWN_ROUTES = ("messages", "count_tokens", "models", "root", "health", DEFAULT_ROUTE)
 DEFAULT_MAX_KEY_LENGTH = 1024
 MAX_KEY_LENGTH_LIMIT = 16384  # the highest max_key_length a policy may set
+# The largest policy file read (about 40,000 allowlist entries); a larger file is refused like an invalid one.
+MAX_POLICY_BYTES = 4 * 1024 * 1024
 _ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 DIGEST_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")  # a key as stored: sha256 hex
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
@@ -310,6 +312,8 @@ def _kind(node: yaml.Node) -> str:
 def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
     """Parse policy YAML text. Raises PolicyError (file:line: problem)."""
     raw = text.encode() if isinstance(text, str) else text
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError(source, None, f"the policy file is larger than {MAX_POLICY_BYTES} bytes")
     loader = _Loader(source)
     try:
         root = yaml.compose(raw, Loader=yaml.SafeLoader)
@@ -369,7 +373,13 @@ def load_policy(path: str | Path) -> Policy:
     """Load and validate a policy file. Raises PolicyError naming file and line."""
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bounded(path)
     except OSError as exc:
         raise PolicyError(source, None, f"cannot read policy file: {exc.strerror or exc}") from None
     return parse_policy(raw, source)
+
+
+def read_bounded(path: str | Path) -> bytes:
+    """The file's bytes, at most MAX_POLICY_BYTES + 1 of them (enough for parse_policy to refuse a larger one)."""
+    with open(path, "rb") as fh:
+        return fh.read(MAX_POLICY_BYTES + 1)

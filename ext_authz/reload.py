@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .policy import Policy, PolicyError
+from .policy import Policy, PolicyError, read_bounded
 from .policy_diff import LOOSENS, Change, compare, effect
 
 # Default of --loosen-quiet-seconds: how long a loosening change must stay unchanged in the file before it is
@@ -112,8 +112,7 @@ class PolicyWatcher:
         try:
             # Re-read while a change is pending even if the stat looks the same: the quiet period is about
             # the content, and a same-size rewrite within one mtime tick would not change the signature.
-            with open(sig.realpath, "rb") as fh:
-                raw = fh.read()
+            raw = read_bounded(sig.realpath)
         except OSError as exc:
             self.on_error(PolicyError(self.path, None, f"cannot read policy file: {exc.strerror}"))
             return "error"

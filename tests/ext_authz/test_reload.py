@@ -12,7 +12,7 @@ import pytest
 
 from ext_authz.cli import policy_builder
 from ext_authz.decide import key_digest
-from ext_authz.policy import PolicyError, load_policy
+from ext_authz.policy import MAX_POLICY_BYTES, PolicyError, load_policy
 from ext_authz.reload import LOOSEN_QUIET_SECONDS, PolicyStore, PolicyWatcher
 from ext_authz.settings import EnvOverrides
 
@@ -181,12 +181,19 @@ def test_live_service_reloads_through_symlink_swap(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- quiet period
 
 
-def test_loosening_waits_for_quiet_and_an_edit_restarts_the_wait(tmp_path: Path) -> None:
+def unrevoke_pending(tmp_path: Path) -> tuple[Path, PolicyWatcher, PolicyStore, Recorder]:
+    """A live policy that revokes KEY, and the file rewritten without the revocation: a loosening change that
+    waits for its quiet period."""
     path = tmp_path / "policy.yaml"
     path.write_text(REVOKING)
     watcher, store, rec = watcher_for(path)
-    rewrite(path, GOOD)                                   # un-revoke: loosens
+    rewrite(path, GOOD)
     assert watcher.poll_once() == "pending" and key_digest(KEY) in store.policy.revoked
+    return path, watcher, store, rec
+
+
+def test_loosening_waits_for_quiet_and_an_edit_restarts_the_wait(tmp_path: Path) -> None:
+    path, watcher, store, rec = unrevoke_pending(tmp_path)
     assert rec.pending == [(load_policy(path).digest, [f"revoked: key {key_digest(KEY)[:16]} no longer revoked"])]
     rec.now += LOOSEN_QUIET_SECONDS - 0.5
     assert watcher.poll_once() == "pending"
@@ -201,11 +208,7 @@ def test_loosening_waits_for_quiet_and_an_edit_restarts_the_wait(tmp_path: Path)
 
 
 def test_tightening_applies_at_once_even_while_a_loosening_waits(tmp_path: Path) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(REVOKING)
-    watcher, store, rec = watcher_for(path)
-    rewrite(path, GOOD)
-    assert watcher.poll_once() == "pending"
+    path, watcher, store, rec = unrevoke_pending(tmp_path)
     rewrite(path, REVOKING + "key_format: '^sk-.+$'\n")   # back to revoked, plus a format: tightens
     assert watcher.poll_once() == "reloaded" and store.policy.default.key_format is not None
     assert watcher.poll_once() == "unchanged"
@@ -233,11 +236,7 @@ def test_neutral_change_applies_at_once(tmp_path: Path) -> None:
 
 
 def test_invalid_file_while_pending_keeps_last_good(tmp_path: Path) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(REVOKING)
-    watcher, store, rec = watcher_for(path)
-    rewrite(path, GOOD)
-    assert watcher.poll_once() == "pending"
+    path, watcher, store, rec = unrevoke_pending(tmp_path)
     rewrite(path, BAD)
     rec.now += 2 * LOOSEN_QUIET_SECONDS
     assert watcher.poll_once() == "error" and key_digest(KEY) in store.policy.revoked
@@ -307,3 +306,16 @@ def test_in_place_write_paused_after_revoked_never_allows_the_revoked_key(tmp_pa
         assert probes[-5:] == [7] * 5   # PERMISSION_DENIED: still revoked after the write
         if not revoked_ever_allowed:
             assert "policy change loosens the policy" in svc.proc.output   # the partial file was seen and held
+
+
+def test_an_oversized_file_is_refused_and_the_last_good_stays(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(REVOKING)
+    watcher, store, rec = watcher_for(path)
+    rewrite(path, GOOD + "#" * (MAX_POLICY_BYTES - len(GOOD)) + "\n")   # one byte over the limit
+    assert watcher.poll_once() == "error" and key_digest(KEY) in store.policy.revoked
+    assert f"larger than {MAX_POLICY_BYTES} bytes" in str(rec.errors[-1])
+    with pytest.raises(PolicyError, match="larger than"):
+        load_policy(path)
+    rec.now += 2 * LOOSEN_QUIET_SECONDS
+    assert watcher.poll_once() == "unchanged" and key_digest(KEY) in store.policy.revoked
