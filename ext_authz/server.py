@@ -26,6 +26,7 @@ from .extract import headers_from_header_map, headers_from_map, route_of
 from .logs import request_id
 from .metrics import Metrics
 from .policy import DEFAULT_ROUTE, KNOWN_ROUTES, Policy, PolicyError
+from .policy_diff import LOOSENS, Change
 from .reload import LOOSEN_QUIET_SECONDS, PolicyStore, PolicyWatcher
 from .respond import build_response, deny_response
 from .settings import join_hostport
@@ -180,8 +181,8 @@ class GrpcWorker:
         logging.getLogger("ext_authz.reload").info(
             "policy reloaded", extra={"policy": policy.source, "digest": policy.short_digest})
 
-    def _on_pending(self, policy: Policy, changes: list, quiet_seconds: float) -> None:
-        loosening = [c.what for c in changes if c.effect == "loosens"]
+    def _on_pending(self, policy: Policy, changes: list[Change], quiet_seconds: float) -> None:
+        loosening = [c.what for c in changes if c.effect == LOOSENS]
         logging.getLogger("ext_authz.reload").warning(
             "policy change loosens the policy; applied once the file stays unchanged",
             extra={"policy": policy.source, "digest": policy.short_digest, "quiet_seconds": quiet_seconds,
