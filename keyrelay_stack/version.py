@@ -22,15 +22,16 @@ class _VersionAction(argparse.Action):
     """argparse's own `version` action needs the text when the parser is built; this one looks the metadata up
     only when `--version` is given, so a service's start-up does not pay for it."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None, name=None):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+        self.name = name
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog} {package_version()}", file=sys.stdout, flush=True)
+        print(f"{self.name or parser.prog} {package_version()}", file=sys.stdout, flush=True)
         parser.exit(0)
 
 
-def add_version_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """`--version`: print `<prog> <version of the keyrelay distribution>` and exit 0."""
-    parser.add_argument("--version", action=_VersionAction, help="print the keyrelay version and exit")
+def add_version_flag(parser: argparse.ArgumentParser, name: str | None = None) -> argparse.ArgumentParser:
+    """`--version`: print `<name, default the parser's prog> <version of the keyrelay distribution>` and exit 0."""
+    parser.add_argument("--version", action=_VersionAction, name=name, help="print the keyrelay version and exit")
     return parser
