@@ -61,7 +61,7 @@ def targets(result: dict) -> list[dict]:
             lp = grp.get("litellm")
             if lp and lp["translator_cpu_over_litellm"] == lp["translator_cpu_over_litellm"]:
                 x = lp["translator_cpu_over_litellm"]
-                out.append({"name": f"translator CPU/request / LiteLLM proxy's ({name})", "measured": x,
+                out.append({"name": f"translator CPU/req vs LiteLLM proxy ({name})", "measured": x,
                             "target": "<= 1/50", "shown": f"1/{1 / x:.0f}" if x > 0 else "-", "ok": x <= 1 / 50,
                             "gap": None if x <= 1 / 50 else f"{x * 50:.2f}x over"})
     sc = result.get("stream_cost")
