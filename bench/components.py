@@ -183,7 +183,7 @@ def start_envoy(config: dict, workdir: Path, name: str, concurrency: int, cpus: 
 @dataclass
 class FullPath:
     """Envoy (the project's envoy.yaml, rendered with loopback ports) + keyrelay-ext-authz (1 worker) +
-    keyrelay-translator (1 worker) in front of an upstream."""
+    keyrelay-translator (1 worker unless told otherwise) in front of an upstream."""
 
     translator: Started
     ext_authz: Started
@@ -193,10 +193,11 @@ class FullPath:
 
 
 def start_full_path(workdir: Path, policy: Path, upstream_port: int, started: list[Started], *, name: str,
-                    envoy_concurrency: int, cpus: str | None = None, tree: Tree | None = None) -> FullPath:
+                    envoy_concurrency: int, cpus: str | None = None, tree: Tree | None = None,
+                    translator_workers: int = 1) -> FullPath:
     """Start the three processes (appending each to `started`, so the caller stops them), the services from
     `tree` when given (bench/baseline.py); Envoy's configuration is always the current tree's."""
-    tr = start_translator(upstream_port, cpus=cpus, tree=tree)
+    tr = start_translator(upstream_port, workers=translator_workers, cpus=cpus, tree=tree)
     started.append(tr)
     authz = start_ext_authz(policy, workers=1, cpus=cpus, tree=tree)
     started.append(authz)

@@ -65,7 +65,7 @@ class RssSampler:
 
 
 def run(workdir: Path, *, ns: list[int], hold_s: float, interval_ms: float, ramp_s: float | None,
-        envoy_concurrency: int, sut_cpus: str | None = None) -> dict:
+        envoy_concurrency: int, sut_cpus: str | None = None, translator_workers: int = 1) -> dict:
     raise_open_files_limit()  # inherited by every process started below
     chunks = max(1, round(hold_s * 1000 / interval_ms))
     policy = workdir / "policy.yaml"
@@ -74,14 +74,15 @@ def run(workdir: Path, *, ns: list[int], hold_s: float, interval_ms: float, ramp
     body_file = workdir / "scale_body.json"
     body_file.write_text(json.dumps(bodies.with_stream(body, True)))
     started: list[C.Started] = []
-    result: dict = {"hold_s": hold_s, "interval_ms": interval_ms, "chunks_per_stream": chunks,
+    result: dict = {"translator_workers": translator_workers, "hold_s": hold_s, "interval_ms": interval_ms, "chunks_per_stream": chunks,
                     "body": f"{body_file.stat().st_size:,} B ({source}), streaming", "runs": {}}
     try:
         up_procs = max(1, math.ceil(max(ns) / STREAMS_PER_UPSTREAM))
         up = C.start_upstream(procs=up_procs, chunks=chunks, cpus=sut_cpus, interval_ms=interval_ms)
         started.append(up)
         fp = C.start_full_path(workdir, policy, up.port, started, name="envoy-scale",
-                               envoy_concurrency=envoy_concurrency, cpus=sut_cpus)
+                               envoy_concurrency=envoy_concurrency, cpus=sut_cpus,
+                               translator_workers=translator_workers)
         tr, authz, envoy, envoy_port, cfg_source = fp.translator, fp.ext_authz, fp.envoy, fp.port, fp.config_source
         result.update(upstream_procs=up_procs, envoy_config=cfg_source)
         headers = {"content-type": "application/json", "anthropic-version": "2023-06-01",
