@@ -26,6 +26,17 @@ from pathlib import Path
 from keyrelay_stack.processes import raise_open_files_limit
 
 # Every stamp in a text delta: the translator may merge chunks that arrive together into one delta.
+CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
+
+
+def error_message(body: bytes) -> str:
+    """The `error.message` of an Anthropic-shaped error body (bounded), else the start of the body."""
+    try:
+        return str(json.loads(body)["error"]["message"])[:120]
+    except (ValueError, KeyError, TypeError):
+        return body[:80].decode("utf-8", "replace")
+
+
 STAMP = re.compile(rb'(?<=[" ])t(\d{19})(?= )')
 
 
@@ -56,6 +67,7 @@ class StreamProtocol(asyncio.Protocol):
         self.saw_tool = False
         self.saw_error = False
         self.sent_at = 0
+        self.error_body_len = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -72,9 +84,13 @@ class StreamProtocol(asyncio.Protocol):
             head = bytes(self.buf[:end])
             self.status = int(head.split(b" ", 2)[1])
             del self.buf[:end + 4]
-            if self.status != 200 or b"chunked" not in head.lower():
-                self.finish(f"status {self.status}")
-                return
+            m = CONTENT_LENGTH.search(head)
+            self.error_body_len = int(m.group(1)) if m else 0
+        if self.status != 200 or self.error_body_len:
+            # An error answer (Envoy's or the translator's, Anthropic-shaped): tally it by its message.
+            if len(self.buf) >= min(self.error_body_len, 4096):
+                self.finish(f"status {self.status}: {error_message(bytes(self.buf[:4096]))}")
+            return
         ended = self._dechunk()
         cut = self.sse.rfind(b"\n\n")
         if cut >= 0:
