@@ -11,12 +11,11 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
-from .policy import DEFAULT_ROUTE, RoutePolicy
+from .policy import RoutePolicy
 
 API_KEY = "x-api-key"
 AUTHORIZATION = "authorization"
 AUTHZ_PREFIX = "x-authz-"
-ROUTE_EXTENSION = "keyrelay_route"
 _EMPTY: tuple[str, ...] = ()
 
 
@@ -75,10 +74,6 @@ def _text(entry) -> str:
         # surrogateescape keeps invalid UTF-8 visible as non-ASCII, which key validation then rejects.
         return raw.decode("utf-8", "surrogateescape")
     return entry.value
-
-
-def route_of(context_extensions) -> str:
-    return context_extensions.get(ROUTE_EXTENSION) or DEFAULT_ROUTE
 
 
 def key_problem(key: str, max_length: int) -> str:

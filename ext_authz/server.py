@@ -21,11 +21,12 @@ from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from .check_loop import CheckLoop, CheckLoopError
 from .decide import decide, internal_error
-from .extract import headers_from_header_map, headers_from_map, route_of
+from .extract import headers_from_header_map, headers_from_map
 from .metrics import Metrics
-from .policy import DEFAULT_ROUTE, KNOWN_ROUTES, Policy, PolicyError
+from .policy import Policy, PolicyError
 from .reload import PolicyStore, PolicyWatcher
 from .respond import build_response, deny_response
+from .routes import DEFAULT_ROUTE, KNOWN_ROUTES, route_of
 from .settings import join_hostport
 
 log = logging.getLogger("ext_authz.check")
@@ -49,8 +50,8 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         policy = self.store.policy
         try:
             attributes = request.attributes
-            route = route_of(attributes.context_extensions)
             http = attributes.request.http
+            route = route_of(attributes.context_extensions, http.path)
             if http.HasField("header_map"):
                 headers = headers_from_header_map(http.header_map.headers)
             else:
