@@ -117,8 +117,10 @@ def policy_builder(overrides: EnvOverrides):
     return build
 
 
-def build_worker(cfg: Config, policy: Policy, port: int, *, reuse_port: bool, registry=None):
-    """One gRPC worker serving `policy` (its metrics on `registry`, or a registry of its own), and its store."""
+def build_worker(cfg: Config, policy: Policy, port: int, *, reuse_port: bool, registry=None,
+                 on_serving_change=None):
+    """One gRPC worker serving `policy` (its metrics on `registry`, or a registry of its own), and its store.
+    `on_serving_change(bool)` is told when the worker stops or resumes serving checks after it started."""
     from prometheus_client import CollectorRegistry
 
     from .metrics import Metrics
@@ -131,7 +133,7 @@ def build_worker(cfg: Config, policy: Policy, port: int, *, reuse_port: bool, re
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=reuse_port, drain_seconds=cfg.drain_seconds,
                                    reload_interval=cfg.reload_interval, threads=cfg.threads,
                                    check_handler=cfg.check_handler),
-                        store, metrics, cfg.policy, policy_builder(cfg.overrides))
+                        store, metrics, cfg.policy, policy_builder(cfg.overrides), on_serving_change)
     return worker, store
 
 

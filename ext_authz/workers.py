@@ -31,7 +31,10 @@ def _worker_main(cfg: Config, port: int, index: int, events) -> None:
     except PolicyError as exc:
         events.put(("failed", index, os.getpid(), str(exc)))
         raise SystemExit(2) from None
-    worker, _ = build_worker(cfg, policy, port, reuse_port=True)
+    def serving_changed(serving: bool) -> None:  # a handler switch: the parent's /readyz follows
+        events.put(("ready" if serving else "not_ready", index, os.getpid(), ""))
+
+    worker, _ = build_worker(cfg, policy, port, reuse_port=True, on_serving_change=serving_changed)
     try:
         worker.start()
     except (OSError, RuntimeError) as exc:
@@ -92,6 +95,8 @@ def run_workers(cfg: Config, policy: Policy) -> int:
             with lock:
                 if kind == "ready":
                     ready[index] = pid
+                elif kind == "not_ready":
+                    ready.pop(index, None)
                 else:
                     failures.append(detail)
 

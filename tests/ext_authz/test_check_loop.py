@@ -134,9 +134,9 @@ def test_readiness_follows_the_loop_thread(keep_signal_handlers) -> None:
             stub = external_auth_pb2_grpc.AuthorizationStub(ch)
             assert stub.Check(check_request({"x-api-key": KEY}, route="messages"), timeout=10).status.code == 0
     finally:
-        worker.server.stop(0).wait()
-        worker.check_loop.stop()
-    assert not worker.check_loop.alive and not worker.serving
+        loop = worker.check_loop
+        worker.stop()
+    assert not loop.alive and not worker.serving
 
 
 def test_worker_falls_back_when_the_loop_cannot_start(monkeypatch, caplog, keep_signal_handlers) -> None:
@@ -167,4 +167,4 @@ def test_worker_falls_back_when_the_loop_cannot_start(monkeypatch, caplog, keep_
             stub = external_auth_pb2_grpc.AuthorizationStub(ch)
             assert stub.Check(check_request({"x-api-key": KEY}, route="messages"), timeout=10).status.code == 0
     finally:
-        worker.server.stop(0).wait()
+        worker.stop()
