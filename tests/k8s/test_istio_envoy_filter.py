@@ -71,8 +71,12 @@ def test_says_what_envoy_yaml_says(envoy_filter, source):
     assert http_patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == authz["name"]
     value = http_patch["patch"]["value"]["typed_config"]
     assert value["@type"] == authz["typed_config"]["@type"]
-    assert {k: v for k, v in value.items() if k != "@type"} == {"encode_raw_headers": True}
+    retry = authz["typed_config"]["grpc_service"]["retry_policy"]
+    assert {k: v for k, v in value.items() if k != "@type"} == {"encode_raw_headers": True,
+                                                                 "grpc_service": {"retry_policy": retry}}
     assert authz["typed_config"]["encode_raw_headers"] is True
+    assert authz["typed_config"]["grpc_service"]["retry_policy"]["num_retries"] == 1
+    assert authz["typed_config"]["grpc_service"]["envoy_grpc"]  # merged into, not replaced
     hcm_patch = _patch(envoy_filter, "NETWORK_FILTER")["patch"]["value"]["typed_config"]
     assert hcm_patch["@type"] == hcm["@type"]
     assert hcm_patch["local_reply_config"]["mappers"] == [_outage_mapper(hcm)]
@@ -102,9 +106,12 @@ def test_envoy_accepts_the_patched_filters(envoy_filter, source, tmp_path):
     hcm_filter["typed_config"].pop("local_reply_config")
     authz = next(f for f in hcm_filter["typed_config"]["http_filters"] if f["name"] == EXT_AUTHZ)
     authz["typed_config"].pop("encode_raw_headers")
+    authz["typed_config"]["grpc_service"].pop("retry_policy")
     _merge(authz, _patch(envoy_filter, "HTTP_FILTER")["patch"]["value"])
     _merge(hcm_filter, _patch(envoy_filter, "NETWORK_FILTER")["patch"]["value"])
     assert authz["typed_config"]["encode_raw_headers"] is True
+    assert authz["typed_config"]["grpc_service"]["retry_policy"]["num_retries"] == 1
+    assert authz["typed_config"]["grpc_service"]["envoy_grpc"]  # merged into, not replaced
     assert len(hcm_filter["typed_config"]["local_reply_config"]["mappers"]) == 1
     path = tmp_path / "patched.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
