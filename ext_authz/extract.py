@@ -11,11 +11,12 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
+from keyrelay_common.identity import AUTHZ_PREFIX
+
 from .policy import RoutePolicy
 
 API_KEY = "x-api-key"
 AUTHORIZATION = "authorization"
-AUTHZ_PREFIX = "x-authz-"
 _EMPTY: tuple[str, ...] = ()
 
 

@@ -18,6 +18,8 @@ from typing import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from keyrelay_common.identity import TENANT_HEADER
+
 from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from .check_loop import CHECK_METHOD, DEFAULT_FAILURE_LIMIT, CheckLoop, CheckLoopError, LoopFaults
@@ -127,7 +129,7 @@ def self_check_request() -> CheckRequest:
     http = request.attributes.request.http
     http.id, http.method, http.path, http.host, http.protocol = "keyrelay-self-check", "GET", "/readyz", \
         "localhost", "HTTP/1.1"
-    for name, value in ((":path", b"/readyz"), ("user-agent", b"keyrelay-self-check"), ("x-authz-tenant", b"x")):
+    for name, value in ((":path", b"/readyz"), ("user-agent", b"keyrelay-self-check"), (TENANT_HEADER, b"x")):
         http.header_map.headers.add(key=name, raw_value=value)
     return request
 

@@ -15,8 +15,9 @@ import tempfile
 import threading
 import time
 
-from .cli import Config, SettingsError, build_worker, initial_policy, ready_line, start_http
 from .policy import Policy, PolicyError
+from .settings import Config, SettingsError
+from .startup import build_worker, initial_policy, ready_line, start_http
 
 log = logging.getLogger("ext_authz.workers")
 READY_TIMEOUT = 60.0

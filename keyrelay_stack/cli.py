@@ -27,6 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from keyrelay_common.settings import TRUE_WORDS
+
 from .envoy_config import (ENVOY_YAML, REPO, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
                            load_source, render)
 from .processes import PROVIDER_ENV_PREFIXES, child_env, console_script, free_port
@@ -56,7 +58,8 @@ class Ports:
 
 
 def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether the services will read `value` as true (an invalid value stops them with their own message)."""
+    return (value or "").strip().lower() in TRUE_WORDS
 
 
 def provider_configured(env: Mapping[str, str]) -> bool:

@@ -12,6 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Sequence
 
+from keyrelay_common.settings import parse_bool
+
 PROVIDERS = ("openai", "google", "anthropic")
 
 # Defaults per preferred provider, the same ones the original proxy used.
@@ -105,9 +107,6 @@ _SOURCES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "accept_x_api_key": (("TRANSLATOR_ACCEPT_X_API_KEY",), "--accept-x-api-key"),
 }
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -121,12 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bool(name: str, raw: str) -> bool:
-    v = raw.strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+    return False if not raw.strip() else parse_bool(name, raw, ConfigError)  # empty: false
 
 
 def _number(name: str, raw: str, kind: type, low: float, high: float) -> int | float:

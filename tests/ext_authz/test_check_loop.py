@@ -103,7 +103,7 @@ def test_attach_falls_back_when_grpc_internals_differ(caplog) -> None:
 
 
 def test_check_handler_setting(tmp_path: Path) -> None:
-    from ext_authz.cli import SettingsError, resolve_config
+    from ext_authz.settings import SettingsError, resolve_config
 
     assert resolve_config([], {}).check_handler == "direct"
     assert resolve_config([], {"EXT_AUTHZ_CHECK_HANDLER": "POOL"}).check_handler == "pool"

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 
-from ext_authz.cli import policy_builder
+from ext_authz.startup import policy_builder
 from ext_authz.decide import key_digest
 from ext_authz.policy import PolicyError, load_policy
 from ext_authz.reload import PolicyStore, PolicyWatcher
