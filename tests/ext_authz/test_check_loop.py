@@ -81,17 +81,6 @@ def test_cancelled_checks_leave_the_loop_serving(service: Service) -> None:
     assert service.check({"x-api-key": KEY}, route="messages").status.code == 0
 
 
-@pytest.fixture
-def keep_signal_handlers():
-    """GrpcWorker.start installs SIGTERM/SIGINT handlers; in-process tests put pytest's back afterwards."""
-    import signal
-
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 class _NotAGrpcServer:
     pass
 

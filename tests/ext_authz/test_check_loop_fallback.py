@@ -31,16 +31,7 @@ KEY = "sk-fallback-secret-0123456789"
 POLICY = parse_policy(b"version: 1\npassthrough: true\nrequire_key: true\n", "test")
 SWITCH_LOG = "direct Check handler failed; switching to grpc's thread-pool handler"
 
-
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    """GrpcWorker.start installs SIGTERM/SIGINT handlers; put pytest's back afterwards."""
-    import signal
-
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 
 class Running:
