@@ -44,6 +44,7 @@ def route_for_path(path: str) -> str:
     return DEFAULT_ROUTE
 
 
-def route_of(context_extensions, path: str) -> str:
-    """The route Envoy named for this Check, else the one its path maps to (Istio sends no extensions)."""
-    return context_extensions.get(ROUTE_EXTENSION) or route_for_path(path)
+def route_of(context_extensions, http) -> str:
+    """The route Envoy named for this Check, else the one the path of `http` (AttributeContext.HttpRequest) maps
+    to (Istio sends no extensions). The path is read only when needed: this runs on every check."""
+    return context_extensions.get(ROUTE_EXTENSION) or route_for_path(http.path)

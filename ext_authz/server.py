@@ -54,7 +54,7 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         try:
             attributes = request.attributes
             http = attributes.request.http
-            route = route_of(attributes.context_extensions, http.path)
+            route = route_of(attributes.context_extensions, http)
             if http.HasField("header_map"):
                 headers = headers_from_header_map(http.header_map.headers)
             else:

@@ -191,7 +191,7 @@ def test_envoy_request_without_route_and_with_raw_bytes_is_judged_by_path_and_by
     original.attributes.request.http.header_map.headers[0].raw_value = b"\xff\xfe\xfd"
     decoded = ours.CheckRequest.FromString(bytes(original))
     http = decoded.attributes.request.http
-    route = route_of(decoded.attributes.context_extensions, http.path)
+    route = route_of(decoded.attributes.context_extensions, http)
     assert route == "messages"
     decision = decide(parse_policy(b"version: 1\nrequire_key: true\n", "p.yaml"), route,
                       headers_from_header_map(http.header_map.headers))
