@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from keyrelay_common.settings import parse_bool as _parse_bool
 
 from .policy import Policy, PolicyError, with_defaults
+
+if TYPE_CHECKING:  # not imported at run time: check_loop imports grpc
+    from .check_loop import LoopFaults
 
 PROG = "keyrelay-ext-authz"
 
@@ -83,6 +86,8 @@ class Config:
     threads: int = 4
     check_handler: str = "direct"
     overrides: EnvOverrides = EnvOverrides()
+    # Test-only fault injection into the direct handler (check_loop.LoopFaults); no flag or variable sets it.
+    loop_faults: LoopFaults | None = None
 
 
 class _Parser(argparse.ArgumentParser):

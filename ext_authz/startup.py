@@ -37,7 +37,7 @@ def build_worker(cfg: Config, policy: Policy, port: int, *, reuse_port: bool, re
     store = PolicyStore(policy)
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=reuse_port, drain_seconds=cfg.drain_seconds,
                                    reload_interval=cfg.reload_interval, threads=cfg.threads,
-                                   check_handler=cfg.check_handler),
+                                   check_handler=cfg.check_handler, loop_faults=cfg.loop_faults),
                         store, metrics, cfg.policy, policy_builder(cfg.overrides), on_serving_change)
     return worker, store
 

@@ -96,8 +96,9 @@ def run_workers(cfg: Config, policy: Policy) -> int:
             with lock:
                 if kind == "ready":
                     ready[index] = pid
-                elif kind == "not_ready":
+                elif kind == "not_ready":  # switching Check handlers; "ready" follows
                     ready.pop(index, None)
+                    log.warning("worker not ready", extra={"worker": index, "worker_pid": pid})
                 else:
                     failures.append(detail)
 

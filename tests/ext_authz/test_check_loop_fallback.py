@@ -243,3 +243,72 @@ def test_the_port_stays_exclusive_with_the_direct_handler(run) -> None:
     with pytest.raises(RuntimeError, match="address already in use"):
         second.start()
     assert r.check().status.code == 0
+
+
+# keyrelay-ext-authz --workers 2, with the faults passed in through Config (no flag or variable sets them).
+WORKERS_MAIN = """
+import dataclasses, os, sys
+from ext_authz import logs
+from ext_authz.check_loop import LoopFaults
+from ext_authz.settings import resolve_config
+from ext_authz.startup import initial_policy
+from ext_authz.workers import run_workers
+cfg = dataclasses.replace(resolve_config(sys.argv[1:], os.environ), loop_faults=LoopFaults(fail_sends_from=3))
+logs.setup(cfg.log_level)
+sys.exit(run_workers(cfg, initial_policy(cfg)))
+"""
+
+
+def test_a_worker_switching_handlers_is_not_ready_in_the_parent(tmp_path) -> None:
+    """Each of two workers fails from its third answer on and switches; the parent's /readyz counts it out while
+    it switches and in again after, and every check is answered by the pool handlers afterwards."""
+    import json
+    import sys
+
+    from tests.support.procs import Proc, base_env, free_port
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\npassthrough: true\nrequire_key: true\n")
+    grpc_port, http_port = free_port(), free_port()
+    proc = Proc([sys.executable, "-c", WORKERS_MAIN, "--grpc-addr", f"127.0.0.1:{grpc_port}", "--http-addr",
+                 f"127.0.0.1:{http_port}", "--workers", "2", "--policy", str(policy), "--drain-seconds", "1"],
+                base_env(), name="ext_authz_workers_faults").wait_ready(60)
+    try:
+        def switched() -> int:
+            return proc.output.count(SWITCH_LOG)
+
+        # Long-lived connections like Envoy's, spread over both workers by the kernel (SO_REUSEPORT).
+        channels = [grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(8)]
+        stubs = [external_auth_pb2_grpc.AuthorizationStub(ch) for ch in channels]
+        deadline = time.monotonic() + 30
+        n = 0
+        while switched() < 2:
+            assert time.monotonic() < deadline, proc.output[-3000:]
+            try:
+                stubs[n % len(stubs)].Check(check_request({"x-api-key": KEY}, route="messages"), timeout=10)
+            except grpc.RpcError as exc:
+                # Fail closed before the switch; a stream cut by the direct server's shutdown (Envoy retries it).
+                assert exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.CANCELLED), exc.code()
+            n += 1
+        for ch in channels:
+            ch.close()
+        _wait(lambda: proc.output.count('"msg":"worker not ready"') == 2)  # told through the parent's queue
+
+        def all_ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=5) as r:
+                    return json.loads(r.read())["workers_ready"] == 2
+            except urllib.error.HTTPError:
+                return False
+
+        _wait(all_ready, timeout=20)
+        for _ in range(10):
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                resp = external_auth_pb2_grpc.AuthorizationStub(ch).Check(
+                    check_request({"x-api-key": KEY}, route="messages"), timeout=10)
+                assert ok_headers(resp)["authorization"] == f"Bearer {KEY}"
+    finally:
+        proc.stop()
+    assert KEY not in proc.output
