@@ -141,11 +141,6 @@ class CheckLoop:
         """Running and no fault reported."""
         return self.alive and self.fault is None
 
-    @property
-    def armed(self) -> int:
-        """Call slots currently requested from the core (OUTSTANDING_CALLS while nothing is lost)."""
-        return self._armed
-
     def closing(self) -> None:
         """Call before the server stops: slots it cancels from now on are not lost, and none is re-armed."""
         self._accepting = False

@@ -127,8 +127,11 @@ def self_check_request() -> CheckRequest:
     request = CheckRequest()
     request.attributes.context_extensions[ROUTE_EXTENSION] = "health"
     http = request.attributes.request.http
-    http.id, http.method, http.path, http.host, http.protocol = "keyrelay-self-check", "GET", "/readyz", \
-        "localhost", "HTTP/1.1"
+    http.id = "keyrelay-self-check"
+    http.method = "GET"
+    http.path = "/readyz"
+    http.host = "localhost"
+    http.protocol = "HTTP/1.1"
     for name, value in ((":path", b"/readyz"), ("user-agent", b"keyrelay-self-check"), (TENANT_HEADER, b"x")):
         http.header_map.headers.add(key=name, raw_value=value)
     return request
@@ -264,8 +267,10 @@ class GrpcWorker:
             with grpc.insecure_channel(f"127.0.0.1:{self._probe_port}") as channel:
                 got = channel.unary_unary(CHECK_METHOD)(raw, timeout=SELF_CHECK_TIMEOUT_S)
             direct = CheckResponse.FromString(got)
+        except grpc.RpcError as exc:
+            return f"the Check failed ({exc.code()})"
         except Exception as exc:  # noqa: BLE001 - any failure means: do not use the direct loop
-            return f"the Check failed ({exc.__class__.__name__}: {getattr(exc, 'code', lambda: '')()})"
+            return f"the Check failed ({exc.__class__.__name__})"
         pool = self.authorizer.Check(CheckRequest.FromString(raw), None)
         if loop.answered != answered_before + 1:
             return "the answer did not come from the direct loop"
