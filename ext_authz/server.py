@@ -24,10 +24,13 @@ from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from .check_loop import CHECK_METHOD, DEFAULT_FAILURE_LIMIT, CheckLoop, CheckLoopError, LoopFaults
 from .decide import decide, internal_error
+from .decision_log import DecisionLog
 from .extract import headers_from_header_map, headers_from_map
+from .logs import request_id
 from .metrics import Metrics
 from .policy import Policy, PolicyError
-from .reload import PolicyStore, PolicyWatcher
+from .policy_diff import LOOSENS, Change
+from .reload import LOOSEN_QUIET_SECONDS, PolicyStore, PolicyWatcher
 from .respond import build_response, deny_response
 from .routes import DEFAULT_ROUTE, KNOWN_ROUTES, ROUTE_EXTENSION, route_of
 from .settings import join_hostport
@@ -37,11 +40,15 @@ SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
 
 class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, store: PolicyStore, metrics: Metrics) -> None:
+    def __init__(self, store: PolicyStore, metrics: Metrics, decision_log: DecisionLog | None = None) -> None:
         self.store = store
         self.metrics = metrics
+        self.decision_log = decision_log or DecisionLog()
         self._observe = metrics.check_seconds.observe
         self._debug = log.isEnabledFor(logging.DEBUG)
+        # Set only while the start-up self-check runs: a Check with this http.id (Envoy sets a numeric stream id
+        # there, clients cannot) is answered but not counted or logged: it is not a request.
+        self.quiet_id: str | None = None
 
     def _route_label(self, route: str, policy: Policy) -> str:
         return route if route in KNOWN_ROUTES or route in policy.routes else "other"
@@ -51,6 +58,7 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         start = time.perf_counter()
         route = DEFAULT_ROUTE
         policy = self.store.policy
+        http = None
         try:
             attributes = request.attributes
             http = attributes.request.http
@@ -62,33 +70,67 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
             decision = decide(policy, route, headers)
             response = build_response(decision, headers.authz_headers)
         except Exception:
-            return self._fail_closed(route, start)
+            return self._fail_closed(route, start, http, policy)
+        if self.quiet_id is not None and http.id == self.quiet_id:
+            return response
         label = self._route_label(route, policy)
+        # Dry-run rules and the decision log: one attribute test each when the policy has none.
+        dry_run = self._dry_run(policy, route, label, headers, http, decision) \
+            if decision.allowed and policy.shadow is not None else ""
         if decision.allowed:
             self.metrics.decision("allow", decision.reason, label)
             if self._debug:
                 log.debug("allow", extra={"reason": decision.reason, "route": route, "key_id": decision.key_id,
                                           "tenant": decision.tenant, "credential": decision.credential,
-                                          "request_id": http.id})
+                                          "request_id": request_id(http)})
         else:
             self.metrics.decision("deny", decision.reason, label)
             log.info("deny", extra={"reason": decision.reason, "status": decision.status, "route": route,
-                                    "key_id": decision.key_id, "request_id": http.id})
+                                    "key_id": decision.key_id, "request_id": request_id(http)})
+        if policy.decision_log is not None:
+            self._log_decision(policy, decision, "allow" if decision.allowed else "deny", http, dry_run)
         self._observe(time.perf_counter() - start)
         return response
 
-    def _fail_closed(self, route: str, start: float):
+    def _dry_run(self, policy: Policy, route: str, label: str, headers, http, decision) -> str:
+        """Evaluate the dry-run rules for an allowed request: a would-be denial is logged and counted, the
+        request stays allowed. Returns the would-be reason, or ""."""
+        try:
+            shadow = decide(policy.shadow, route, headers)
+            if shadow.allowed:
+                return ""
+            self.metrics.dry_run_denial(shadow.reason, label)
+            log.info("dry-run deny", extra={"reason": shadow.reason, "status": shadow.status, "route": route,
+                                            "key_id": shadow.key_id or decision.key_id,
+                                            "request_id": request_id(http)})
+            return shadow.reason
+        except Exception:  # a dry run never changes the answer
+            log.error("dry-run evaluation failed", exc_info=True, extra={"route": route})
+            return ""
+
+    def _log_decision(self, policy: Policy, decision, result: str, http, dry_run: str) -> None:
+        try:
+            self.decision_log.write(policy.decision_log, decision, result, policy.short_digest,
+                                    request_id(http) if http is not None else "", dry_run)
+        except Exception:  # the log never changes the answer
+            log.error("decision log failed", exc_info=True)
+
+    def _fail_closed(self, route: str, start: float, http=None, policy: Policy | None = None):
         """An explicit deny for a fault on the decision path; nothing here depends on the policy or the request."""
         if not isinstance(route, str) or route not in KNOWN_ROUTES:
             route = "other"
+        decision = internal_error(route)
         try:
             self.metrics.internal_errors.inc()
             self.metrics.decision("error", "internal_error", route)
             self._observe(time.perf_counter() - start)
-            log.error("check failed; denied (fail closed)", exc_info=True, extra={"route": route})
+            rid = _safe_request_id(http)
+            log.error("check failed; denied (fail closed)", exc_info=True, extra={"route": route, "request_id": rid})
+            if policy is not None and policy.decision_log is not None:
+                self._log_decision(policy, decision, "error", http if rid else None, "")
         except Exception:  # metrics or logging broke too: still answer with the deny
             pass
-        return deny_response(internal_error(route))
+        return deny_response(decision)
 
     def Check(self, request, context):  # noqa: N802 - gRPC method name
         return self.check(request)
@@ -99,6 +141,13 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         return self.check(CheckRequest.FromString(raw)).SerializeToString()
 
 
+def _safe_request_id(http) -> str:
+    try:
+        return request_id(http) if http is not None else ""
+    except Exception:  # the request itself may be what failed
+        return ""
+
+
 @dataclass
 class GrpcConfig:
     host: str
@@ -106,6 +155,7 @@ class GrpcConfig:
     reuse_port: bool = False
     drain_seconds: float = 5.0
     reload_interval: float = 1.0
+    loosen_quiet_seconds: float = LOOSEN_QUIET_SECONDS
     threads: int = 4
     # "direct": Check answered by CheckLoop straight off the completion queue; "pool": grpc's public
     # thread-pool handler (also the automatic fallback when the direct handler cannot attach, fails its
@@ -118,16 +168,17 @@ class GrpcConfig:
 
 
 # The self-check: one Check like Envoy sends for a probe (no key; a forged x-authz-* header to remove), answered
-# by the direct loop over loopback and compared with the pool handler's answer for the same request. It is counted
-# in the decision metrics like any check (route health).
+# by the direct loop over loopback and compared with the pool handler's answer for the same request. Not counted
+# or logged as a decision (Authorizer.quiet_id).
 SELF_CHECK_TIMEOUT_S = 5.0
+SELF_CHECK_ID = "keyrelay-self-check"
 
 
 def self_check_request() -> CheckRequest:
     request = CheckRequest()
     request.attributes.context_extensions[ROUTE_EXTENSION] = "health"
     http = request.attributes.request.http
-    http.id = "keyrelay-self-check"
+    http.id = SELF_CHECK_ID
     http.method = "GET"
     http.path = "/readyz"
     http.host = "localhost"
@@ -191,6 +242,13 @@ class GrpcWorker:
         self.metrics.policy_live(policy.short_digest, policy.source)
         logging.getLogger("ext_authz.reload").info(
             "policy reloaded", extra={"policy": policy.source, "digest": policy.short_digest})
+
+    def _on_pending(self, policy: Policy, changes: list[Change], quiet_seconds: float) -> None:
+        loosening = [c.what for c in changes if c.effect == LOOSENS]
+        logging.getLogger("ext_authz.reload").warning(
+            "policy change loosens the policy; applied once the file stays unchanged",
+            extra={"policy": policy.source, "digest": policy.short_digest, "quiet_seconds": quiet_seconds,
+                   "loosens": loosening[:20], "live_digest": self.store.policy.short_digest})
 
     def _on_error(self, error: PolicyError) -> None:
         self.metrics.reloads.labels("error").inc()
@@ -263,15 +321,18 @@ class GrpcWorker:
             return "no loopback port for the self-check"
         raw = self_check_request().SerializeToString()
         answered_before = loop.answered
+        self.authorizer.quiet_id = SELF_CHECK_ID
         try:
             with grpc.insecure_channel(f"127.0.0.1:{self._probe_port}") as channel:
                 got = channel.unary_unary(CHECK_METHOD)(raw, timeout=SELF_CHECK_TIMEOUT_S)
             direct = CheckResponse.FromString(got)
+            pool = self.authorizer.Check(CheckRequest.FromString(raw), None)
         except grpc.RpcError as exc:
             return f"the Check failed ({exc.code()})"
         except Exception as exc:  # noqa: BLE001 - any failure means: do not use the direct loop
             return f"the Check failed ({exc.__class__.__name__})"
-        pool = self.authorizer.Check(CheckRequest.FromString(raw), None)
+        finally:
+            self.authorizer.quiet_id = None
         if loop.answered != answered_before + 1:
             return "the answer did not come from the direct loop"
         if direct != pool:
@@ -336,7 +397,8 @@ class GrpcWorker:
 
     def run_until_stopped(self) -> None:
         if self.policy_path:
-            watcher = PolicyWatcher(self.policy_path, self.store, self.build, self._on_reload, self._on_error)
+            watcher = PolicyWatcher(self.policy_path, self.store, self.build, self._on_reload, self._on_error,
+                                    loosen_quiet_seconds=self.cfg.loosen_quiet_seconds, on_pending=self._on_pending)
             watcher.start_thread(self.cfg.reload_interval, self._stop)
         while not self._stop.wait(0.5):  # a timed wait keeps the main thread responsive to signals
             pass

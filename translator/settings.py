@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Sequence
 
 from keyrelay_common.settings import parse_bool
+from keyrelay_stack.version import add_version_flag
 
 PROVIDERS = ("openai", "google", "anthropic")
 
@@ -116,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, (envs, flag) in _SOURCES.items():
         if flag:
             p.add_argument(flag, dest=name, default=None, metavar="VALUE", help=f"(env {', '.join(envs)})")
-    return p
+    return add_version_flag(p)
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -145,7 +146,9 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     env = os.environ if env is None else env
     try:
         ns = _parser().parse_args(list(argv) if argv is not None else [])
-    except SystemExit as exc:  # argparse already printed its usage line
+    except SystemExit as exc:  # argparse already printed its usage line (or --help / --version: exit 0)
+        if not exc.code:
+            raise
         raise ConfigError("invalid command line") from exc
     raw: dict[str, tuple[str, str]] = {}  # name -> (source label, raw value)
     for name, (envs, flag) in _SOURCES.items():

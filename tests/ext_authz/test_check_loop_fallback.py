@@ -312,3 +312,17 @@ def test_a_worker_switching_handlers_is_not_ready_in_the_parent(tmp_path) -> Non
     finally:
         proc.stop()
     assert KEY not in proc.output
+
+
+def test_the_self_check_is_not_counted_or_logged(run, caplog) -> None:
+    def decisions(r: Running) -> float:
+        return sum(sample.value for metric in r.worker.metrics.decisions.collect() for sample in metric.samples
+                   if sample.name.endswith("_total"))
+
+    with caplog.at_level(logging.DEBUG, logger="ext_authz.check"):
+        r = run()
+        assert r.worker.check_loop.answered == 1
+        assert not [rec for rec in caplog.records if rec.name == "ext_authz.check"] and decisions(r) == 0
+        assert r.check(key=None).denied_response.status.code == 401  # a real check is counted and logged
+        assert [rec.getMessage() for rec in caplog.records if rec.name == "ext_authz.check"] == ["deny"]
+        assert decisions(r) == 1
