@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -108,6 +109,20 @@ def render(source: dict[str, Any], endpoints: EnvoyEndpoints) -> dict[str, Any]:
         hcm["tracing"] = tracing_config(endpoints.trace_service_name)
         clusters.append(otlp_cluster(endpoints.otlp_address, endpoints.otlp_port))
     return config
+
+
+def otlp_target(endpoint: str | None) -> tuple[str, int] | None:
+    """(host, port) of an OTLP/gRPC endpoint URL (`http://collector:4317`; port 4317 when absent), or None."""
+    if not endpoint:
+        return None
+    parts = urlsplit(endpoint if "://" in endpoint else "http://" + endpoint)
+    try:
+        port = parts.port or 4317
+    except ValueError:
+        raise EnvoyConfigError(f"OTLP endpoint {endpoint!r} has an invalid port") from None
+    if not parts.hostname:
+        raise EnvoyConfigError(f"OTLP endpoint {endpoint!r} names no host")
+    return parts.hostname, port
 
 
 def tracing_config(service_name: str) -> dict[str, Any]:
