@@ -221,19 +221,6 @@ def log_request(logger: logging.Logger, line: RequestLine) -> None:
     handler.emit_line(fmt.line("info", logger.name, "request", line.fields(), time.time()) + "\n")
 
 
-def log_info(logger: logging.Logger, msg: str) -> None:
-    """`logger.info(msg)` for a message the caller formatted, through the same fast path as `log_request`."""
-    if not logger.isEnabledFor(logging.INFO):
-        return
-    handler = _sole_batched_handler(logger)
-    if handler is None:
-        logger.info("%s", msg)
-        return
-    fmt = handler.formatter
-    assert isinstance(fmt, JsonFormatter)
-    handler.emit_line(fmt.line("info", logger.name, msg, {}, time.time()) + "\n")
-
-
 def configure(level: str) -> None:
     """Root logging to stderr at `level` (batched), third-party request loggers kept quiet (URLs can carry a
     Gemini key as a query parameter), and no per-record lookups the format does not use."""

@@ -122,6 +122,11 @@ class OpenAIStreamConverter:
         return self._usage
 
     @property
+    def finish_reason(self) -> str | None:
+        """The upstream's finish_reason (`stop`, `length`, `tool_calls`, ...), once a chunk carried one."""
+        return self._finish_reason
+
+    @property
     def output_chars(self) -> int:
         """Characters of text, reasoning and tool arguments seen so far (for an estimate without usage)."""
         return self._chars
