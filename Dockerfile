@@ -19,6 +19,7 @@ COPY pyproject.toml README.md ./
 COPY ext_authz ./ext_authz
 COPY translator ./translator
 COPY keyrelay_stack ./keyrelay_stack
+COPY keyrelay_tracing ./keyrelay_tracing
 RUN pip wheel --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
