@@ -48,7 +48,7 @@ def clean(text: Any, limit: int = 256) -> str | None:
         text = str(text)
     if len(text) > limit:
         text = text[:limit] + "..."
-    if _CONTROL.search(text) is None:
+    if text.isprintable():  # the common case, checked in C: no control or separator character at all
         return text
     return _CONTROL.sub(lambda m: "\\u%04x" % ord(m.group()), text)
 

@@ -77,13 +77,18 @@ def _n(value: Any) -> int:
     return 0
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
 def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    if type(value) is dict:  # parsed JSON: skip the (slower) ABC check
+        return value
+    return value if isinstance(value, Mapping) else _EMPTY
 
 
 def _as_mapping(usage: Any) -> Mapping[str, Any] | None:
     """A usage dict, or a LiteLLM/pydantic usage object dumped to one; None for anything else."""
-    if isinstance(usage, Mapping):
+    if type(usage) is dict or isinstance(usage, Mapping):
         return usage
     dump = getattr(usage, "model_dump", None)
     if callable(dump):
