@@ -80,6 +80,21 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
+def json_lines(proc: Proc, msg: str, request_id: str, timeout: float = 5.0) -> list[dict]:
+    """A process's JSON log lines with `msg` and `request_id`, once there is one (or [] after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for line in list(proc.lines):
+            if line.startswith("{") and request_id in line:
+                entry = json.loads(line)
+                if entry.get("msg") == msg and entry.get("request_id") == request_id:
+                    found.append(entry)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 # ---------------------------------------------------------------- processes
 
 

@@ -3,7 +3,8 @@ scripted upstream that reports usage, with a real OTLP receiver.
 
 - token metrics and the translator's log line equal what the upstream reported, streaming and not, on every
   backend (OpenAI-compatible, Anthropic native, LiteLLM with Gemini's wire format);
-- the Envoy access-log line and the translator's line of one request share its request id, key id and tenant;
+- the Envoy access-log line, ext_authz's decision line and the translator's line of one request share its
+  request id, key id, tenant and credential;
 - spans of Envoy, ext_authz and the translator arrive with the right parentage, and the upstream request is a
   child of the translator's span;
 - the usage metrics' series stay bounded when clients send 1,000 model names, unknown tenants and forged
@@ -31,7 +32,8 @@ from tests.support.upstream import (Reply, ScriptedUpstream, anthropic_stream, g
                                     openai_usage_chunk)
 from translator.usage import Usage
 
-from .conftest import Envoy, key_id, marker, start_envoy, start_ext_authz, start_translator, write_policy
+from .conftest import (Envoy, json_lines, key_id, marker, start_envoy, start_ext_authz, start_translator,
+                       write_policy)
 
 pytestmark = pytest.mark.e2e
 
@@ -61,18 +63,11 @@ class UsageStack:
                 out[(s.name, tuple(sorted(s.labels.items())))] = s.value
         return out
 
-    def translator_line(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
-        """The translator's JSON request line with `request_id` (its log is flushed every 0.25 s)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in list(self.translator.lines):
-                if line.startswith("{") and f'"request_id":"{request_id}"' in line:
-                    entry = json.loads(line)
-                    if entry.get("msg") == "request":
-                        return entry
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no translator line for {request_id}: {self.translator.lines[-5:]}")
-            time.sleep(0.05)
+    def translator_line(self, request_id: str) -> dict[str, Any]:
+        """The translator's JSON request line of `request_id` (its log is flushed every 0.25 s)."""
+        found = json_lines(self.translator, "request", request_id)
+        assert len(found) == 1, (request_id, self.translator.lines[-5:])
+        return found[0]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +76,8 @@ def usage_stack(e2e_tmp: Path) -> Iterator[UsageStack]:
     tmp.mkdir(exist_ok=True)
     policy = write_policy(tmp / "policy.yaml", allowlist=[
         {"sha256": hashlib.sha256(KEY_TEAM.encode()).hexdigest(), "tenant": "team-a"},
-        {"sha256": hashlib.sha256(KEY_UNLISTED.encode()).hexdigest(), "tenant": "team-z"}])
+        {"sha256": hashlib.sha256(KEY_UNLISTED.encode()).hexdigest(), "tenant": "team-z"}],
+        decision_log={"mode": "all"})  # ext_authz writes one line per decision, with the request id
     routes = tmp / "routes.yaml"
     routes.write_text(ROUTES)
     with OtlpReceiver() as otlp, ScriptedUpstream() as upstream:
@@ -186,9 +182,13 @@ def test_metrics_and_log_line_equal_the_upstream_usage(usage_stack, requested, t
                                  "credential", "key_id")} == {
         "route": "messages", "status": 200, "requested_model": requested, "model": target, "backend": backend,
         "stream": stream, "tenant": "team-a", "credential": "passthrough", "key_id": key_id(KEY_TEAM)}
-    # The same request in Envoy's access log: same id, fingerprint, tenant and credential.
+    # The same request in Envoy's access log and ext_authz's decision log: same id, fingerprint, tenant and
+    # credential.
     assert (access["key_id"], access["tenant"], access["credential"], access["status"]) == (
         line["key_id"], line["tenant"], line["credential"], 200)
+    [decision] = json_lines(s.authz, "decision", access["request_id"])
+    assert (decision["result"], decision["key_id"], decision["tenant"], decision["credential"], decision["route"]) \
+        == ("allow", line["key_id"], line["tenant"], line["credential"], line["route"])
     assert line["duration_ms"] > 0 and (line["ttft_ms"] is not None) == stream
     assert KEY_TEAM not in json.dumps(line)
 
