@@ -289,7 +289,7 @@ def start_span(tracing: keyrelay_tracing.Tracing, ctx: RequestContext) -> None:
         ctx.span = tracing.start("chat", parent_headers={k: ctx.headers[k] for k in keyrelay_tracing.TRACE_HEADERS
                                                          if k in ctx.headers},
                                  attributes={"gen_ai.operation.name": "chat", "http.request.method": ctx.method,
-                                             "url.path": ctx.path[:256]})
+                                             "url.path": logs.clean(ctx.path)})
         ctx.trace_headers = {}
         tracing.inject(ctx.span, ctx.trace_headers)
     except Exception:  # noqa: BLE001 - tracing never fails a request
@@ -302,7 +302,8 @@ def end_span(ctx: RequestContext) -> None:
     span, target, usage = ctx.span, ctx.target, ctx.usage
     try:
         attrs: dict[str, Any] = {"http.response.status_code": ctx.status, "keyrelay.stream": ctx.stream,
-                                 "keyrelay.request_id": (ctx.headers.get("x-request-id") or ctx.request_id)[:128]}
+                                 "keyrelay.request_id": logs.clean(ctx.headers.get("x-request-id") or ctx.request_id,
+                                                                   128)}
         if ctx.request is not None:
             attrs["keyrelay.requested_model"] = logs.clean(ctx.request.model)
         if target is not None:
