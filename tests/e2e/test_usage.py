@@ -178,6 +178,8 @@ def test_metrics_and_log_line_equal_the_upstream_usage(usage_stack, requested, t
     access = s.envoy.log_entry(lambda e: e.get("user_agent") == ua)
     line = s.translator_line(access["request_id"])
     assert line["tokens"] == expected.as_dict()
+    # Every backend (LiteLLM's too) sends the translator span's W3C context upstream.
+    assert s.upstream.requests[-1].headers["traceparent"].startswith("00-")
     assert {k: line[k] for k in ("route", "status", "requested_model", "model", "backend", "stream", "tenant",
                                  "credential", "key_id")} == {
         "route": "messages", "status": 200, "requested_model": requested, "model": target, "backend": backend,
