@@ -70,13 +70,14 @@ class LoopFaults:
 
 
 class CheckLoop:
-    """Serves CHECK_METHOD on `server` with `handle(request_bytes) -> response_bytes`.
+    """Serves CHECK_METHOD on `server` with `handle(request_bytes, metadata) -> response_bytes` (`metadata`: the
+    call's gRPC invocation metadata as (key, value) pairs).
 
     `handle` must never raise for a well-formed request (Authorizer.check turns faults into an explicit deny);
     a request that cannot be decoded or any other fault here ends the call with gRPC INTERNAL, which Envoy treats
     as an authorization failure (status_on_error, fail closed)."""
 
-    def __init__(self, cygrpc, core_server, handle: Callable[[bytes], bytes], threads: int = 1, *,
+    def __init__(self, cygrpc, core_server, handle: Callable[[bytes, tuple], bytes], threads: int = 1, *,
                  on_fault: Callable[[str], None] | None = None, failure_limit: int = DEFAULT_FAILURE_LIMIT,
                  faults: LoopFaults | None = None) -> None:
         self._c = cygrpc
@@ -99,7 +100,7 @@ class CheckLoop:
         core_server.register_method(CHECK_METHOD)
 
     @classmethod
-    def attach(cls, server: grpc.Server, handle: Callable[[bytes], bytes], threads: int = 1,
+    def attach(cls, server: grpc.Server, handle: Callable[[bytes, tuple], bytes], threads: int = 1,
                **options) -> "CheckLoop | None":
         """Register the loop on a not yet started `grpc.server`; None when grpcio's internals are not as expected.
         `options` go to the constructor (on_fault, failure_limit, faults)."""
@@ -109,7 +110,8 @@ class CheckLoop:
             needed = (cygrpc.CompletionQueue, cygrpc.ReceiveMessageOperation, cygrpc.ReceiveCloseOnServerOperation,
                       cygrpc.SendInitialMetadataOperation, cygrpc.SendMessageOperation,
                       cygrpc.SendStatusFromServerOperation, cygrpc.StatusCode.ok, cygrpc.StatusCode.internal,
-                      cygrpc.CompletionType.queue_shutdown, core_server.register_method,
+                      cygrpc.CompletionType.queue_shutdown, cygrpc.RequestCallEvent.invocation_metadata,
+                      core_server.register_method,
                       core_server.register_completion_queue, core_server.request_registered_call)
             del needed
             return cls(cygrpc, core_server, handle, threads, **options)
@@ -216,13 +218,14 @@ class CheckLoop:
                     call = event.call
                     # Receive-close completes when the call ends (or is cancelled); nothing to do then.
                     call.start_server_batch((recv_close(0),), _CLOSED)
-                    call.start_server_batch((recv_message(0),), call)
+                    # The message's tag carries the call and its gRPC metadata (W3C trace context from Envoy).
+                    call.start_server_batch((recv_message(0),), (call, event.invocation_metadata))
                 except Exception as exc:  # noqa: BLE001 - keep serving the other calls
                     log.error("could not start a check call", extra={"error": exc.__class__.__name__})
                     self._grpc_failure(exc)
                 continue
-            # A received message: the tag is its call.
-            call = tag
+            # A received message: the tag is its call and the call's metadata.
+            call, metadata = tag
             if not event.success:   # cancelled before the message arrived
                 continue
             try:
@@ -237,7 +240,7 @@ class CheckLoop:
                 self._fail(call, b"Check requires exactly one request message")
                 continue
             try:
-                body = handle(raw)
+                body = handle(raw, metadata)
             except Exception as exc:  # noqa: BLE001 - fail closed: an error status, never an allow
                 # The type only: a message could quote request bytes. Not a loop fault: the request did not decode.
                 log.error("check call failed; answered INTERNAL (fail closed)",

@@ -7,6 +7,7 @@ the decision itself); denials are logged at info with the key fingerprint, never
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -18,6 +19,7 @@ from typing import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+import keyrelay_tracing
 from keyrelay_common.identity import TENANT_HEADER
 
 from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
@@ -40,10 +42,12 @@ SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
 
 class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, store: PolicyStore, metrics: Metrics, decision_log: DecisionLog | None = None) -> None:
+    def __init__(self, store: PolicyStore, metrics: Metrics, decision_log: DecisionLog | None = None,
+                 tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED) -> None:
         self.store = store
         self.metrics = metrics
         self.decision_log = decision_log or DecisionLog()
+        self.tracing = tracing
         self._observe = metrics.check_seconds.observe
         self._debug = log.isEnabledFor(logging.DEBUG)
         # Set only while the start-up self-check runs: a Check with this http.id (Envoy sets a numeric stream id
@@ -133,12 +137,55 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         return deny_response(decision)
 
     def Check(self, request, context):  # noqa: N802 - gRPC method name
+        if self.tracing.enabled:
+            return self.traced_check(request, context.invocation_metadata())
         return self.check(request)
 
-    def check_bytes(self, raw: bytes) -> bytes:
-        """Serialized CheckRequest in, serialized CheckResponse out (the direct handler's entry). A request that
-        does not decode raises, and the caller answers gRPC INTERNAL (Envoy: status_on_error, fail closed)."""
-        return self.check(CheckRequest.FromString(raw)).SerializeToString()
+    def check_bytes(self, raw: bytes, metadata=()) -> bytes:
+        """Serialized CheckRequest in, serialized CheckResponse out (the direct handler's entry; `metadata` is
+        the call's gRPC metadata). A request that does not decode raises, and the caller answers gRPC INTERNAL
+        (Envoy: status_on_error, fail closed)."""
+        request = CheckRequest.FromString(raw)
+        if self.tracing.enabled:
+            return self.traced_check(request, metadata).SerializeToString()
+        return self.check(request).SerializeToString()
+
+    def traced_check(self, request, metadata) -> object:
+        """`check` inside a span continuing the W3C context Envoy sends in the Check's gRPC metadata (its
+        ext_authz client span is the parent). Attributes: route, decision, deny reason and status, Envoy's
+        request id; never a key or a credential header."""
+        try:
+            carrier = {k: v for k, v in (metadata or ()) if k in keyrelay_tracing.TRACE_HEADERS}
+            span = self.tracing.start("envoy.service.auth.v3.Authorization/Check", parent_headers=carrier,
+                                      attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME,
+                                                  "rpc.method": "Check"})
+        except Exception:  # noqa: BLE001 - tracing never changes or blocks a decision
+            return self.check(request)
+        try:
+            response = self.check(request)
+            try:
+                span.set_attributes(_check_attributes(request, response))
+            except Exception:  # noqa: BLE001 - attributes are best effort; the decision stands
+                pass
+            return response
+        finally:
+            span.end()
+
+
+def _check_attributes(request, response) -> dict:
+    """Span attributes of one Check: route, decision, deny status and reason, Envoy's request id (never a key or
+    a credential header)."""
+    out = {"keyrelay.request_id": request_id(request.attributes.request.http),
+           "keyrelay.route": route_of(request.attributes.context_extensions, request.attributes.request.http)}
+    if response.HasField("denied_response"):
+        out["keyrelay.decision"] = "deny"
+        out["http.response.status_code"] = int(response.denied_response.status.code)
+        fields = response.dynamic_metadata.fields
+        if "reason" in fields:
+            out["keyrelay.reason"] = fields["reason"].string_value
+    else:
+        out["keyrelay.decision"] = "allow"
+    return out
 
 
 def _safe_request_id(http) -> str:
@@ -228,7 +275,8 @@ class GrpcWorker:
         self.server: grpc.Server | None = None
         self.health = health.HealthServicer()
         self.check_loop: CheckLoop | None = None
-        self.authorizer = Authorizer(store, metrics)
+        self.tracing = keyrelay_tracing.DISABLED
+        self.authorizer = Authorizer(store, metrics)   # with tracing once started
         self._on_serving_change = on_serving_change
         self._probe_port = 0
         self._started = False
@@ -264,6 +312,9 @@ class GrpcWorker:
         direct = self.cfg.check_handler == "direct"
         if direct and not self.cfg.reuse_port and self.cfg.port and not _port_is_free(self.cfg.host, self.cfg.port):
             raise RuntimeError("address already in use")
+        # Tracing (off unless OTEL_EXPORTER_OTLP_ENDPOINT is set) is set up here, once in each serving process.
+        self.tracing = keyrelay_tracing.from_env("keyrelay-ext-authz", os.environ)
+        self.authorizer = Authorizer(self.store, self.metrics, tracing=self.tracing)
         try:
             self.server, self.check_loop, self.port = self._serve(direct, self.cfg.port)
         except CheckLoopError as exc:
@@ -326,7 +377,7 @@ class GrpcWorker:
             with grpc.insecure_channel(f"127.0.0.1:{self._probe_port}") as channel:
                 got = channel.unary_unary(CHECK_METHOD)(raw, timeout=SELF_CHECK_TIMEOUT_S)
             direct = CheckResponse.FromString(got)
-            pool = self.authorizer.Check(CheckRequest.FromString(raw), None)
+            pool = self.authorizer.check(CheckRequest.FromString(raw))  # what the pool handler answers
         except grpc.RpcError as exc:
             return f"the Check failed ({exc.code()})"
         except Exception as exc:  # noqa: BLE001 - any failure means: do not use the direct loop
@@ -421,4 +472,5 @@ class GrpcWorker:
         self.server.stop(self.cfg.drain_seconds).wait()
         if loop is not None:  # after the server: its calls are finished by now
             loop.stop()
+        self.tracing.shutdown()
         logging.getLogger("ext_authz").info("stopped")

@@ -27,10 +27,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+import keyrelay_tracing
 from keyrelay_common.settings import TRUE_WORDS
 
 from .envoy_config import (DATA, ENVOY_YAML, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
-                           load_source, render)
+                           load_source, otlp_target, render)
 from .processes import PROVIDER_ENV_PREFIXES, child_env, console_script, free_port
 from .supervisor import ChildFailed, ChildSpec, Interrupted, Supervisor
 from .version import add_version_flag
@@ -220,8 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not policy.is_file():
                 raise UsageError(f"policy file {policy} not found")
         envoy_bin = find_envoy()
+        # OTEL_EXPORTER_OTLP_ENDPOINT (inherited by ext_authz and the translator) also turns on Envoy's tracer.
+        try:
+            otlp = otlp_target(keyrelay_tracing.endpoint_from_env(env))
+        except EnvoyConfigError as exc:
+            raise UsageError(str(exc)) from None
         endpoints = EnvoyEndpoints(listen_address=ns.host, listen_port=ports.listen, admin_port=ports.admin,
-                                   ext_authz_port=ports.ext_authz, translator_port=ports.translator)
+                                   ext_authz_port=ports.ext_authz, translator_port=ports.translator,
+                                   otlp_address=otlp[0] if otlp else None, otlp_port=otlp[1] if otlp else 4317)
         try:
             envoy_text = dump(render(load_source(ns.envoy_config), endpoints))
         except OSError as exc:

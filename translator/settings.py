@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Sequence
 
@@ -25,6 +26,12 @@ DEFAULT_MODELS = {
 }
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# Tenant names the usage metrics label by (the policy's tenants); more would make the metrics unbounded in practice.
+MAX_TENANTS = 1000
+# The same names ext_authz's policy accepts for a tenant.
+TENANT_NAME = re.compile(r"^[A-Za-z0-9_.:@/-]{1,128}$")
+# Label values the usage metrics use for requests without a tenant and for tenants not in the list.
+RESERVED_TENANTS = ("none", "other")
 
 
 class ConfigError(ValueError):
@@ -62,13 +69,18 @@ class Settings:
     # Accept a client's x-api-key as the upstream credential when no bearer credential is present
     # (direct use without Envoy; behind Envoy ext_authz always removes x-api-key).
     accept_x_api_key: bool = True
+    # Tenants (as ext_authz's policy names them in x-authz-tenant) that get their own series in the usage
+    # metrics; any other tenant is counted as `other` (docs/usage.md).
+    tenants: tuple[str, ...] = ()
 
     def to_env(self) -> dict[str, str]:
         """Serialize for worker processes (uvicorn --workers re-imports the app in each worker)."""
         out: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None:
+            if isinstance(value, tuple):
+                out[f"KEYRELAY_TRANSLATOR__{f.name}"] = ",".join(value)
+            elif value is not None:
                 out[f"KEYRELAY_TRANSLATOR__{f.name}"] = str(value)
         return out
 
@@ -106,6 +118,7 @@ _SOURCES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "max_connections": (("TRANSLATOR_MAX_CONNECTIONS",), "--max-connections"),
     "preload_litellm": (("TRANSLATOR_PRELOAD_LITELLM",), "--preload-litellm"),
     "accept_x_api_key": (("TRANSLATOR_ACCEPT_X_API_KEY",), "--accept-x-api-key"),
+    "tenants": (("TRANSLATOR_TENANTS",), "--tenants"),
 }
 
 
@@ -139,6 +152,21 @@ def _url(name: str, raw: str) -> str:
     if not v.startswith(("http://", "https://")) or len(v) < 9:
         raise ConfigError(f"{name}: expected an http(s) URL")
     return v
+
+
+def _tenants(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list of tenant names (duplicates dropped, order kept)."""
+    names = [t.strip() for t in raw.split(",") if t.strip()]
+    out = tuple(dict.fromkeys(names))
+    if len(out) > MAX_TENANTS:
+        raise ConfigError(f"{name}: {len(out)} tenants, at most {MAX_TENANTS}")
+    for t in out:
+        if not TENANT_NAME.match(t):
+            raise ConfigError(f"{name}: a tenant must be 1-128 characters of letters, digits and _ . : @ / -")
+        if t in RESERVED_TENANTS:
+            raise ConfigError(f"{name}: {t!r} is reserved (the metrics' bucket for "
+                              f"{'requests without a tenant' if t == 'none' else 'tenants not listed'})")
+    return out
 
 
 def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -202,6 +230,8 @@ def _build(raw: dict[str, tuple[str, str]]) -> Settings:
             if not v:
                 raise ConfigError(f"{label}: empty host")
             values[name] = v
+        elif name == "tenants":
+            values[name] = _tenants(label, value)
         elif name == "routes_file":
             v = value.strip()
             if not os.path.isfile(v):

@@ -51,7 +51,7 @@ def _string_constants(path: Path) -> list[tuple[int, str]]:
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
 
 
-@pytest.mark.parametrize("package", ["ext_authz", "translator", "keyrelay_stack"])
+@pytest.mark.parametrize("package", ["ext_authz", "translator", "keyrelay_stack", "keyrelay_tracing"])
 def test_identity_header_names_are_defined_once(package: str) -> None:
     repeats = [f"{p.relative_to(REPO)}:{line}: {value!r}" for p in (REPO / package).rglob("*.py")
                if "_gen" not in p.parts for line, value in _string_constants(p) if value in SHARED_LITERALS]
