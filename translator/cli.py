@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keyrelay-translator: configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
     logs.configure(settings.log_level)
-    common = uvicorn_options()
+    common = uvicorn_options(settings.shutdown_grace_s)
     stop = threading.Event()
     cleanup: list[str] = []
     try:

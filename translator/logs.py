@@ -20,9 +20,24 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 QUIET = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore", "aiohttp.access", "aiohttp.client")
 
 
+def escape(text: str) -> str:
+    """`text` with every non-printable character (control characters such as CR and LF, DEL, C1 controls, line
+    and paragraph separators) written as its Python escape, so text a client or an upstream controls (a model
+    name, a path, an upstream message) can never start a forged log line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class Formatter(logging.Formatter):
     """logging.Formatter with the default `asctime` (`2026-01-02 03:04:05,678`), its date part computed once
-    per second instead of per record (`time.strftime` per line was visible in the per-request profile)."""
+    per second instead of per record (`time.strftime` per line was visible in the per-request profile).
+    Messages are escaped (`escape`): one record is one line, whatever its arguments contained; a traceback
+    (debug level only) follows on its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        record.message = escape(record.message)
+        return super().formatMessage(record)
 
     _cached: tuple[int, str] = (-1, "")  # (second, its text), replaced as one object: thread-safe
 
@@ -124,6 +139,7 @@ def log_info(logger: logging.Logger, msg: str) -> None:
     (tests capturing logs, other handlers or filters) it is an ordinary `logger.info`."""
     if not logger.isEnabledFor(logging.INFO):
         return
+    msg = escape(msg)
     handler = _sole_batched_handler(logger)
     if handler is None:
         logger.info("%s", msg)

@@ -8,7 +8,7 @@ import pytest
 
 from translator import credentials
 from translator.caps import caps_for
-from translator.errors import scrub, upstream_error
+from translator.errors import ApiError, scrub, upstream_error
 from translator.routing import Router, load_routes
 from translator.settings import ConfigError, load_settings
 
@@ -19,7 +19,11 @@ def settings(**env):
 
 # ------------------------------------------------------------------ routing
 
+ENABLED = {"TRANSLATOR_PROVIDERS": "anthropic,gemini,vertex_ai,bedrock,azure"}
+
 ROUTES = [
+    ({}, "gemini-2.5-flash", ("openai", "openai", "gemini-2.5-flash")),  # Gemini not enabled: the default backend
+    ({"GEMINI_API_KEY": "k"}, "gemini/gemini-2.5-pro", ("litellm", "gemini", "gemini/gemini-2.5-pro")),
     # env, requested model, (path, provider, upstream model)
     ({}, "claude-sonnet-4-5-20250929", ("openai", "openai", "gpt-4.1")),
     ({}, "claude-opus-4-1", ("openai", "openai", "gpt-4.1")),
@@ -28,13 +32,13 @@ ROUTES = [
     ({}, "gpt-4o", ("openai", "openai", "gpt-4o")),
     ({}, "openai/o3", ("openai", "openai", "o3")),
     ({}, "litellm_proxy/team-model", ("openai", "litellm_proxy", "team-model")),
-    ({}, "anthropic/claude-sonnet-4-5", ("anthropic", "anthropic", "claude-sonnet-4-5")),
-    ({}, "gemini/gemini-2.5-pro", ("litellm", "gemini", "gemini/gemini-2.5-pro")),
-    ({}, "vertex_ai/gemini-2.5-pro", ("litellm", "vertex_ai", "vertex_ai/gemini-2.5-pro")),
-    ({}, "bedrock/anthropic.claude-3", ("litellm", "bedrock", "bedrock/anthropic.claude-3")),
-    ({}, "azure/my-deployment", ("litellm", "azure", "azure/my-deployment")),
+    (ENABLED, "anthropic/claude-sonnet-4-5", ("anthropic", "anthropic", "claude-sonnet-4-5")),
+    (ENABLED, "gemini/gemini-2.5-pro", ("litellm", "gemini", "gemini/gemini-2.5-pro")),
+    (ENABLED, "vertex_ai/gemini-2.5-pro", ("litellm", "vertex_ai", "vertex_ai/gemini-2.5-pro")),
+    (ENABLED, "bedrock/anthropic.claude-3", ("litellm", "bedrock", "bedrock/anthropic.claude-3")),
+    (ENABLED, "azure/my-deployment", ("litellm", "azure", "azure/my-deployment")),
     ({}, "Qwen/Qwen2.5-Coder-32B", ("openai", "openai", "Qwen/Qwen2.5-Coder-32B")),  # HF name on vLLM
-    ({}, "gemini-2.5-flash", ("litellm", "gemini", "gemini/gemini-2.5-flash")),
+    (ENABLED, "gemini-2.5-flash", ("litellm", "gemini", "gemini/gemini-2.5-flash")),
     ({"BIG_MODEL": "o4-mini", "SMALL_MODEL": "gpt-4o-mini"}, "claude-sonnet-4-5", ("openai", "openai", "o4-mini")),
     ({"BIG_MODEL": "litellm_proxy/big"}, "claude-opus-4", ("openai", "litellm_proxy", "big")),
     ({"PREFERRED_PROVIDER": "google"}, "claude-sonnet-4-5", ("litellm", "gemini", "gemini/gemini-2.5-pro")),
@@ -53,9 +57,36 @@ def test_routing_table(env, requested, expected):
     assert (t.backend, t.provider, t.model) == expected
 
 
+@pytest.mark.parametrize("env,requested", [
+    ({}, "groq/llama-3.3-70b"),
+    ({}, "bedrock/anthropic.claude-3"),  # the pod's ambient cloud credentials are never reached
+    ({}, "vertex_ai/gemini-2.5-pro"),
+    ({}, "anthropic/claude-sonnet-4-5"),
+    ({"PREFERRED_PROVIDER": "google"}, "azure/my-deployment"),
+    ({"TRANSLATOR_PROVIDERS": "groq"}, "mistral/large"),
+])
+def test_a_provider_the_operator_did_not_enable_is_a_400_naming_the_model(env, requested):
+    with pytest.raises(ApiError) as exc:
+        Router(settings(**env)).resolve(requested)
+    assert (exc.value.status, exc.value.type) == (400, "invalid_request_error")
+    assert repr(requested) in exc.value.message
+
+
+def test_providers_are_enabled_by_settings_rules_and_the_providers_list(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text("rules:\n  - match: fast\n    target: groq/llama-3.3-70b\n")
+    r = Router(settings(TRANSLATOR_PROVIDERS="mistral", BIG_MODEL="deepseek/chat"), load_routes(str(f)))
+    assert r.resolve("groq/other").provider == "groq"  # a provider the routing file uses
+    assert r.resolve("mistral/large").provider == "mistral"
+    assert r.resolve("deepseek/coder").provider == "deepseek"
+    with pytest.raises(ConfigError):
+        Router(settings(TRANSLATOR_PROVIDERS="no-such-provider"))
+
+
 def test_routing_base_urls_and_key_modes():
     s = settings(OPENAI_BASE_URL="http://gw.local:4000/v1/", ANTHROPIC_BASE_URL="http://a.local",
-                 GEMINI_BASE_URL="http://g.local", VERTEX_PROJECT="p1", VERTEX_LOCATION="europe-west4")
+                 GEMINI_BASE_URL="http://g.local", VERTEX_PROJECT="p1", VERTEX_LOCATION="europe-west4",
+                 TRANSLATOR_PROVIDERS="vertex_ai,ollama_chat")
     r = Router(s)
     assert r.resolve("claude-sonnet-4-5").base_url == "http://gw.local:4000/v1"
     assert r.resolve("anthropic/claude-x").base_url == "http://a.local"
@@ -108,7 +139,7 @@ def test_routing_file_errors_are_one_line(tmp_path, content, fragment):
 
 
 def test_caps_defaults_from_metadata_and_provider():
-    r = Router(settings())
+    r = Router(settings(TRANSLATOR_PROVIDERS="gemini,deepseek,bedrock,azure,vertex_ai"))
     assert caps_for(r.resolve("claude-sonnet-4-5")).max_output_tokens == 32768  # gpt-4.1
     o3 = caps_for(r.resolve("openai/o3"))
     assert o3.use_max_completion_tokens and o3.reasoning_effort and not o3.sampling_params
@@ -180,7 +211,7 @@ def test_credential_choice(headers, env, expected):
 
 
 def test_credential_per_provider_static_keys_and_401():
-    s = settings(ANTHROPIC_API_KEY="sk-ant-static", GEMINI_API_KEY="AIza-static")
+    s = settings(ANTHROPIC_API_KEY="sk-ant-static", GEMINI_API_KEY="AIza-static", USE_VERTEX_AUTH="true")
     r = Router(s)
     assert credentials.resolve({}, r.resolve("anthropic/claude-x"), s).key == "sk-ant-static"
     assert credentials.resolve({}, r.resolve("gemini/gemini-2.5-pro"), s).key == "AIza-static"
