@@ -261,6 +261,33 @@ def test_upstream_error_table(status, message, out_status, out_type):
     assert message.split()[0] in err.message
 
 
+@pytest.mark.parametrize("value,passed", [
+    ("5", "5"),
+    (" 120 ", "120"),
+    ("Wed, 21 Oct 2026 07:28:00 GMT", "Wed, 21 Oct 2026 07:28:00 GMT"),
+    ("sk-user-key-0001", None),  # a key (or anything else) in the header is never passed on
+    ("5; sk-user-key-0001", None),
+    ("-1", None),
+    ("1.5", None),
+    ("soon", None),
+    ("", None),
+])
+def test_retry_after_is_passed_only_as_delta_seconds_or_http_date(value, passed):
+    err = upstream_error(429, "slow down", provider="openai", headers={"Retry-After": value})
+    assert err.headers.get("retry-after") == passed
+
+
+@pytest.mark.parametrize("text", [
+    "Incorrect API key provided: CUSTOM+USERSECRET/KEY-0001",  # upper-cased by the upstream
+    "key=custom%2Busersecret%2Fkey-0001 rejected",  # URL-encoded
+    "in a form: custom%2busersecret%2fkey-0001",  # lower-case escapes
+    "as query: custom+usersecret%2Fkey-0001",
+])
+def test_scrub_covers_letter_case_and_url_encoding(text):
+    out = scrub(text, ["custom+usersecret/key-0001"])  # no key-shaped prefix: only the exact-key rule applies
+    assert "usersecret" not in out.lower() and "[redacted]" in out, out
+
+
 @pytest.mark.parametrize("text,secret", [
     ("Incorrect API key provided: sk-proj-abcdefghijklmnop", "sk-proj-abcdefghijklmnop"),
     ("key AIzaSyA1234567890abcdefghijklmnopq invalid", "AIzaSyA1234567890abcdefghijklmnopq"),

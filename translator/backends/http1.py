@@ -62,6 +62,10 @@ class ReadTimeout(HttpError, TimeoutError):
     """The upstream was silent for longer than the read timeout."""
 
 
+class _StopParsing(Exception):
+    """Raised inside a parser callback to stop httptools (never leaves this module)."""
+
+
 class PoolExhausted(HttpError):
     """Every connection slot stayed busy for `pool_wait_s`."""
 
@@ -314,7 +318,7 @@ class _Conn(asyncio.Protocol):
         self.head_lines += 1
         if self.head_lines > self.pool.max_head_lines:
             self.limit_exc = HeadTooLarge(f"response head exceeds {self.pool.max_head_lines} header lines")
-            raise self.limit_exc  # httptools stops parsing; data_received aborts with it
+            raise _StopParsing()  # httptools stops parsing; data_received aborts with `limit_exc`
         self.hdrs.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -343,12 +347,12 @@ class _Conn(asyncio.Protocol):
             self.head.set_result(resp)
 
     def on_body(self, body: bytes) -> None:
-        if self.resp is not None:
+        if self.resp is not None and not self.complete:  # never the body of a response after this one
             self.resp.content._feed(body)
 
     def on_message_complete(self) -> None:
-        if self.resp is None:
-            return  # the end of a 1xx
+        if self.resp is None or self.complete:
+            return  # the end of a 1xx, or of a response after this one
         self.complete = True
         self.reusable = self.parser.should_keep_alive() and not self.until_close
         self.resp.content._finish()
@@ -395,6 +399,7 @@ class _Conn(asyncio.Protocol):
         self.resp = None
         self.parser = None
         self.hdrs = []
+        self.limit_exc = None
         self.pool._done(self, reuse and self.complete and self.reusable and not self.closed)
 
 
@@ -493,9 +498,14 @@ class Http1Pool:
         except BaseException:
             conn.abort(Disconnected("request abandoned"))
             conn.finish(reuse=False)
+            # The exception's traceback keeps this frame: it must not keep the future that holds the exception
+            # (a reference cycle, freed only by the cycle collector, with everything the connection held).
+            timer.cancel()
+            head = timer = None
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
     def _done(self, conn: _Conn, reuse: bool) -> None:
         if conn in self._active:
