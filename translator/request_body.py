@@ -113,7 +113,7 @@ class _Counter:
         self.limits = limits
         self.messages = self.blocks = self.images = 0
 
-    def message(self) -> None:
+    def message(self, _: Any = None) -> None:
         self.messages += 1
         if self.messages > self.limits.max_messages:
             raise ApiError(413, "request_too_large",
@@ -179,9 +179,21 @@ class _BadJSON(Exception):
     pass
 
 
-def _parse(s: str, i: int, depth: int) -> tuple[Any, int]:
+def _next_item(s: str, i: int, close: str) -> tuple[bool, int]:
+    """After a member or element: (True, after `close`) at the end of the container, (False, after the comma)."""
+    i = _WS.match(s, i).end()
+    c = s[i:i + 1]
+    if c == close:
+        return True, i + 1
+    if c != ",":
+        raise _BadJSON()
+    return False, i + 1
+
+
+def _parse(s: str, i: int, depth: int, key: str = "", counter: "_Counter | None" = None) -> tuple[Any, int]:
     """One JSON value at `s[i:]`: objects and arrays down to `depth` levels (under the `_DEEP` keys) are walked
-    here element by element, everything below is one call of the C scanner."""
+    here element by element, everything below is one call of the C scanner. Elements of `messages` and
+    `content` arrays are counted as they are parsed, so a request far over a cap is refused early."""
     i = _WS.match(s, i).end()
     c = s[i:i + 1]
     if depth > 0 and c == "{":
@@ -192,34 +204,31 @@ def _parse(s: str, i: int, depth: int) -> tuple[Any, int]:
         while True:
             if s[i:i + 1] != '"':
                 raise _BadJSON()
-            key, i = _scanstring(s, i + 1)
+            name, i = _scanstring(s, i + 1)
             i = _WS.match(s, i).end()
             if s[i:i + 1] != ":":
                 raise _BadJSON()
-            obj[key], i = _parse(s, i + 1, depth - 1 if key in _DEEP else 0)
-            i = _WS.match(s, i).end()
-            c = s[i:i + 1]
-            i += 1
-            if c == "}":
+            obj[name], i = _parse(s, i + 1, depth - 1 if name in _DEEP else 0, name, counter)
+            closed, i = _next_item(s, i, "}")
+            if closed:
                 return obj, i
-            if c != ",":
-                raise _BadJSON()
             i = _WS.match(s, i).end()
     if depth > 0 and c == "[":
         arr: list[Any] = []
         i = _WS.match(s, i + 1).end()
         if s[i:i + 1] == "]":
             return arr, i + 1
+        count = None
+        if counter is not None:
+            count = counter.message if key == "messages" else counter.block if key == "content" else None
         while True:
-            value, i = _parse(s, i, depth - 1)
+            value, i = _parse(s, i, depth - 1, "", counter)
             arr.append(value)
-            i = _WS.match(s, i).end()
-            c = s[i:i + 1]
-            i += 1
-            if c == "]":
+            if count is not None:
+                count(None)
+            closed, i = _next_item(s, i, "]")
+            if closed:
                 return arr, i
-            if c != ",":
-                raise _BadJSON()
     try:
         return _scan_once(s, i)
     except StopIteration:
@@ -233,7 +242,7 @@ def _parse_stepwise(raw: bytes, limits: RequestLimits) -> dict:
         raise ApiError(400, "invalid_request_error", "request body is not valid JSON (invalid UTF-8)") from None
     try:
         # top object -> messages array -> message object -> content array -> blocks (one scanner call each)
-        data, end = _parse(text, 0, 4)
+        data, end = _parse(text, 0, 4, "", _Counter(limits))
     except (_BadJSON, ValueError, RecursionError):
         raise ApiError(400, "invalid_request_error", "request body is not valid JSON") from None
     if _WS.match(text, end).end() != len(text):

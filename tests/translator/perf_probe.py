@@ -71,13 +71,14 @@ def measure(url: str, pid: int, model: str, upstream: ScriptedUpstream, requests
             "cpu_ms_per_stream": stream_cpu * 1000, "cpu_ms_per_chunk": per_chunk * 1000}
 
 
-def healthz_stall(url: str, upstream: ScriptedUpstream, messages: int = 30_000, text_bytes: int = 1000) -> dict:
+def healthz_stall(url: str, upstream: ScriptedUpstream, messages: int = 30_000, text_bytes: int = 1000,
+                  blocks: int = 1) -> dict:
     """/healthz latency (max and p50, polled back to back) while one large accepted request (~32 MB: `messages`
     messages of `text_bytes` each) is read, decoded, converted and sent upstream."""
     import threading
 
-    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": [{"type": "text", "text": "x" * text_bytes}]}
-            for i in range(messages)]
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant",
+             "content": [{"type": "text", "text": "x" * text_bytes}] * blocks} for i in range(messages)]
     body = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": msgs})
     upstream.push(openai_completion("big"))
     latencies: list[float] = []
@@ -113,6 +114,10 @@ def main() -> None:
             try:
                 for _ in range(2):
                     print("healthz during one 32 MB request:", healthz_stall(url, up))
+                    print("healthz during 90,000 messages of 300 bytes:",
+                          healthz_stall(url, up, messages=90_000, text_bytes=300))
+                    print("healthz during a 29.7 MB request of 1.1M content blocks (refused, 413):",
+                          healthz_stall(url, up, messages=1100, text_bytes=1, blocks=1000))
             finally:
                 proc.stop()
         return

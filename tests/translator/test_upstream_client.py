@@ -320,3 +320,32 @@ async def test_a_failed_response_leaves_no_garbage_for_the_cycle_collector():
     finally:
         gc.enable()
         server.close()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-h%d: v\r\n" % i for i in range(150)) + b"content-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 100_000 + b"\r\ncontent-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 2\r\n\r\n{}",
+])
+async def test_requests_through_a_proxy_have_the_same_head_limits_and_no_decompression(monkeypatch, answer):
+    seen: list[bytes] = []
+
+    async def proxy(reader, writer):
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        async with backend() as client:
+            with pytest.raises(ApiError) as exc:
+                await client.complete(target("http://upstream.invalid/v1"), {"model": "gpt-test"}, CRED)
+        assert exc.value.status == 502 and exc.value.upstream and "unreachable" not in exc.value.message
+        assert len(seen) == 1 and b"accept-encoding: identity" in seen[0].lower()
+    finally:
+        server.close()
