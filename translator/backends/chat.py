@@ -118,7 +118,8 @@ class ChatBackend:
         return ChatStream(source, converter)
 
     async def count_tokens(self, ctx: RequestContext) -> dict:
-        return {"input_tokens": await count_tokens_locally(ctx.body, ctx.target)}
+        offload = ctx.size > OFFLOAD_BYTES
+        return {"input_tokens": await count_tokens_locally(ctx.request, ctx.target, offload=offload)}
 
     async def aclose(self) -> None:
         pass
