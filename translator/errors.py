@@ -109,7 +109,8 @@ def upstream_error(status: int, message: str, *, provider: str, headers: Mapping
     """Map an upstream HTTP failure onto the Anthropic status and error type.
 
     400/422 -> 400 invalid_request_error, 401 -> 401, 403 -> 403, 404 -> 404, 413 -> 413,
-    429 -> 429 rate_limit_error (retry-after passed on when it is delta-seconds or an HTTP-date), 408 -> 504, 500/502/503/504 -> same status
+    429 -> 429 rate_limit_error (retry-after passed on when it is delta-seconds or an HTTP-date), 408 -> 504,
+    500/502/503/504 -> same status
     api_error, 529 or an upstream "overloaded" -> 529 overloaded_error, other 4xx -> same status
     invalid_request_error, other 5xx -> 502 api_error.
     """

@@ -68,6 +68,7 @@ def uvicorn_options(shutdown_grace_s: float = 100.0) -> dict[str, Any]:
     line per request itself), no server header, no websockets, lifespan on. uvicorn waits for the requests in
     flight 5 s longer than the streams' grace (`shutdown_grace_s`), so that a stream ended at the grace still
     gets its error event out before the server gives up on it."""
-    return dict(log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=shutdown_grace_s + 5,
+    return dict(log_level="warning", access_log=False, lifespan="on",
+                timeout_graceful_shutdown=shutdown_grace_s + 5,
                 server_header=False, date_header=True, proxy_headers=False, http=HttpProtocol, loop="uvloop",
                 ws="none")

@@ -291,7 +291,8 @@ def test_a_second_response_after_the_body_is_not_taken_for_the_next_answer(hosti
 def test_tls_failure_is_a_502(hostile, translator):
     proc, url = translator
     r = post(url, "tls-model")
-    assert r.status_code == 502 and r.json()["error"]["message"] == "upstream openai is unreachable (connection failed)"
+    assert r.status_code == 502
+    assert r.json()["error"]["message"] == "upstream openai is unreachable (connection failed)"
     assert_next_request_is_clean(hostile, url)
 
 
@@ -390,8 +391,8 @@ def test_control_characters_from_a_client_never_forge_a_log_line(hostile, transl
     assert any("FORGED" in line and "\\n" in line for line in proc.lines)
 
 
-@pytest.mark.parametrize("raw_path", [b"/v1%2Fmessages", b"/v1/./messages", b"//v1/messages", b"/v1/messages/../messages",
-                                      b"/v1/%6Dessages"])
+@pytest.mark.parametrize("raw_path", [b"/v1%2Fmessages", b"/v1/./messages", b"//v1/messages",
+                                      b"/v1/messages/../messages", b"/v1/%6Dessages"])
 def test_a_path_that_is_not_canonical_is_a_404(hostile, translator, raw_path):
     proc, url = translator
     body = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": USER})
@@ -409,10 +410,11 @@ def test_a_path_that_is_not_canonical_is_a_404(hostile, translator, raw_path):
 def test_a_request_over_the_structural_caps_is_refused(hostile, translator):
     proc, url = translator
     blocks = [{"type": "text", "text": "x"}] * 100_001
-    r = httpx.post(f"{url}/v1/messages", headers={"x-api-key": KEY}, timeout=60, json={
-        "model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": blocks}]})
-    assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
-    assert "content blocks" in r.json()["error"]["message"]
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        r = httpx.post(f"{url}{path}", headers={"x-api-key": KEY}, timeout=60, json={
+            "model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": blocks}]})
+        assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+        assert "content blocks" in r.json()["error"]["message"]
     images = [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}] * 601
     r = post(url, messages=[{"role": "user", "content": images}])
     assert r.status_code == 413 and "601" not in r.text and "600 images" in r.json()["error"]["message"]

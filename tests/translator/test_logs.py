@@ -123,3 +123,21 @@ def test_log_info_goes_through_logging_when_others_listen(caplog):
     with caplog.at_level(logging.INFO, logger="keyrelay.translator"):
         logs.log_info(logging.getLogger("keyrelay.translator"), "seen by caplog key_id=abc")
     assert [r.getMessage() for r in caplog.records] == ["seen by caplog key_id=abc"]
+
+
+@pytest.mark.parametrize("text,escaped", [
+    ("plain model-name 1.0", "plain model-name 1.0"),
+    ("a\nb", "a\\nb"),
+    ("a\r\n2026-01-01 INFO forged", "a\\r\\n2026-01-01 INFO forged"),
+    ("bell\x07 esc\x1b[31m", "bell\\x07 esc\\x1b[31m"),
+    ("sep\u2028x\x85", "sep\\u2028x\\x85"),
+    ("tab\there", "tab\\there"),
+    ("ünïcode ok", "ünïcode ok"),
+])
+def test_escape_keeps_every_record_on_one_line(text, escaped):
+    from translator.logs import FORMAT, Formatter, escape
+
+    assert escape(text) == escaped
+    record = logging.LogRecord("keyrelay.translator", logging.ERROR, __file__, 1, "model=%s", (text,), None)
+    line = Formatter(FORMAT).format(record)
+    assert "\n" not in line and "\r" not in line and line.endswith("model=" + escaped)
