@@ -279,6 +279,29 @@ def _decode_large(raw: bytes, model: type, limits: RequestLimits) -> tuple[dict,
     return data, _validate_stepwise(model, data)
 
 
+_RELEASE_STEP = 2000  # list items freed per event-loop iteration
+_releasing: set[asyncio.Task] = set()
+
+
+def release_stepwise(*lists: Any) -> None:
+    """Free large lists (a large request's messages, decoded and converted) a slice per event-loop iteration
+    instead of all at once: freeing 90,000 decoded messages and their pydantic models in one go held the loop for
+    ~120 ms (measured). Call it when the last other reference is about to go; not-lists are ignored."""
+    lists = tuple(x for x in lists if isinstance(x, list) and x)
+    if not lists:
+        return
+    task = asyncio.get_running_loop().create_task(_release(lists))
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)
+
+
+async def _release(lists: tuple[list, ...]) -> None:
+    for items in lists:
+        while items:
+            del items[-_RELEASE_STEP:]
+            await asyncio.sleep(0)
+
+
 async def decode_request(raw: bytes, model: type, limits: RequestLimits) -> tuple[dict, Any]:
     """(the JSON object, the validated `model`) of a request body; ApiError 400/413 otherwise."""
     if len(raw) > OFFLOAD_BYTES:

@@ -31,7 +31,8 @@ from translator.ids import new_request_id
 from translator.metrics import Metrics
 from translator.relay import Drain, relay
 from translator.routing import Router
-from translator.request_body import ClientGone, RequestLimits, decode_request, lower_headers, read_body
+from translator.request_body import (OFFLOAD_BYTES, ClientGone, RequestLimits, decode_request, lower_headers,
+                                     read_body, release_stepwise)
 from translator.schemas.anthropic import CountTokensRequest, MessagesRequest
 from translator.settings import Settings
 
@@ -154,6 +155,9 @@ class MessagesService:
         # Nothing of a finished request may wait for the cycle collector (the serving process freezes the GC
         # and collects its oldest generation rarely): the body goes now, and the error keeps no traceback
         # (whose frames would refer back to this context).
+        if ctx.size > OFFLOAD_BYTES:
+            release_stepwise(ctx.body.get("messages") if isinstance(ctx.body, dict) else None,
+                             getattr(ctx.request, "messages", None))
         ctx.body = ctx.request = None
         if ctx.error is not None:
             ctx.error.__traceback__ = None

@@ -88,3 +88,17 @@ async def test_structural_caps_on_both_paths(messages, within, fragment, large):
     assert fragment in exc.value.message
     data = body(within, pad=PAD) if large else body(within)
     await decode_request(orjson.dumps(data), MessagesRequest, SMALL)  # at the caps: accepted
+
+
+async def test_large_lists_are_freed_a_slice_per_loop_iteration():
+    import asyncio
+
+    from translator.request_body import release_stepwise
+
+    first, second = list(range(5000)), list(range(3000))
+    release_stepwise(first, None, "not a list", second)
+    await asyncio.sleep(0)
+    assert 0 < len(first) < 5000 and len(second) == 3000  # one slice, then the loop gets its turn back
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert first == [] and second == []

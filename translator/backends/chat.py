@@ -19,7 +19,7 @@ from translator.convert.openai_stream import OpenAIStreamConverter
 from translator.credentials import Credential
 from translator.errors import ApiError
 from translator.ids import new_message_id
-from translator.request_body import OFFLOAD_BYTES
+from translator.request_body import OFFLOAD_BYTES, release_stepwise
 from translator.routing import Target
 from translator.sse import encode_event, encode_events
 from translator.tokens import count_tokens_locally
@@ -106,13 +106,21 @@ class ChatBackend:
     async def complete(self, ctx: RequestContext) -> dict:
         body, tool_names = await self._converted(ctx)
         req = ctx.request
-        raw = await self.chat_complete(ctx.target, body, ctx.cred)
+        try:
+            raw = await self.chat_complete(ctx.target, body, ctx.cred)
+        finally:
+            if ctx.size > OFFLOAD_BYTES:
+                release_stepwise(body.get("messages"))
         return openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
         body, tool_names = await self._converted(ctx)
         req = ctx.request
-        source = await self.chat_stream(ctx.target, body, ctx.cred)
+        try:
+            source = await self.chat_stream(ctx.target, body, ctx.cred)
+        finally:
+            if ctx.size > OFFLOAD_BYTES:
+                release_stepwise(body.get("messages"))
         converter = OpenAIStreamConverter(model=req.model, message_id=new_message_id(),
                                           stop_sequences=req.stop_sequences, tool_names=tool_names)
         return ChatStream(source, converter)
