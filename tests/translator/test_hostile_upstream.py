@@ -431,8 +431,9 @@ def test_peak_rss_stays_under_the_documented_limit(translator):
 # ------------------------------------------------------------------ shutdown
 
 
-def test_sigterm_ends_streams_in_flight_with_an_overloaded_error_after_the_grace(hostile, tmp_path):
-    proc, url = start_translator(hostile, tmp_path, TRANSLATOR_SHUTDOWN_GRACE="1")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_ends_streams_in_flight_with_an_overloaded_error_after_the_grace(hostile, tmp_path, workers):
+    proc, url = start_translator(hostile, tmp_path, TRANSLATOR_SHUTDOWN_GRACE="1", TRANSLATOR_WORKERS=workers)
 
     def slow(s):
         s.sendall(sse_head())

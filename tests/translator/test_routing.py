@@ -162,6 +162,22 @@ def test_caps_defaults_from_metadata_and_provider():
     ([], {"OPENAI_BASE_URL": "http://h:1/v1/"}, "openai_base_url", "http://h:1/v1"),
     (["--ping-interval", "2.5"], {}, "ping_interval_s", 2.5),
     ([], {}, "max_body_bytes", 32 * 1024 * 1024),
+    # limits: the documented defaults, and each one settable
+    ([], {}, "max_connections", 4096),
+    ([], {}, "pool_wait_s", 5.0),
+    ([], {}, "max_response_head_bytes", 65536),
+    ([], {}, "max_response_head_lines", 100),
+    ([], {}, "max_response_body_bytes", 16 * 1024 * 1024),
+    ([], {}, "max_sse_event_bytes", 4 * 1024 * 1024),
+    ([], {}, "max_messages", 100_000),
+    ([], {}, "max_content_blocks", 100_000),
+    ([], {}, "max_images", 600),
+    ([], {}, "shutdown_grace_s", 100.0),
+    ([], {"TRANSLATOR_POOL_WAIT": "0.5"}, "pool_wait_s", 0.5),
+    (["--max-response-head-lines", "20"], {}, "max_response_head_lines", 20),
+    ([], {"TRANSLATOR_MAX_SSE_EVENT_BYTES": "1048576"}, "max_sse_event_bytes", 1048576),
+    ([], {"TRANSLATOR_MAX_IMAGES": "100"}, "max_images", 100),
+    ([], {"TRANSLATOR_PROVIDERS": " Groq, bedrock ,"}, "providers", "groq,bedrock"),
 ])
 def test_settings_sources(argv, env, field, value):
     assert getattr(load_settings(argv, env), field) == value
@@ -175,6 +191,9 @@ def test_settings_sources(argv, env, field, value):
     ([], {"USE_VERTEX_AUTH": "maybe"}, "USE_VERTEX_AUTH"),
     ([], {"OPENAI_BASE_URL": "gw.local"}, "OPENAI_BASE_URL"),
     (["--routes", "/nonexistent/routes.yaml"], {}, "--routes"),
+    ([], {"TRANSLATOR_MAX_SSE_EVENT_BYTES": "10"}, "TRANSLATOR_MAX_SSE_EVENT_BYTES"),
+    ([], {"TRANSLATOR_MAX_MESSAGES": "0"}, "TRANSLATOR_MAX_MESSAGES"),
+    ([], {"TRANSLATOR_SHUTDOWN_GRACE": "-1"}, "TRANSLATOR_SHUTDOWN_GRACE"),
 ])
 def test_settings_errors(argv, env, fragment):
     with pytest.raises(ConfigError) as exc:
