@@ -20,7 +20,7 @@ import anyio
 from translator.backends.base import Stream
 from translator.context import RequestContext
 from translator.errors import ApiError
-from translator.logs import escape
+from translator.logs import clean
 from translator.sse import encode_event
 
 log = logging.getLogger("keyrelay.translator")
@@ -69,8 +69,8 @@ async def relay(stream: Stream, ctx: RequestContext, *, ping_interval: float,
             ctx.error = SHUTDOWN_ERROR
             yield stream.error_frame(SHUTDOWN_ERROR)
         except Exception as exc:  # noqa: BLE001 - the stream must end in the grammar, whatever happened
-            log.error("stream relay failed on %s %s (request-id %s): %s", ctx.method, ctx.path, ctx.request_id,
-                      escape(type(exc).__name__), exc_info=log.isEnabledFor(logging.DEBUG))
+            log.error("stream relay failed on %s %s (request-id %s): %s", clean(ctx.method), clean(ctx.path),
+                      ctx.request_id, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
             err = ctx.error = ApiError(502 if ctx.target else 500, "api_error",
                                        "the stream failed in the translator (unexpected upstream data or an "
                                        "internal error)")
@@ -83,5 +83,8 @@ async def relay(stream: Stream, ctx: RequestContext, *, ping_interval: float,
                 await stream.aclose()
             except Exception:  # noqa: BLE001 - closing never hides the stream's own end
                 pass
-        ctx.chunks = stream.chunks
+        try:
+            stream.account(ctx)
+        except Exception:  # noqa: BLE001 - accounting a stream that failed oddly must not hide its end
+            log.error("stream accounting failed (request-id %s)", ctx.request_id)
         on_close(ctx)

@@ -9,7 +9,8 @@ chat-completion dict) and `chat_stream(target, body, cred) -> ChunkSource`.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Protocol
+import time
+from typing import AsyncIterator, Mapping, Protocol
 
 from translator.caps import caps_for
 from translator.context import RequestContext
@@ -23,6 +24,7 @@ from translator.request_body import OFFLOAD_BYTES, release_stepwise
 from translator.routing import Target
 from translator.sse import encode_event, encode_events
 from translator.tokens import count_tokens_locally
+from translator.usage import anthropic_content_chars, from_openai
 
 
 class ChunkSource(Protocol):
@@ -38,12 +40,13 @@ class ChunkSource(Protocol):
 class ChatStream:
     """A `Stream` (translator.backends.base) over a `ChunkSource`: chunks -> Anthropic events."""
 
-    __slots__ = ("_source", "_converter", "chunks")
+    __slots__ = ("_source", "_converter", "chunks", "first_chunk_at")
 
     def __init__(self, source: ChunkSource, converter: OpenAIStreamConverter) -> None:
         self._source = source
         self._converter = converter
         self.chunks = 0
+        self.first_chunk_at: float | None = None  # perf_counter() when the first upstream chunk arrived
 
     async def frames(self, ping_interval: float) -> AsyncIterator[bytes | None]:
         loop = asyncio.get_running_loop()
@@ -59,6 +62,8 @@ class ChatStream:
             if batch is None:
                 break
             if batch:
+                if not self.chunks:
+                    self.first_chunk_at = time.perf_counter()
                 self.chunks += len(batch)
                 events: list = []
                 for chunk in batch:
@@ -76,6 +81,15 @@ class ChatStream:
         name, data = self._converter.error(err.type, err.message)
         return encode_event(name, data)
 
+    def account(self, ctx: RequestContext) -> None:
+        converter = self._converter
+        ctx.chunks = self.chunks
+        ctx.usage = from_openai(converter.upstream_usage)  # the final chunk's usage (include_usage)
+        ctx.output_chars = converter.output_chars
+        ctx.finish_reason = converter.finish_reason
+        if self.first_chunk_at is not None:
+            ctx.first_token_s = self.first_chunk_at - ctx.started
+
     async def aclose(self) -> None:
         await self._source.aclose()
 
@@ -86,10 +100,13 @@ class ChatBackend:
     kind = ""
     counts_upstream = False  # counted locally with the model's tokenizer (translator.tokens)
 
-    async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
+    async def chat_complete(self, target: Target, body: dict, cred: Credential,
+                            trace: Mapping[str, str] | None = None) -> dict:
+        """`trace`: W3C trace-context headers for the upstream request (tracing on), else None."""
         raise NotImplementedError
 
-    async def chat_stream(self, target: Target, body: dict, cred: Credential) -> ChunkSource:
+    async def chat_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> ChunkSource:
         raise NotImplementedError
 
     @staticmethod
@@ -107,17 +124,24 @@ class ChatBackend:
         body, tool_names = await self._converted(ctx)
         req = ctx.request
         try:
-            raw = await self.chat_complete(ctx.target, body, ctx.cred)
+            raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
         finally:
             if ctx.size > OFFLOAD_BYTES:
                 release_stepwise(body.get("messages"))
-        return openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
+        msg = openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
+        ctx.usage = from_openai(raw.get("usage"))
+        if ctx.usage is None:
+            ctx.output_chars = anthropic_content_chars(msg)
+        choices = raw.get("choices")
+        if choices and isinstance(choices[0], dict):
+            ctx.finish_reason = choices[0].get("finish_reason")
+        return msg
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
         body, tool_names = await self._converted(ctx)
         req = ctx.request
         try:
-            source = await self.chat_stream(ctx.target, body, ctx.cred)
+            source = await self.chat_stream(ctx.target, body, ctx.cred, ctx.trace_headers)
         finally:
             if ctx.size > OFFLOAD_BYTES:
                 release_stepwise(body.get("messages"))

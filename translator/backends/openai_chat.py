@@ -11,7 +11,7 @@ Which HTTP client carries the request: `translator.backends.transport`. Details 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Iterable, Mapping
 
 import orjson
 
@@ -134,14 +134,18 @@ class OpenAIChatClient:
             hit = self._urls[target.base_url] = f"{(target.base_url or DEFAULT_BASE_URL).rstrip('/')}/chat/completions"
         return hit
 
-    async def _post(self, target: Target, body: dict, cred: Credential, accept: str) -> UpstreamResponse:
+    async def _post(self, target: Target, body: dict, cred: Credential, accept: str,
+                    trace: Mapping[str, str] | None) -> UpstreamResponse:
         headers = {"content-type": "application/json", "accept": accept}
         if cred.key:
             headers["authorization"] = f"Bearer {cred.key}"
+        if trace:
+            headers.update(trace)
         return await self.transport.post(self._url(target), orjson.dumps(body), headers, target.provider)
 
-    async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
-        resp = await self._post(target, body, cred, "application/json")
+    async def complete(self, target: Target, body: dict, cred: Credential,
+                       trace: Mapping[str, str] | None = None) -> dict:
+        resp = await self._post(target, body, cred, "application/json", trace)
         if resp.status != 200:
             raise await error_from_response(resp, target.provider, cred)
         try:
@@ -158,8 +162,9 @@ class OpenAIChatClient:
             raise upstream_error(502, extract_message(data), provider=target.provider, secrets=[cred.key])
         return data
 
-    async def open_stream(self, target: Target, body: dict, cred: Credential) -> OpenAIChunks:
-        resp = await self._post(target, body, cred, "text/event-stream")
+    async def open_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> OpenAIChunks:
+        resp = await self._post(target, body, cred, "text/event-stream", trace)
         if resp.status != 200:
             raise await error_from_response(resp, target.provider, cred)
         return OpenAIChunks(resp, target.provider, cred, self.transport.max_event_bytes)
@@ -173,8 +178,10 @@ class OpenAIChatBackend(ChatBackend):
     def __init__(self, deps: BackendDeps) -> None:
         self.client = OpenAIChatClient(deps.transport)
 
-    async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
-        return await self.client.complete(target, body, cred)
+    async def chat_complete(self, target: Target, body: dict, cred: Credential,
+                            trace: Mapping[str, str] | None = None) -> dict:
+        return await self.client.complete(target, body, cred, trace)
 
-    async def chat_stream(self, target: Target, body: dict, cred: Credential) -> OpenAIChunks:
-        return await self.client.open_stream(target, body, cred)
+    async def chat_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> OpenAIChunks:
+        return await self.client.open_stream(target, body, cred, trace)
