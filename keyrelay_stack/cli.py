@@ -42,6 +42,9 @@ DEFAULT_POLICY_NAME = "examples/policy.yaml"
 # Provider settings that mean "serve real traffic" (the same names the translator reads).
 PROVIDER_VARS = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "USE_VERTEX_AUTH")
 DEMO_KEY = "sk-keyrelay-demo-0001"
+# Ctrl-C: children get STOP_TIMEOUT_S after SIGTERM before SIGKILL; the translator's stream grace ends first.
+STOP_TIMEOUT_S = 10.0
+STACK_STREAM_GRACE_S = 5.0
 # The static key the translator holds in demo mode (used only when a policy allows requests without a key);
 # the demo upstream accepts anything, so this is not a secret.
 DEMO_STATIC_KEY = "sk-keyrelay-demo-static"
@@ -284,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         translator_env.update(OPENAI_BASE_URL=f"http://127.0.0.1:{demo_port}/v1", OPENAI_API_KEY=DEMO_STATIC_KEY,
                               PREFERRED_PROVIDER="openai", BIG_MODEL="keyrelay-demo-big",
                               SMALL_MODEL="keyrelay-demo-small")
+    # Streams open at Ctrl-C end with their overloaded_error event before the supervisor's SIGKILL.
+    translator_env.setdefault("TRANSLATOR_SHUTDOWN_GRACE", f"{STACK_STREAM_GRACE_S:g}")
     specs.append(ChildSpec("translator", [scripts["keyrelay-translator"], "--host", "127.0.0.1", "--port",
                                           str(ports.translator)], translator_env))
     specs.append(ChildSpec(
@@ -320,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"[stack] error: cannot start a part: {exc}; stopping all parts")
         code, reason = 1, f"cannot start a part: {exc}"
     finally:
-        sup.stop_all()
+        sup.stop_all(STOP_TIMEOUT_S)
         shutil.rmtree(workdir, ignore_errors=True)
     if code:
         print(f"error: stack stopped: {reason}", file=sys.stderr, flush=True)
