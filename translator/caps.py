@@ -57,6 +57,10 @@ def _is_openai_reasoning(model: str) -> bool:
     return name.startswith(("o1", "o3", "o4", "gpt-5"))
 
 
+def _is_gemini(model: str) -> bool:
+    return model.rsplit("/", 1)[-1].lower().startswith("gemini")
+
+
 def default_caps(target: Target) -> dict[str, Any]:
     p = target.provider
     out: dict[str, Any] = {}
@@ -67,7 +71,14 @@ def default_caps(target: Target) -> dict[str, Any]:
             out.update(reasoning_effort=True)  # the gateway maps reasoning_effort per provider
     elif p.startswith("gemini") or p.startswith("vertex_ai"):
         out.update(gemini_schema=True, top_k=True, pdf_file_parts=True, max_stop_sequences=5)
-    elif p in ("deepseek",):
+    if _is_gemini(target.model):
+        # Thought signatures ride in the client's tool_use ids and go back where each path reads them: LiteLLM
+        # (its gemini/ provider, or a LiteLLM gateway) in provider_specific_fields and in its own call ids
+        # (`call_..__thought__<sig>`, longer than OpenAI's 40, sent back whole); Gemini's OpenAI-compatible
+        # endpoint in extra_content.google.
+        field = "extra_content" if target.path == "openai" and p == "openai" else "provider_specific_fields"
+        out.update(thought_signature_field=field, max_tool_call_id_length=None, gemini_schema=True)
+    if p in ("deepseek",):
         out.update(reasoning_content_input=True)
     info = model_info(p, target.model)
     if isinstance(info.get("max_output_tokens"), int):

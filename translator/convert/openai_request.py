@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from translator.convert.call_ids import signature_of, upstream_call
 from translator.convert.schema_clean import clean_schema_for_gemini
 from translator.schemas.anthropic import (
     Base64Source,
@@ -76,6 +77,10 @@ class BackendCaps:
     # Longest function name the backend takes (OpenAI: 64; Anthropic allows longer names, e.g. MCP tools).
     # Longer names are shortened deterministically; `tool_name_map` gives the way back for the response.
     max_tool_name_length: int | None = 64
+    # Where the backend wants a Gemini thought signature back on an assistant tool call: LiteLLM reads
+    # `provider_specific_fields.thought_signature`, Gemini's OpenAI-compatible endpoint
+    # `extra_content.google.thought_signature`. None: signatures are not sent (the backend's own call id is).
+    thought_signature_field: Literal["provider_specific_fields", "extra_content"] | None = None
 
 
 # Thinking budget -> reasoning effort. Claude Code asks budgets of about 4k ("think"), 10k ("think hard") and
@@ -158,6 +163,8 @@ class _Converter:
         self._counts: dict[str, int] = {}
 
     def call_id(self, tool_id: str) -> str:
+        """The backend's own id for a tool_use id the client sent back (see call_ids)."""
+        tool_id = upstream_call(tool_id)[0]
         limit = self.caps.max_tool_call_id_length
         if limit is not None and len(tool_id) > limit:
             self.note("shortened tool call ids longer than the backend takes")
@@ -344,13 +351,21 @@ class _Converter:
             if isinstance(b, TextBlock):
                 texts.append(b.text)
             elif isinstance(b, ToolUseBlock):
-                calls.append(
-                    {
-                        "id": self.call_id(b.id),
-                        "type": "function",
-                        "function": {"name": backend_tool_name(b.name, self.caps), "arguments": _dumps(b.input)},
-                    }
-                )
+                call: dict[str, Any] = {
+                    "id": self.call_id(b.id),
+                    "type": "function",
+                    "function": {"name": backend_tool_name(b.name, self.caps), "arguments": _dumps(b.input)},
+                }
+                sig = signature_of(*upstream_call(b.id))
+                if sig is not None:
+                    field = self.caps.thought_signature_field
+                    if field == "provider_specific_fields":
+                        call["provider_specific_fields"] = {"thought_signature": sig}
+                    elif field == "extra_content":
+                        call["extra_content"] = {"google": {"thought_signature": sig}}
+                    else:
+                        self.note("dropped thought signatures (backend takes none)")
+                calls.append(call)
             elif isinstance(b, ThinkingBlock):
                 if self.caps.reasoning_content_input:
                     reasoning.append(b.thinking)

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from pydantic_core import from_json
 
+from translator.convert.call_ids import client_id_for_call
 from translator.ids import new_message_id, new_tool_use_id
 
 __all__ = [
@@ -208,7 +209,7 @@ def openai_to_anthropic(
         content.append(
             {
                 "type": "tool_use",
-                "id": call.get("id") or new_tool_use_id(),
+                "id": client_id_for_call(call["id"], call) if call.get("id") else new_tool_use_id(),
                 "name": name,
                 "input": parse_tool_arguments(fn.get("arguments")),
             }
