@@ -417,11 +417,16 @@ class _Converter:
 
     # ------------------------------------------------------------------ tools
 
+    def server_tool(self, tool: Any) -> None:
+        """An Anthropic-defined tool (web search, web fetch, code execution, bash, text editor, computer,
+        memory, ...): Anthropic runs it or defines its schema; a chat completions backend has no equivalent."""
+        self.note(f"dropped server tool {tool.name!r} (type {tool.type!r}): the backend has no equivalent")
+
     def tools(self, req: MessagesRequest) -> list[dict]:
         tools: list[dict] = []
         for t in req.tools or ():
             if not t.is_custom:
-                self.note(f"dropped Anthropic-defined tool type {t.type!r}")
+                self.server_tool(t)
                 continue
             params = t.input_schema or {"type": "object", "properties": {}}
             if self.caps.gemini_schema:

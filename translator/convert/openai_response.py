@@ -39,7 +39,9 @@ _FINISH = {
 
 
 def is_synthetic_signature(signature: str | None) -> bool:
-    return signature == SYNTHETIC_SIGNATURE
+    """A signature this translator made (the unsigned marker, or a Responses reasoning item's carrier, see
+    responses_request.reasoning_signature): never Anthropic's, so never sent to Anthropic."""
+    return isinstance(signature, str) and signature.startswith("keyrelay-")
 
 
 def map_finish_reason(finish_reason: str | None, *, has_tool_calls: bool) -> str:

@@ -246,6 +246,10 @@ class Tool(_Model):
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     cache_control: CacheControl | None = None
+    # Web search server tool options (mapped to the Responses API's web_search tool; ignored elsewhere).
+    allowed_domains: list[str] | None = None
+    blocked_domains: list[str] | None = None
+    user_location: dict[str, Any] | None = None
 
     @property
     def is_custom(self) -> bool:
