@@ -83,7 +83,7 @@ def default_caps(target: Target) -> dict[str, Any]:
     info = model_info(p, target.model)
     if isinstance(info.get("max_output_tokens"), int):
         out["max_output_tokens"] = info["max_output_tokens"]
-    if info.get("supports_reasoning") and target.path == "litellm":
+    if info.get("supports_reasoning") and target.backend == "litellm":
         out["reasoning_effort"] = True  # LiteLLM maps reasoning_effort onto the provider's controls
     return out
 
@@ -99,12 +99,12 @@ def validate_caps(caps: Mapping[str, Any], where: str) -> None:
 
 
 @lru_cache(maxsize=1024)
-def _caps_cached(provider: str, model: str, path: str, overrides: tuple) -> BackendCaps:
-    target = Target(path, provider, model)  # type: ignore[arg-type]
+def _caps_cached(provider: str, model: str, backend: str, overrides: tuple) -> BackendCaps:
+    target = Target(backend, provider, model)  # type: ignore[arg-type]
     values = default_caps(target)
     values.update(dict(overrides))
     return BackendCaps(**values)
 
 
 def caps_for(target: Target) -> BackendCaps:
-    return _caps_cached(target.provider, target.model, target.path, tuple(sorted(target.caps.items())))
+    return _caps_cached(target.provider, target.model, target.backend, tuple(sorted(target.caps.items())))

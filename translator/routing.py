@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from translator.settings import ConfigError, Settings
 
-Path = Literal["openai", "anthropic", "litellm"]
+# The kind of backend that serves a target: which implementation in `translator.backends` handles it.
+BackendKind = Literal["openai", "anthropic", "litellm"]
 KeyMode = Literal["required", "optional", "none"]
 
 # Providers served by our own lean OpenAI-compatible client.
@@ -57,7 +58,7 @@ class Target:
     """Where a request goes. `model` is what the upstream sees: the bare model name on the native
     paths, the full LiteLLM model string (`gemini/gemini-2.5-pro`) on the LiteLLM path."""
 
-    path: Path
+    backend: BackendKind
     provider: str
     model: str
     base_url: str | None = None
@@ -158,7 +159,7 @@ class Router:
         """Whether any configured default route goes through LiteLLM (to import it at startup)."""
         targets = [self.resolve("claude-haiku-4-5"), self.resolve("claude-sonnet-4-5")]
         targets += [self._target(r.target) for r in self.routes.rules]
-        return any(t.path == "litellm" for t in targets)
+        return any(t.backend == "litellm" for t in targets)
 
     # -- internals
     def _target(self, spec: str, *, base_url: str | None = None, caps: Mapping[str, Any] | None = None,

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["SSEEvent", "SSEDecoder", "encode_event", "encode_events", "DONE"]
+__all__ = ["SSEEvent", "SSEDecoder", "EventSplitter", "encode_event", "encode_events", "DONE"]
 
 DONE = "[DONE]"
 
@@ -49,29 +49,30 @@ class SSEEvent:
         return f"SSEEvent(event={self.event!r}, data={self.data!r}, id={self.id!r}, retry={self.retry!r})"
 
 
-class SSEDecoder:
-    """Incremental decoder: `feed(bytes)` returns the events completed by those bytes; `flush()` at end of
-    stream dispatches a final event that lacked its blank line (lenient: some servers close right after
-    `data: [DONE]\\n`)."""
+class EventSplitter:
+    """Cuts an SSE byte stream at event boundaries without parsing it (the Anthropic passthrough relays events
+    as bytes): `feed(bytes)` returns the complete events those bytes finished (line endings normalized to LF,
+    each event ending in a blank line), `flush()` the rest at the end of the stream.
 
-    __slots__ = ("_pending", "_pending_nl", "_cr", "last_event_id")
+    Linear in the bytes received: the pieces of an unfinished event are kept in a list and joined once, when
+    a blank line completes it; a read is searched for the blank line only in its own bytes (and across the
+    seam with the previous read).
+    """
+
+    __slots__ = ("_pending", "_pending_nl", "_cr", "pending_bytes")
 
     def __init__(self) -> None:
-        # Pieces of an incomplete event. Kept as a list and joined once the event completes, so one large event
-        # arriving in many small reads costs linear, not quadratic, time.
         self._pending: list[bytes] = []
-        self._pending_nl = False  # the pending bytes end with "\n" (a blank line may complete with the next read)
-        self._cr = False  # previous read ended with "\r": a leading "\n" now is the rest of a CRLF
-        self.last_event_id: str | None = None
+        self._pending_nl = False  # the pending bytes end with "\n"
+        self._cr = False  # the previous read ended with "\r"
+        self.pending_bytes = 0  # size of the unfinished event
 
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
-        if not chunk:
-            return []
+    def feed(self, chunk: bytes) -> bytes:
         if self._cr and chunk[:1] == b"\n":
             chunk = chunk[1:]
-            if not chunk:
-                return []
         self._cr = False
+        if not chunk:
+            return b""
         if b"\r" in chunk:
             self._cr = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -79,25 +80,68 @@ class SSEDecoder:
             if b"\n\n" not in chunk and not (self._pending_nl and chunk[:1] == b"\n"):
                 self._pending.append(chunk)
                 self._pending_nl = chunk[-1:] == b"\n"
-                return []
-            self._pending.append(chunk)
-            buf = b"".join(self._pending)
+                self.pending_bytes += len(chunk)
+                return b""
+            head = b"".join(self._pending)
             self._pending = []
+            self.pending_bytes = 0
+            if b"\n\n" in chunk:
+                cut = chunk.rfind(b"\n\n") + 2
+                out, rest = head + chunk[:cut], chunk[cut:]
+            else:  # the blank line straddles the seam: the pending bytes end "\n", the chunk starts "\n"
+                out, rest = head + chunk[:1], chunk[1:]
         else:
-            buf = chunk
-        parts = buf.split(b"\n\n")
-        rest = parts.pop()
+            cut = chunk.rfind(b"\n\n")
+            if cut < 0:
+                out, rest = b"", chunk
+            else:
+                out, rest = chunk[:cut + 2], chunk[cut + 2:]
         if rest:
             self._pending = [rest]
             self._pending_nl = rest[-1:] == b"\n"
-        if not parts:
+            self.pending_bytes = len(rest)
+        return out
+
+    def flush(self) -> bytes:
+        """An unfinished last event (the stream ended without its blank line), completed; b"" when none."""
+        raw = b"".join(self._pending)
+        self._pending = []
+        self.pending_bytes = 0
+        if not raw.strip():
+            return b""
+        return raw.rstrip(b"\n") + b"\n\n"
+
+
+class SSEDecoder:
+    """Incremental decoder: `feed(bytes)` returns the events completed by those bytes; `flush()` at end of
+    stream dispatches a final event that lacked its blank line (lenient: some servers close right after
+    `data: [DONE]\\n`)."""
+
+    __slots__ = ("_splitter", "last_event_id")
+
+    def __init__(self) -> None:
+        self._splitter = EventSplitter()  # whole events out of the byte stream, in linear time
+        self.last_event_id: str | None = None
+
+    @property
+    def pending_bytes(self) -> int:
+        """Size of the event still incomplete."""
+        return self._splitter.pending_bytes
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self._splitter.feed(chunk)
+        if not buf:
             return []
+        parts = buf.split(b"\n\n")
+        parts.pop()  # `buf` ends with the blank line of its last event
         out: list[SSEEvent] = []
         last_id = self.last_event_id
         for raw in parts:
             # Fast path: one `data: ...` line, no other field (what OpenAI-compatible servers send).
             if raw[:6] == b"data: " and b"\n" not in raw:
                 out.append(SSEEvent(raw[6:].decode("utf-8", "replace"), "message", last_id))
+                continue
+            if not raw:
                 continue
             ev = self._parse(raw)
             last_id = self.last_event_id
@@ -106,9 +150,8 @@ class SSEDecoder:
         return out
 
     def flush(self) -> list[SSEEvent]:
-        raw = b"".join(self._pending)
-        self._pending = []
-        if not raw.strip(b"\n"):
+        raw = self._splitter.flush()
+        if not raw:
             return []
         ev = self._parse(raw)
         return [ev] if ev is not None else []

@@ -16,7 +16,7 @@ import orjson
 
 from translator.caps import caps_for
 from translator.convert.openai_request import anthropic_to_openai
-from translator.providers.litellm_path import get_litellm
+from translator.litellm_loader import get_litellm
 from translator.routing import Target
 from translator.schemas.anthropic import MessagesRequest, validate_or_400
 

@@ -1,4 +1,4 @@
-"""translator.providers.http1 against real loopback servers that answer with scripted bytes: body framings,
+"""translator.backends.http1 against real loopback servers that answer with scripted bytes: body framings,
 keep-alive reuse and when a connection must not be reused, timeouts, broken upstreams, the pool limit, flow
 control, TLS with certificate checks, and what goes on the wire."""
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 from yarl import URL
 
-from translator.providers import http1
+from translator.backends import http1
 
 
 @dataclass

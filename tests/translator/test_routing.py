@@ -50,7 +50,7 @@ ROUTES = [
 @pytest.mark.parametrize("env,requested,expected", ROUTES)
 def test_routing_table(env, requested, expected):
     t = Router(settings(**env)).resolve(requested)
-    assert (t.path, t.provider, t.model) == expected
+    assert (t.backend, t.provider, t.model) == expected
 
 
 def test_routing_base_urls_and_key_modes():
@@ -81,7 +81,7 @@ def test_routing_file_rules_glob_exact_caps_and_models(tmp_path):
             target: gemini/gemini-2.5-pro
     """))
     r = Router(settings(TRANSLATOR_ROUTES=str(f)), load_routes(str(f)))
-    assert r.resolve("claude-special").path == "anthropic"
+    assert r.resolve("claude-special").backend == "anthropic"
     fast = r.resolve("claude-3-5-haiku-20241022")
     assert (fast.provider, fast.model, fast.base_url) == ("litellm_proxy", "fast", "http://fast.local/v1")
     caps = caps_for(fast)

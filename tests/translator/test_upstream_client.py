@@ -15,8 +15,8 @@ import pytest
 from tests.support.upstream import ScriptedUpstream, openai_chunk, openai_stream
 from translator.credentials import Credential
 from translator.errors import ApiError
-from translator.providers.http1 import Http1Pool
-from translator.providers.openai_native import OpenAIBackend, new_session
+from translator.backends.openai_chat import OpenAIChatClient
+from translator.backends.transport import Transport
 from translator.routing import Target
 from translator.serving import HeadCoalescingTransport
 
@@ -82,14 +82,13 @@ class MiniUpstream:
 
 @contextlib.asynccontextmanager
 async def backend(*, read_timeout_s: float = 30, max_connections: int = 8):
-    """The backend as the app builds it: http1 for direct requests, aiohttp for proxied ones."""
-    async with new_session(connect_timeout_s=5, read_timeout_s=read_timeout_s,
-                           max_connections=max_connections) as s:
-        pool = Http1Pool(connect_timeout_s=5, read_timeout_s=read_timeout_s, max_connections=max_connections)
-        try:
-            yield OpenAIBackend(s, pool)
-        finally:
-            await pool.close()
+    """The OpenAI client on the transport as the app builds it: http1 for direct requests, aiohttp for proxied
+    ones."""
+    transport = Transport(connect_timeout_s=5, read_timeout_s=read_timeout_s, max_connections=max_connections)
+    try:
+        yield OpenAIChatClient(transport)
+    finally:
+        await transport.aclose()
 
 
 async def drain(stream, interval: float = 5.0) -> list:

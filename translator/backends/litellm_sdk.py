@@ -3,54 +3,23 @@
 LiteLLM knows those providers' auth and wire formats; its responses and stream chunks are turned into plain
 OpenAI-shaped dicts with `.model_dump()` so the same conversion layer as the native OpenAI path serves them.
 LiteLLM takes seconds to import, so it is imported on first use in a worker thread (or at startup when a
-configured route needs it, see translator.app), never at module import.
+configured route needs it, see translator.service), never at module import.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import threading
-import time
-from typing import Any, AsyncIterator
+from typing import Any
 
+from translator.backends.base import BackendDeps
+from translator.backends.chat import ChatBackend
 from translator.credentials import Credential
+from translator.litellm_loader import get_litellm
 from translator.errors import (ApiError, extract_message, upstream_broken, upstream_error, upstream_timeout,
                                upstream_unreachable)
 from translator.routing import Target
-
-_lock = threading.Lock()
-_module: Any = None
-import_seconds: float | None = None  # measured cold import time, exported as a metric and logged
-after_import: list = []  # callables run once LiteLLM is imported (the serving process re-freezes the GC)
-
-
-def _import_litellm() -> Any:
-    global _module, import_seconds
-    with _lock:
-        if _module is None:
-            # Never fetch the model price map from the internet at import time.
-            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            t0 = time.perf_counter()
-            import litellm  # noqa: PLC0415 - deliberately lazy
-
-            litellm.telemetry = False
-            litellm.suppress_debug_info = True
-            litellm.drop_params = True  # params a provider does not take are dropped, not a 400
-            import_seconds = time.perf_counter() - t0
-            _module = litellm
-            for hook in after_import:
-                hook()
-    return _module
-
-
-async def get_litellm() -> Any:
-    if _module is not None:
-        return _module
-    return await asyncio.to_thread(_import_litellm)
-
 
 def map_exception(exc: BaseException, provider: str, cred: Credential) -> ApiError:
     """LiteLLM's OpenAI-style exceptions -> Anthropic-shaped errors."""
@@ -106,48 +75,61 @@ def _kwargs(target: Target, body: dict, cred: Credential, timeout: float) -> dic
     return kw
 
 
-class LiteLLMStream:
+class LiteLLMChunks:
+    """A LiteLLM stream as a `ChunkSource` (translator.backends.chat). LiteLLM's reads must not be cancelled
+    (that breaks its HTTP stream), so a read still pending when a wait ends keeps running in its task and
+    the next call picks it up; this costs a task per chunk, which this path (seconds of CPU per request in
+    LiteLLM already) can afford."""
+
     def __init__(self, wrapper: Any, provider: str, cred: Credential) -> None:
         self._wrapper = wrapper
         self._provider = provider
         self._cred = cred
         self._it = wrapper.__aiter__()
-        self._first: asyncio.Future | None = None
+        self._pending: asyncio.Future | None = None
+        self._ended = False
 
     async def prime(self, wait_s: float) -> None:
         """Wait up to `wait_s` for the first chunk. LiteLLM only sends some providers' requests (Gemini among
         them) when the stream is first iterated, so this is where their HTTP errors surface: raised here they
         become proper HTTP errors instead of an error event after a 200. A slower first chunk is not waited
         for beyond `wait_s`; the stream then starts and pings cover the silence."""
-        self._first = asyncio.ensure_future(self._it.__anext__())
-        done, _ = await asyncio.wait((self._first,), timeout=wait_s)
-        if done and self._first.exception() is not None:
-            exc = self._first.exception()
-            self._first = None
+        self._pending = asyncio.ensure_future(self._it.__anext__())
+        done, _ = await asyncio.wait((self._pending,), timeout=wait_s)
+        if done and self._pending.exception() is not None:
+            exc = self._pending.exception()
+            self._pending = None
             if isinstance(exc, StopAsyncIteration):
-                self._it = _empty()
+                self._ended = True
                 return
             raise map_exception(exc, self._provider, self._cred)
 
-    async def batches(self) -> AsyncIterator[list[dict]]:
+    async def next_batch(self, wait: float) -> list[dict] | None:
+        if self._ended:
+            return None
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._it.__anext__())
+        if not self._pending.done():
+            if wait <= 0:
+                return []
+            done, _ = await asyncio.wait((self._pending,), timeout=wait)
+            if not done:
+                return []
+        task, self._pending = self._pending, None
         try:
-            if self._first is not None:
-                first, self._first = self._first, None
-                try:
-                    chunk = await first
-                except StopAsyncIteration:
-                    return
-                yield [chunk.model_dump(exclude_none=True)]
-            async for chunk in self._it:
-                yield [chunk.model_dump(exclude_none=True)]
+            chunk = task.result()
+        except StopAsyncIteration:
+            self._ended = True
+            return None
         except ApiError:
             raise
         except Exception as exc:  # noqa: BLE001 - LiteLLM raises many types; all become Anthropic errors
             raise map_exception(exc, self._provider, self._cred) from None
+        return [chunk.model_dump(exclude_none=True)]
 
     async def aclose(self) -> None:
-        if self._first is not None and not self._first.done():
-            self._first.cancel()
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
         close = getattr(self._wrapper, "aclose", None)
         if close is not None:
             try:
@@ -156,17 +138,16 @@ class LiteLLMStream:
                 pass
 
 
-async def _empty() -> AsyncIterator[Any]:
-    return
-    yield  # pragma: no cover
+class LiteLLMBackend(ChatBackend):
+    """Backend kind `litellm`: every provider LiteLLM serves for us (gemini/, vertex_ai/, bedrock/, ...)."""
 
+    kind = "litellm"
 
-class LiteLLMBackend:
-    def __init__(self, timeout_s: float, first_chunk_wait_s: float = 10.0) -> None:
-        self.timeout_s = timeout_s
-        self.first_chunk_wait_s = first_chunk_wait_s
+    def __init__(self, deps: BackendDeps) -> None:
+        self.timeout_s = deps.settings.read_timeout_s
+        self.first_chunk_wait_s = deps.settings.ping_interval_s
 
-    async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
+    async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
         litellm = await get_litellm()
         kw = _kwargs(target, body, cred, self.timeout_s)
         kw.pop("stream", None)
@@ -177,7 +158,7 @@ class LiteLLMBackend:
             raise map_exception(exc, target.provider, cred) from None
         return resp.model_dump(exclude_none=True)
 
-    async def open_stream(self, target: Target, body: dict, cred: Credential) -> LiteLLMStream:
+    async def chat_stream(self, target: Target, body: dict, cred: Credential) -> LiteLLMChunks:
         litellm = await get_litellm()
         kw = _kwargs(target, body, cred, self.timeout_s)
         kw["stream"] = True
@@ -185,7 +166,7 @@ class LiteLLMBackend:
             wrapper = await litellm.acompletion(**kw)
         except Exception as exc:  # noqa: BLE001
             raise map_exception(exc, target.provider, cred) from None
-        stream = LiteLLMStream(wrapper, target.provider, cred)
+        stream = LiteLLMChunks(wrapper, target.provider, cred)
         try:
             await stream.prime(self.first_chunk_wait_s)
         except BaseException:

@@ -1,0 +1,173 @@
+"""The Anthropic native backend: Messages passthrough, no conversion, over the shared transport.
+
+The client's body goes upstream as it came (only `model` replaced by the mapped name, synthetic thinking
+blocks removed), with `anthropic-version` and `anthropic-beta` forwarded and the per-user credential as
+`x-api-key`. Streams are relayed as bytes, cut at event boundaries so that an error frame the relay may append
+never lands inside a half-forwarded event; only the `message_start` event is parsed, to name the model the
+client asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Mapping
+
+import orjson
+
+from translator.backends.base import BackendDeps
+from translator.backends.transport import (UpstreamResponse, end_response, error_from_response,
+                                           is_transport_error, read_all, read_within, transport_error)
+from translator.context import RequestContext
+from translator.convert.anthropic_body import drop_synthetic_thinking
+from translator.credentials import Credential
+from translator.errors import ApiError, error_body, upstream_not_json
+from translator.routing import Target
+from translator.sse import EventSplitter, encode_event
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_VERSION = "2023-06-01"
+
+
+def _headers(cred: Credential, client_headers: Mapping[str, str], stream: bool) -> dict[str, str]:
+    h = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json",
+         "anthropic-version": client_headers.get("anthropic-version") or DEFAULT_VERSION}
+    beta = client_headers.get("anthropic-beta")
+    if beta:
+        h["anthropic-beta"] = beta
+    if cred.key:
+        h["x-api-key"] = cred.key
+    return h
+
+
+def _url(target: Target, suffix: str = "") -> str:
+    return f"{(target.base_url or DEFAULT_BASE_URL).rstrip('/')}/v1/messages{suffix}"
+
+
+def _rename_model(event: bytes, model: str) -> bytes:
+    """Rewrite `message.model` in a message_start event (one event, `\\n\\n`-terminated)."""
+    head, sep, rest = event.partition(b"data:")
+    if not sep:
+        return event
+    payload, nl, tail = rest.partition(b"\n")
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return event
+    if isinstance(data, dict) and isinstance(data.get("message"), dict):
+        data["message"]["model"] = model
+        return head + b"data: " + orjson.dumps(data) + nl + tail
+    return event
+
+
+class AnthropicStream:
+    """A `Stream` (translator.backends.base) over an Anthropic upstream's SSE body."""
+
+    def __init__(self, resp: UpstreamResponse, provider: str, requested_model: str) -> None:
+        self._resp = resp
+        self._provider = provider
+        self._model = requested_model
+        self._splitter = EventSplitter()
+        self._done = False  # message_stop relayed or the body ended
+        self.chunks = 0
+
+    async def frames(self, ping_interval: float) -> AsyncIterator[bytes | None]:
+        loop = asyncio.get_running_loop()
+        content = self._resp.content
+        splitter = self._splitter
+        first = True
+        begun = False  # no ping before the upstream's first event (message_start comes first)
+        last = loop.time()
+        try:
+            while True:
+                raw = await read_within(content, last + ping_interval - loop.time())
+                if not raw:
+                    if content.at_eof():
+                        break
+                    if loop.time() - last >= ping_interval:
+                        if begun:
+                            yield None
+                        last = loop.time()
+                    continue
+                out = splitter.feed(raw)
+                if not out:
+                    continue
+                if first:
+                    first = False
+                    end = out.find(b"\n\n") + 2
+                    if b"message_start" in out[:end]:
+                        out = _rename_model(out[:end], self._model) + out[end:]
+                begun = True
+                self.chunks += out.count(b"\n\n")
+                yield out
+                last = loop.time()
+                if b"event: message_stop" in out:
+                    self._done = True
+                    return  # the message is complete: nothing may follow, whatever the upstream does next
+        except Exception as exc:
+            if is_transport_error(exc):
+                raise transport_error(exc, self._provider) from None
+            raise
+        self._done = True
+        tail = splitter.flush()
+        if tail:
+            self.chunks += 1
+            yield tail
+
+    def error_frame(self, err: ApiError) -> bytes:
+        return encode_event("error", error_body(err.type, err.message))
+
+    async def aclose(self) -> None:
+        await end_response(self._resp, self._done)
+
+
+class AnthropicBackend:
+    """Backend kind `anthropic`: the Anthropic Messages API (or a compatible server) without conversion."""
+
+    kind = "anthropic"
+    counts_upstream = True
+
+    def __init__(self, deps: BackendDeps) -> None:
+        self.transport = deps.transport
+
+    async def _post(self, ctx: RequestContext, body: dict, suffix: str, stream: bool) -> UpstreamResponse:
+        target = ctx.target
+        return await self.transport.post(_url(target, suffix), orjson.dumps(body),
+                                         _headers(ctx.cred, ctx.headers, stream), target.provider)
+
+    async def _post_json(self, ctx: RequestContext, body: dict, suffix: str) -> Any:
+        provider = ctx.target.provider
+        resp = await self._post(ctx, body, suffix, False)
+        if resp.status != 200:
+            raise await error_from_response(resp, provider, ctx.cred)
+        try:
+            raw = await read_all(resp, provider)
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise upstream_not_json(provider) from None
+
+    def _body(self, ctx: RequestContext, **extra: Any) -> dict:
+        return dict(drop_synthetic_thinking(ctx.body)[0], model=ctx.target.model, **extra)
+
+    async def complete(self, ctx: RequestContext) -> dict:
+        data = await self._post_json(ctx, self._body(ctx), "")
+        if isinstance(data, dict) and "model" in data:
+            data["model"] = ctx.request.model
+        return data
+
+    async def count_tokens(self, ctx: RequestContext) -> dict:
+        return await self._post_json(ctx, self._body(ctx), "/count_tokens")
+
+    async def open_stream(self, ctx: RequestContext) -> AnthropicStream:
+        provider = ctx.target.provider
+        resp = await self._post(ctx, self._body(ctx, stream=True), "", True)
+        if resp.status != 200:
+            raise await error_from_response(resp, provider, ctx.cred)
+        return AnthropicStream(resp, provider, ctx.request.model)
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,118 @@
+"""What the backends whose upstream speaks OpenAI chat completions share (the OpenAI-compatible and the
+LiteLLM backends): the request converted with `translator.convert`, the answer converted back, and a stream of
+OpenAI-shaped chunk batches turned into Anthropic SSE frames by the one stream converter.
+
+A subclass provides the upstream side only: `chat_complete(target, body, cred) -> dict` (an OpenAI
+chat-completion dict) and `chat_stream(target, body, cred) -> ChunkSource`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Protocol
+
+from translator.caps import caps_for
+from translator.context import RequestContext
+from translator.convert.openai_request import anthropic_to_openai, tool_name_map
+from translator.convert.openai_response import openai_to_anthropic
+from translator.convert.openai_stream import OpenAIStreamConverter
+from translator.credentials import Credential
+from translator.errors import ApiError
+from translator.ids import new_message_id
+from translator.routing import Target
+from translator.sse import encode_event, encode_events
+from translator.tokens import count_tokens_locally
+
+
+class ChunkSource(Protocol):
+    async def next_batch(self, wait: float) -> list[dict] | None:
+        """The OpenAI chunk dicts of the next read; `[]` when `wait` seconds passed without one (or a read
+        completed no chunk); `None` at the end of the stream. Failures raise ApiError."""
+        ...
+
+    async def aclose(self) -> None:
+        ...
+
+
+class ChatStream:
+    """A `Stream` (translator.backends.base) over a `ChunkSource`: chunks -> Anthropic events."""
+
+    __slots__ = ("_source", "_converter", "chunks")
+
+    def __init__(self, source: ChunkSource, converter: OpenAIStreamConverter) -> None:
+        self._source = source
+        self._converter = converter
+        self.chunks = 0
+
+    async def frames(self, ping_interval: float) -> AsyncIterator[bytes | None]:
+        loop = asyncio.get_running_loop()
+        converter = self._converter
+        feed = converter.feed
+        next_batch = self._source.next_batch
+        # message_start as soon as the upstream answered 200: first bytes out early, and any ping that follows
+        # is in Anthropic's order (message_start first).
+        yield encode_events(converter.start())
+        last = loop.time()  # when the client was last sent something: pings are timed from here
+        while True:
+            batch = await next_batch(last + ping_interval - loop.time())
+            if batch is None:
+                break
+            if batch:
+                self.chunks += len(batch)
+                events: list = []
+                for chunk in batch:
+                    events += feed(chunk)
+                if events:
+                    yield encode_events(events)
+                    last = loop.time()
+                    continue
+            if loop.time() - last >= ping_interval:
+                yield None
+                last = loop.time()
+        yield encode_events(converter.finish())
+
+    def error_frame(self, err: ApiError) -> bytes:
+        name, data = self._converter.error(err.type, err.message)
+        return encode_event(name, data)
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
+
+
+class ChatBackend:
+    """Base of the backends with an OpenAI chat-completions upstream."""
+
+    kind = ""
+    counts_upstream = False  # counted locally with the model's tokenizer (translator.tokens)
+
+    async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
+        raise NotImplementedError
+
+    async def chat_stream(self, target: Target, body: dict, cred: Credential) -> ChunkSource:
+        raise NotImplementedError
+
+    @staticmethod
+    def _convert(ctx: RequestContext) -> tuple[dict, dict[str, str]]:
+        caps = caps_for(ctx.target)
+        body = anthropic_to_openai(ctx.request, model=ctx.target.model, caps=caps)
+        return body, tool_name_map(ctx.request, caps)  # tool names shortened for the backend, mapped back
+
+    async def complete(self, ctx: RequestContext) -> dict:
+        body, tool_names = self._convert(ctx)
+        req = ctx.request
+        raw = await self.chat_complete(ctx.target, body, ctx.cred)
+        return openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
+
+    async def open_stream(self, ctx: RequestContext) -> ChatStream:
+        body, tool_names = self._convert(ctx)
+        req = ctx.request
+        source = await self.chat_stream(ctx.target, body, ctx.cred)
+        converter = OpenAIStreamConverter(model=req.model, message_id=new_message_id(),
+                                          stop_sequences=req.stop_sequences, tool_names=tool_names)
+        return ChatStream(source, converter)
+
+    async def count_tokens(self, ctx: RequestContext) -> dict:
+        return {"input_tokens": await count_tokens_locally(ctx.body, ctx.target)}
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,216 @@
+"""The one upstream transport of the HTTP backends (OpenAI-compatible and Anthropic native).
+
+Direct requests (the common case: an in-cluster LiteLLM gateway, vLLM, api.openai.com, api.anthropic.com) go
+over `translator.backends.http1`, a small pooled HTTP/1.1 client on asyncio transports and httptools. Requests
+that the environment routes through a proxy (HTTP(S)_PROXY, NO_PROXY) go over one aiohttp session, created
+and imported only when the first such request is made. Measured side by side in one process against the
+bench's loopback upstream (uvloop, 16 concurrent requests, CPU time per tiny non-streaming request): httpx
+0.28 (pooled AsyncClient) 1040-1100 µs, aiohttp 3.14 (pooled ClientSession) 52.6-65 µs, http1 9.6-9.7 µs.
+
+Both clients give the same response interface (`status`, `headers`, `content.read_nowait/readany/at_eof`,
+`release()`, `close()`), and both buffer what the connection delivers, so a read cancelled by a timer loses
+nothing (the next read returns the buffered bytes). That is what makes ping pacing cheap: a stream waits for
+its next read under `asyncio.timeout` on the streaming task itself, with no helper task per read.
+
+Every transport failure leaves this module as an Anthropic-shaped `ApiError` (`transport_error`): connection
+failures 502, timeouts 504. Redirects are never followed (a POST carrying a user's key is not replayed to
+wherever a Location header points); they are answered as upstream errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from yarl import URL
+
+from translator.backends import http1
+from translator.credentials import Credential
+from translator.errors import (MAX_ERROR_BODY, ApiError, upstream_broken, upstream_error_from_body,
+                               upstream_timeout, upstream_unreachable)
+
+USER_AGENT = "keyrelay-translator/0.1"
+
+# The response interface both clients offer (http1.Response, aiohttp.ClientResponse).
+UpstreamResponse = Any
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    url: URL
+    proxy: URL | None = None  # the proxy from the environment, credentials stripped
+    proxy_user: str | None = None
+    proxy_password: str | None = None
+
+
+def env_proxy(url: URL) -> Endpoint:
+    """The proxy the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY and their lower-case forms) names for
+    `url`, with the rules aiohttp's `trust_env` applies: NO_PROXY wins, only http:// proxies are used."""
+    host = url.raw_host or ""
+    if urllib.request.proxy_bypass_environment(host):
+        return Endpoint(url)
+    raw = urllib.request.getproxies_environment().get(url.scheme)
+    if not raw:
+        return Endpoint(url)
+    proxy = URL(raw)
+    if proxy.scheme != "http":
+        return Endpoint(url)
+    return Endpoint(url, proxy.with_user(None), proxy.user, proxy.password)
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether `exc` is a failure of either client (aiohttp is only consulted once it was imported)."""
+    if isinstance(exc, (http1.HttpError, TimeoutError)):
+        return True
+    aiohttp = _aiohttp_if_imported()
+    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
+
+
+def transport_error(exc: BaseException, provider: str) -> ApiError:
+    """Transport failures of either client -> Anthropic-shaped errors (connection failed 502, timeouts 504)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, TimeoutError):  # both clients' connect and read timeouts subclass it
+        return upstream_timeout(provider)
+    if isinstance(exc, http1.ConnectError):  # refused, DNS, unreachable, TLS
+        return upstream_unreachable(provider)
+    aiohttp = _aiohttp_if_imported()
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectorError):
+        return upstream_unreachable(provider)
+    return upstream_broken(provider)
+
+
+def _aiohttp_if_imported() -> Any:
+    import sys
+
+    return sys.modules.get("aiohttp")
+
+
+class Transport:
+    """POSTs to upstream URLs over the pooled http1 client, or over aiohttp when a proxy applies. Create it
+    inside the running event loop; `aclose()` at shutdown."""
+
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.max_connections = max_connections
+        self.pool = http1.Http1Pool(connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s,
+                                    max_connections=max_connections, user_agent=USER_AGENT)
+        self._session: Any = None  # aiohttp.ClientSession, for proxied requests only
+        self._endpoints: dict[str, Endpoint] = {}
+
+    def endpoint(self, url: str) -> Endpoint:
+        """The parsed URL and its proxy, resolved once per URL (URLs come from configuration, not clients)."""
+        hit = self._endpoints.get(url)
+        if hit is None:
+            hit = self._endpoints[url] = env_proxy(URL(url))
+        return hit
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], provider: str) -> UpstreamResponse:
+        """POST `body`; returns once the response head arrived. Transport failures raise ApiError."""
+        ep = self.endpoint(url)
+        try:
+            if ep.proxy is None:
+                return await self.pool.post(ep.url, body, headers)
+            return await self._proxied(ep, body, headers)
+        except Exception as exc:
+            if is_transport_error(exc):
+                raise transport_error(exc, provider) from None
+            raise
+
+    async def _proxied(self, ep: Endpoint, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
+        import aiohttp  # noqa: PLC0415 - only a translator that talks through a proxy needs it
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0, keepalive_timeout=60,
+                                               ttl_dns_cache=300),
+                # connect covers waiting for a pooled connection and connecting; sock_read is the silence
+                # allowed between two reads (a streamed answer may take longer than any total timeout).
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s,
+                                              sock_connect=self.connect_timeout_s, sock_read=self.read_timeout_s),
+                headers={"user-agent": USER_AGENT},
+                # No cookie jar: the session is shared by every user's requests, so a cookie one upstream
+                # answer set must never ride along on another user's request.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                # The proxy is resolved here once per URL (`env_proxy`); trust_env would read the proxy
+                # variables and ~/.netrc on every request.
+                trust_env=False,
+                auto_decompress=True,
+            )
+        auth = (aiohttp.BasicAuth(ep.proxy_user, ep.proxy_password or "") if ep.proxy_user is not None else None)
+        return await self._session.post(ep.url, data=body, proxy=ep.proxy, proxy_auth=auth, allow_redirects=False,
+                                        headers=dict(headers))
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.pool.close()
+
+
+async def read_all(resp: UpstreamResponse, provider: str) -> bytes:
+    """The whole body of a response; transport failures raise ApiError. Always release or close `resp`."""
+    try:
+        return await resp.content.read()
+    except Exception as exc:
+        if is_transport_error(exc):
+            raise transport_error(exc, provider) from None
+        raise
+
+
+async def error_from_response(resp: UpstreamResponse, provider: str, cred: Credential) -> ApiError:
+    """The ApiError for a non-200 answer (reads at most MAX_ERROR_BODY bytes of its body, then closes it)."""
+    raw = b""
+    try:
+        while len(raw) <= MAX_ERROR_BODY:
+            part = await resp.content.readany()
+            if not part:
+                break
+            raw += part
+    except Exception as exc:  # noqa: BLE001 - a failing error body still yields the status's error
+        if not is_transport_error(exc):
+            raise
+    finally:
+        resp.close()
+    return upstream_error_from_body(resp.status, raw[:MAX_ERROR_BODY], provider=provider, headers=resp.headers,
+                                    secrets=[cred.key])
+
+
+async def read_within(content: Any, wait: float) -> bytes:
+    """The body bytes already buffered, else the next bytes that arrive within `wait` seconds; b"" when none
+    did or the body ended (tell them apart with `content.at_eof()`). Bytes buffered are taken without waiting;
+    only an empty buffer arms a timer (`asyncio.timeout` on the calling task: no helper task, and a timed-out
+    read loses nothing). The client's own read timeout (upstream silent too long) raises TimeoutError."""
+    raw = content.read_nowait()
+    if raw or wait <= 0 or content.at_eof():
+        return raw
+    timer = asyncio.timeout(wait)
+    try:
+        async with timer:
+            return await content.readany()
+    except TimeoutError:
+        if not timer.expired():
+            raise  # the client's own read timeout
+        return content.read_nowait()  # bytes that arrived just as the timer fired
+
+
+async def end_response(resp: UpstreamResponse, finished: bool) -> None:
+    """Done with a streamed response. A finished one goes back to the pool; an unfinished one (client gone,
+    error) closes the connection, which is how the upstream learns to stop generating. After the stream's
+    last event the body's end (the last chunk of the chunked encoding) may still be on its way: it is awaited
+    up to 0.5 s rather than losing the connection. Never raises."""
+    if finished and not resp.content.at_eof():
+        try:
+            async with asyncio.timeout(0.5):
+                while await resp.content.readany():
+                    pass
+        except Exception as exc:  # noqa: BLE001 - closing never raises
+            if not is_transport_error(exc):
+                resp.close()
+                return
+    if finished and resp.content.at_eof():
+        resp.release()
+    else:
+        resp.close()
