@@ -22,6 +22,7 @@ from translator.convert.openai_response import SYNTHETIC_SIGNATURE, is_synthetic
 from translator.convert.responses_request import anthropic_to_responses, reasoning_signature
 from translator.convert.responses_response import responses_error, responses_to_anthropic
 from translator.convert.responses_stream import ResponsesStreamConverter
+from translator.errors import ApiError
 from translator.schemas.anthropic import MessagesRequest
 from translator.sse import encode_events
 
@@ -245,6 +246,7 @@ def test_response_mapping(resp, kw, content, stop_reason, stop_sequence, usage_)
         ({"code": "server_error", "message": "boom"}, 500, "api_error"),
         ({"code": "invalid_prompt", "message": "flagged"}, 400, "invalid_request_error"),
         ({"code": "something_new", "message": "?"}, 502, "api_error"),
+        ({"code": "invalid_api_key", "message": "Incorrect API key provided: sk-proj-abcdefghijklmnopqrstuvwxyz012345"}, 502, "api_error"),
         (None, 502, "api_error"),
     ],
 )
@@ -252,6 +254,7 @@ def test_error_mapping(error, status, kind):
     s, k, message = responses_error(error)
     assert (s, k) == (status, kind)
     assert message.startswith("upstream responses API error")
+    assert "abcdefghijklmnop" not in message
 
 
 def test_reasoning_round_trip_across_turns():
@@ -330,9 +333,13 @@ def test_stream_failure_is_an_error_event(tail, kind):
     _EVENT.validate_python(tail)
     conv = ResponsesStreamConverter(model="m")
     events = conv.feed({"type": "response.output_text.delta", "delta": "par", "item_id": "m", "output_index": 0, "content_index": 0})
-    events += conv.feed(tail)
-    assert events[-1][0] == "error" and events[-1][1]["error"]["type"] == kind
-    assert conv.failure is not None and conv.finish() == []
+    with pytest.raises(ApiError) as err:
+        conv.feed(tail)
+    assert err.value.type == kind and err.value.upstream
+    assert conv.failure is not None and conv.failure[1] == kind
+    name, data = conv.error(err.value.type, err.value.message)  # what the relay sends
+    assert name == "error" and data["error"]["type"] == kind
+    assert conv.feed({"type": "response.output_text.delta", "delta": "x"}) == [] and conv.finish() == []
 
 
 @pytest.mark.parametrize("seed", range(30))

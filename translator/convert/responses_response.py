@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from translator.convert.call_ids import client_call_id
 from translator.convert.openai_response import SYNTHETIC_SIGNATURE, parse_tool_arguments
 from translator.convert.responses_request import reasoning_signature
+from translator.errors import scrub
 from translator.ids import new_message_id, new_tool_use_id
 
 __all__ = ["responses_to_anthropic", "map_responses_usage", "responses_error", "reasoning_block", "stop_reason_of"]
@@ -26,16 +27,17 @@ _ERRORS = {
 }
 
 
-def responses_error(error: Any) -> tuple[int, str, str]:
+def responses_error(error: Any, secrets: Iterable[str | None] = ()) -> tuple[int, str, str]:
     """(status, Anthropic error type, message) for a Responses `error` object (a failed response, or the
-    `error` stream event); unknown codes are a 502 api_error (the upstream failed, not the client)."""
+    `error` stream event); unknown codes are a 502 api_error (the upstream failed, not the client). The
+    upstream's message is quoted without `secrets` or anything key-shaped."""
     code = message = None
     if isinstance(error, Mapping):
         code, message = error.get("code"), error.get("message")
     status, kind = _ERRORS.get(code if isinstance(code, str) else "", (502, "api_error"))
     text = f"upstream responses API error{f' ({code})' if isinstance(code, str) else ''}"
     if isinstance(message, str) and message:
-        text += ": " + message[:500]
+        text += ": " + scrub(" ".join(message.split()), secrets)[:500]
     return status, kind, text
 
 

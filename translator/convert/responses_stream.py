@@ -16,7 +16,7 @@ output), the grammar is Anthropic's.
 | response.output_item.added (function_call) | tool_use block (call_id, name) as soon as it can stream |
 | response.function_call_arguments.delta | input_json_delta |
 | response.completed / response.incomplete | message_delta (stop_reason, usage), message_stop |
-| response.failed / error | `error` event (`responses_error` mapping) |
+| response.failed / error | ApiError raised (`responses_error` mapping); the caller sends `.error(...)` |
 
 Everything else (created, in_progress, content_part.*, *.done repeats, web_search_call.*) carries nothing new.
 """
@@ -28,6 +28,7 @@ from typing import Any, Mapping
 from translator.convert.openai_stream import _TEXT, _THINKING, Event, OpenAIStreamConverter
 from translator.convert.responses_request import reasoning_signature
 from translator.convert.responses_response import responses_error
+from translator.errors import ApiError
 
 __all__ = ["ResponsesStreamConverter"]
 
@@ -107,9 +108,9 @@ class ResponsesStreamConverter(OpenAIStreamConverter):
             err = event.get("error") if t == "error" else (event.get("response") or {}).get("error")
             if t == "error" and err is None:
                 err = event
-            self._failure = responses_error(err)
-            _, kind, message = self._failure
-            out.append(self.error(kind, message))
+            status, kind, message = self._failure = responses_error(err)
+            # The caller turns this into the stream's `error` event (`.error`), as for any failure mid-stream.
+            raise ApiError(status, kind, message, upstream=True)
         return out
 
     def _item_added(self, item: Any, output_index: Any, out: list[Event]) -> None:
