@@ -9,6 +9,8 @@ chat-completion dict) and `chat_stream(target, body, cred) -> ChunkSource`.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from typing import AsyncIterator, Protocol
 
 from translator.caps import caps_for
@@ -22,6 +24,16 @@ from translator.ids import new_message_id
 from translator.routing import Target
 from translator.sse import encode_event, encode_events
 from translator.tokens import count_tokens_locally
+
+log = logging.getLogger("keyrelay.translator")
+
+
+def log_conversion_notes(ctx: RequestContext, notes: list[str]) -> None:
+    """One line naming what the conversion left out for this backend (server tools, fields, blocks: names and
+    counts, never content; escaped, since tool and field names come from the client)."""
+    if notes and log.isEnabledFor(logging.INFO):
+        log.info("conversion request_id=%s route=%s notes=%s", ctx.request_id,
+                 ctx.target.rule if ctx.target else "", json.dumps(notes, ensure_ascii=True))
 
 
 class ChunkSource(Protocol):
@@ -94,7 +106,9 @@ class ChatBackend:
     @staticmethod
     def _convert(ctx: RequestContext) -> tuple[dict, dict[str, str]]:
         caps = caps_for(ctx.target)
-        body = anthropic_to_openai(ctx.request, model=ctx.target.model, caps=caps)
+        notes: list[str] = []
+        body = anthropic_to_openai(ctx.request, model=ctx.target.model, caps=caps, notes=notes)
+        log_conversion_notes(ctx, notes)
         return body, tool_name_map(ctx.request, caps)  # tool names shortened for the backend, mapped back
 
     async def complete(self, ctx: RequestContext) -> dict:

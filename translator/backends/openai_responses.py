@@ -12,7 +12,7 @@ from __future__ import annotations
 import orjson
 
 from translator.backends.base import BackendDeps
-from translator.backends.chat import ChatStream
+from translator.backends.chat import ChatStream, log_conversion_notes
 from translator.backends.openai_chat import OpenAIChatClient
 from translator.backends.transport import error_from_response, read_all
 from translator.caps import caps_for
@@ -74,7 +74,9 @@ class ResponsesBackend:
     @staticmethod
     def _convert(ctx: RequestContext) -> tuple[dict, dict[str, str]]:
         caps = caps_for(ctx.target)
-        body = anthropic_to_responses(ctx.request, model=ctx.target.model, caps=caps)
+        notes: list[str] = []
+        body = anthropic_to_responses(ctx.request, model=ctx.target.model, caps=caps, notes=notes)
+        log_conversion_notes(ctx, notes)
         return body, tool_name_map(ctx.request, caps)
 
     async def complete(self, ctx: RequestContext) -> dict:
