@@ -170,3 +170,16 @@ def test_removed_server_tools_are_logged_by_name(translator, upstream, caplog, m
     assert any(logged in line for line in lines), lines
     body = upstream.requests[-1].body
     assert [t.get("type") for t in body["tools"]] == upstream_tools
+
+
+def test_stop_sequence_ends_the_upstream_stream_early(translator, upstream):
+    """The Responses API takes no stop sequences: once one is found in the text the translator stops reading
+    and closes the upstream response (the upstream stops generating) instead of draining it."""
+    text = "answer: 42 END " + "and then a long tail nobody asked for " * 20
+    events = w.stream_events([w.message("m", text)], usage_=w.usage(3, 300), pieces=40)
+    upstream.push(w.stream_reply(events, frame_delay_s=0.02))
+    with translator.client(KEY).messages.stream(model="claude-sonnet-4-5", max_tokens=500, stop_sequences=["END"],
+                                                messages=[{"role": "user", "content": "answer"}]) as s:
+        msg = s.get_final_message()
+    assert msg.content[0].text == "answer: 42 " and (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "END")
+    assert upstream.wait_aborted(), "the upstream stream was drained instead of closed"

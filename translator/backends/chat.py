@@ -77,6 +77,11 @@ class ChatStream:
                 if events:
                     yield encode_events(events)
                     last = loop.time()
+                if converter.stopped:
+                    # A stop sequence ended the output (found in the text): stop reading; closing the
+                    # unfinished upstream response tells the upstream to stop generating.
+                    break
+                if events:
                     continue
             if loop.time() - last >= ping_interval:
                 yield None

@@ -271,6 +271,12 @@ class OpenAIStreamConverter:
         out.append(("message_stop", {"type": "message_stop"}))
         return out
 
+    @property
+    def stopped(self) -> bool:
+        """A stop sequence was found in the text: nothing after it will be emitted (the caller may stop
+        reading the upstream)."""
+        return self._cut
+
     def error(self, type: str, message: str) -> Event:
         """An `error` event for a failure after the stream started (never a made-up stop_reason)."""
         self._done = True
