@@ -97,10 +97,14 @@ class ChatStream:
 
 
 class ChatBackend:
-    """Base of the backends with an OpenAI chat-completions upstream."""
+    """Base of the backends with an OpenAI-shaped upstream: chat completions by default; the Responses API
+    backend swaps in its three conversions."""
 
     kind = ""
     counts_upstream = False  # counted locally with the model's tokenizer (translator.tokens)
+    to_upstream = staticmethod(anthropic_to_openai)
+    from_upstream = staticmethod(openai_to_anthropic)
+    stream_converter: type[OpenAIStreamConverter] = OpenAIStreamConverter
 
     async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
         raise NotImplementedError
@@ -108,11 +112,10 @@ class ChatBackend:
     async def chat_stream(self, target: Target, body: dict, cred: Credential) -> ChunkSource:
         raise NotImplementedError
 
-    @staticmethod
-    def _convert(ctx: RequestContext) -> tuple[dict, dict[str, str]]:
+    def _convert(self, ctx: RequestContext) -> tuple[dict, dict[str, str]]:
         caps = caps_for(ctx.target)
         notes: list[str] = []
-        body = anthropic_to_openai(ctx.request, model=ctx.target.model, caps=caps, notes=notes)
+        body = self.to_upstream(ctx.request, model=ctx.target.model, caps=caps, notes=notes)
         log_conversion_notes(ctx, notes)
         return body, tool_name_map(ctx.request, caps)  # tool names shortened for the backend, mapped back
 
@@ -120,13 +123,13 @@ class ChatBackend:
         body, tool_names = self._convert(ctx)
         req = ctx.request
         raw = await self.chat_complete(ctx.target, body, ctx.cred)
-        return openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
+        return self.from_upstream(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
         body, tool_names = self._convert(ctx)
         req = ctx.request
         source = await self.chat_stream(ctx.target, body, ctx.cred)
-        converter = OpenAIStreamConverter(model=req.model, message_id=new_message_id(),
+        converter = self.stream_converter(model=req.model, message_id=new_message_id(),
                                           stop_sequences=req.stop_sequences, tool_names=tool_names)
         return ChatStream(source, converter)
 

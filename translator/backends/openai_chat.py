@@ -117,6 +117,8 @@ class OpenAIChunks:
 class OpenAIChatClient:
     """POST /chat/completions to an OpenAI-compatible upstream; OpenAI-shaped answers."""
 
+    endpoint = "/chat/completions"
+
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self._urls: dict[str | None, str] = {}
@@ -124,7 +126,7 @@ class OpenAIChatClient:
     def _url(self, target: Target) -> str:
         hit = self._urls.get(target.base_url)
         if hit is None:
-            hit = self._urls[target.base_url] = f"{(target.base_url or DEFAULT_BASE_URL).rstrip('/')}/chat/completions"
+            hit = self._urls[target.base_url] = f"{(target.base_url or DEFAULT_BASE_URL).rstrip('/')}{self.endpoint}"
         return hit
 
     async def _post(self, target: Target, body: dict, cred: Credential, accept: str) -> UpstreamResponse:
@@ -133,7 +135,8 @@ class OpenAIChatClient:
             headers["authorization"] = f"Bearer {cred.key}"
         return await self.transport.post(self._url(target), orjson.dumps(body), headers, target.provider)
 
-    async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
+    async def post_json(self, target: Target, body: dict, cred: Credential) -> object:
+        """POST and the parsed JSON answer of a 200 (any other status raises the mapped error)."""
         resp = await self._post(target, body, cred, "application/json")
         if resp.status != 200:
             raise await error_from_response(resp, target.provider, cred)
@@ -144,9 +147,12 @@ class OpenAIChatClient:
             raise
         resp.release()
         try:
-            data = orjson.loads(raw)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise upstream_not_json(target.provider) from None
+
+    async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
+        data = await self.post_json(target, body, cred)
         if not isinstance(data, dict) or data.get("error") is not None and not data.get("choices"):
             raise upstream_error(502, extract_message(data), provider=target.provider, secrets=[cred.key])
         return data

@@ -171,6 +171,24 @@ class _Converter:
             return _stable_short(tool_id, "toolu_", limit)
         return tool_id
 
+    def max_tokens(self, req: MessagesRequest) -> int:
+        """The request's max_tokens, capped at the model's output limit."""
+        limit = self.caps.max_output_tokens
+        if limit is not None and req.max_tokens > limit:
+            self.note("capped max_tokens to the model's output limit")
+            return limit
+        return req.max_tokens
+
+    def sampling(self, req: MessagesRequest, body: dict[str, Any]) -> None:
+        """temperature and top_p into `body`, unless the backend rejects sampling parameters."""
+        if self.caps.sampling_params:
+            if req.temperature is not None:
+                body["temperature"] = req.temperature
+            if req.top_p is not None:
+                body["top_p"] = req.top_p
+        elif req.temperature is not None or req.top_p is not None:
+            self.note("dropped temperature/top_p (backend rejects sampling parameters)")
+
     def note(self, what: str) -> None:
         self._counts[what] = self._counts.get(what, 0) + 1
 
@@ -452,11 +470,7 @@ def anthropic_to_openai(
     conv = _Converter(caps, notes)
     body: dict[str, Any] = {"model": model, "messages": conv.messages(req)}
 
-    max_tokens = req.max_tokens
-    if caps.max_output_tokens is not None and max_tokens > caps.max_output_tokens:
-        max_tokens = caps.max_output_tokens
-        conv.note("capped max_tokens to the model's output limit")
-    body["max_completion_tokens" if caps.use_max_completion_tokens else "max_tokens"] = max_tokens
+    body["max_completion_tokens" if caps.use_max_completion_tokens else "max_tokens"] = conv.max_tokens(req)
 
     if req.stop_sequences:
         stops = req.stop_sequences
@@ -465,13 +479,7 @@ def anthropic_to_openai(
             conv.note("dropped stop sequences beyond the backend's limit")
         body["stop"] = list(stops)
 
-    if caps.sampling_params:
-        if req.temperature is not None:
-            body["temperature"] = req.temperature
-        if req.top_p is not None:
-            body["top_p"] = req.top_p
-    elif req.temperature is not None or req.top_p is not None:
-        conv.note("dropped temperature/top_p (backend rejects sampling parameters)")
+    conv.sampling(req, body)
     if req.top_k is not None:
         if caps.top_k:
             body["top_k"] = req.top_k

@@ -15,6 +15,7 @@ __all__ = [
     "map_finish_reason",
     "map_usage",
     "parse_tool_arguments",
+    "tool_use_block",
     "SYNTHETIC_SIGNATURE",
     "is_synthetic_signature",
 ]
@@ -176,6 +177,17 @@ def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+def tool_use_block(client_id: str | None, name: Any, arguments: Any,
+                   tool_names: Mapping[str, str] | None) -> dict[str, Any]:
+    """A complete tool_use block: a generated id when the backend gave none, the name the client sent (a
+    shortened backend name mapped back), the input from `parse_tool_arguments`."""
+    name = name if isinstance(name, str) else ""
+    if tool_names:
+        name = tool_names.get(name, name)
+    return {"type": "tool_use", "id": client_id or new_tool_use_id(), "name": name,
+            "input": parse_tool_arguments(arguments)}
+
+
 def openai_to_anthropic(
     resp: dict[str, Any],
     *,
@@ -205,17 +217,8 @@ def openai_to_anthropic(
         content.append({"type": "text", "text": str(refusal)})
     for call in calls:
         fn = call.get("function") or {}
-        name = fn.get("name") or ""
-        if tool_names:
-            name = tool_names.get(name, name)
-        content.append(
-            {
-                "type": "tool_use",
-                "id": client_id_for_call(call["id"], call) if call.get("id") else new_tool_use_id(),
-                "name": name,
-                "input": parse_tool_arguments(fn.get("arguments")),
-            }
-        )
+        cid = client_id_for_call(call["id"], call) if call.get("id") else None
+        content.append(tool_use_block(cid, fn.get("name"), fn.get("arguments"), tool_names))
 
     stop_reason = map_finish_reason(choice.get("finish_reason"), has_tool_calls=bool(calls))
     if refusal and not text and not calls:

@@ -159,21 +159,10 @@ def anthropic_to_responses(
         body["instructions"] = instructions
     body["input"] = items
 
-    max_tokens = req.max_tokens
-    if caps.max_output_tokens is not None and max_tokens > caps.max_output_tokens:
-        max_tokens = caps.max_output_tokens
-        conv.note("capped max_tokens to the model's output limit")
-    body["max_output_tokens"] = max_tokens
-
+    body["max_output_tokens"] = conv.max_tokens(req)
     if req.stop_sequences:
         conv.note("stop_sequences not sent (the Responses API has none); detected in the output instead")
-    if caps.sampling_params:
-        if req.temperature is not None:
-            body["temperature"] = req.temperature
-        if req.top_p is not None:
-            body["top_p"] = req.top_p
-    elif req.temperature is not None or req.top_p is not None:
-        conv.note("dropped temperature/top_p (backend rejects sampling parameters)")
+    conv.sampling(req, body)
     if req.top_k is not None:
         conv.note("dropped top_k")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from translator.convert.call_ids import client_call_id
-from translator.convert.openai_response import SYNTHETIC_SIGNATURE, parse_tool_arguments
+from translator.convert.openai_response import SYNTHETIC_SIGNATURE, tool_use_block
 from translator.convert.responses_request import reasoning_signature
 from translator.errors import scrub
-from translator.ids import new_message_id, new_tool_use_id
+from translator.ids import new_message_id
 
 __all__ = ["responses_to_anthropic", "map_responses_usage", "responses_error", "reasoning_block", "stop_reason_of"]
 
@@ -113,16 +113,9 @@ def responses_to_anthropic(
             if text:
                 content.append({"type": "text", "text": text})
         elif kind == "function_call":
-            name = item.get("name") or ""
-            if tool_names:
-                name = tool_names.get(name, name)
             cid = item.get("call_id")
-            content.append({
-                "type": "tool_use",
-                "id": client_call_id(cid) if isinstance(cid, str) and cid else new_tool_use_id(),
-                "name": name,
-                "input": parse_tool_arguments(item.get("arguments")),
-            })
+            cid = client_call_id(cid) if isinstance(cid, str) and cid else None
+            content.append(tool_use_block(cid, item.get("name"), item.get("arguments"), tool_names))
             calls += 1
         # web_search_call and other hosted-tool items: the model's message carries what they found
     if stop_sequence is not None:
