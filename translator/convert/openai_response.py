@@ -16,6 +16,7 @@ __all__ = [
     "map_usage",
     "parse_tool_arguments",
     "tool_use_block",
+    "anthropic_message",
     "SYNTHETIC_SIGNATURE",
     "is_synthetic_signature",
 ]
@@ -188,6 +189,20 @@ def tool_use_block(client_id: str | None, name: Any, arguments: Any,
             "input": parse_tool_arguments(arguments)}
 
 
+def anthropic_message(content: list[dict[str, Any]], *, model: str, stop_reason: str, stop_sequence: str | None,
+                      usage: dict[str, int], message_id: str | None) -> dict[str, Any]:
+    return {
+        "id": message_id or new_message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": usage,
+    }
+
+
 def openai_to_anthropic(
     resp: dict[str, Any],
     *,
@@ -228,13 +243,5 @@ def openai_to_anthropic(
     else:
         stop_sequence = None
 
-    return {
-        "id": message_id or new_message_id(),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": stop_sequence,
-        "usage": map_usage(resp.get("usage")),
-    }
+    return anthropic_message(content, model=model, stop_reason=stop_reason, stop_sequence=stop_sequence,
+                             usage=map_usage(resp.get("usage")), message_id=message_id)

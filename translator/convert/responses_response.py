@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from translator.convert.call_ids import client_call_id
-from translator.convert.openai_response import SYNTHETIC_SIGNATURE, tool_use_block
+from translator.convert.openai_response import SYNTHETIC_SIGNATURE, anthropic_message, tool_use_block
 from translator.convert.responses_request import reasoning_signature
 from translator.errors import scrub
-from translator.ids import new_message_id
 
 __all__ = ["responses_to_anthropic", "map_responses_usage", "responses_error", "reasoning_block", "stop_reason_of"]
 
@@ -122,13 +121,5 @@ def responses_to_anthropic(
         stop_reason = "stop_sequence"
     else:
         stop_reason = stop_reason_of(resp.get("status"), resp.get("incomplete_details"), calls > 0, refused)
-    return {
-        "id": message_id or new_message_id(),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": stop_sequence,
-        "usage": map_responses_usage(resp.get("usage")),
-    }
+    return anthropic_message(content, model=model, stop_reason=stop_reason, stop_sequence=stop_sequence,
+                             usage=map_responses_usage(resp.get("usage")), message_id=message_id)
