@@ -12,11 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.translator.test_convert_stream import T, TU, chunk, fin, run, tc, text, usage
-from translator.convert.call_ids import ID_PATTERN, upstream_call
+from tests.translator.test_convert_stream import T, TU, check_grammar, chunk, fin, run, tc, text, usage
+from translator.convert.call_ids import ID_PATTERN, signature_of, upstream_call
 from translator.convert.openai_stream import OpenAIStreamConverter
-
-from tests.translator.test_convert_stream import check_grammar
 
 
 def feed_each(chunks: list[dict], **kw: Any) -> tuple[list[list[tuple[str, dict]]], list[tuple[str, dict]]]:
@@ -222,8 +220,6 @@ def test_stream_tool_ids_carry_signatures_within_the_pattern(call, upstream_id, 
     assert ID_PATTERN.fullmatch(cid)
     back_id, back_sig = upstream_call(cid)
     assert back_id == upstream_id
-    from translator.convert.call_ids import signature_of
-
     assert signature_of(back_id, back_sig) == signature
     if signature is None:
         assert cid == upstream_id

@@ -6,10 +6,15 @@ the same call (same id) or the upstream answers 400."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import re
 import tempfile
 import textwrap
+
+import anthropic
+import pytest
 
 from tests.support.upstream import Recorded, Reply, openai_chunk, openai_usage_chunk
 
@@ -30,6 +35,7 @@ def translator_env(upstream_url: str) -> dict[str, str]:
             base_url: {upstream_url}/v1beta/openai
     """))
     routes.close()
+    atexit.register(os.unlink, routes.name)  # read once, when the module's translator starts
     return {"TRANSLATOR_ROUTES": routes.name}
 
 
@@ -118,8 +124,5 @@ def test_upstream_rejects_the_call_without_its_signature(translator, upstream):
     messages = [{"role": "user", "content": "go"},
                 {"role": "assistant", "content": [{"type": "tool_use", "id": "function-call-1", "name": "Read", "input": {}}]},
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "function-call-1", "content": "r"}]}]
-    import anthropic
-    import pytest
-
     with pytest.raises(anthropic.BadRequestError):
         translator.client(KEY).messages.create(model="claude-sonnet-4-5", max_tokens=10, tools=TOOLS, messages=messages)

@@ -14,6 +14,9 @@ import json
 import re
 from typing import Any
 
+import anthropic
+import pytest
+
 from tests.support.upstream import Recorded, Reply
 
 KEY = "sk-user-gemini-sig-0001"
@@ -165,9 +168,6 @@ def test_upstream_rejects_a_lost_signature(translator, upstream):
         {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_fresh", "name": "Bash", "input": {"command": "ls"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_fresh", "content": "ok"}]},
     ]
-    import anthropic
-    import pytest
-
     with pytest.raises(anthropic.BadRequestError) as err:
         _call(translator, messages, stream=False)
     assert "thought_signature" in str(err.value)
