@@ -1,4 +1,5 @@
-"""Console scripts: `keyrelay-ext-authz` (the service) and `keyrelay-key-digest` (sha256 of a key for the policy).
+"""Console script `keyrelay-ext-authz` (the service). The policy tools (`keyrelay-policy`, `keyrelay-key-digest`)
+are in policy_tool.py.
 
 Flags win over environment variables. Bad configuration exits non-zero with one line on stderr. The ready line
 on stdout is `ready: ext_authz grpc on <host:port> http on <host:port>` (docs/interfaces.md)."""
@@ -6,7 +7,6 @@ on stdout is `ready: ext_authz grpc on <host:port> http on <host:port>` (docs/in
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 import os
 import sys
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from .policy import Policy, PolicyError, builtin_policy, load_policy, parse_policy
+from .reload import LOOSEN_QUIET_SECONDS
 from .settings import EnvOverrides, SettingsError, apply_overrides, env_overrides, join_hostport, parse_addr
 
 PROG = "keyrelay-ext-authz"
@@ -30,6 +31,7 @@ class Config:
     workers: int = 1
     log_level: str = "info"
     reload_interval: float = 1.0
+    loosen_quiet_seconds: float = LOOSEN_QUIET_SECONDS
     drain_seconds: float = 5.0
     threads: int = 4
     check_handler: str = "direct"
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", help="debug, info, warning, error (EXT_AUTHZ_LOG_LEVEL; default info)")
     p.add_argument("--reload-interval", help="seconds between policy file checks (EXT_AUTHZ_RELOAD_INTERVAL; "
                                              "default 1)")
+    p.add_argument("--loosen-quiet-seconds", help="a policy change that loosens the policy is applied only after "
+                                                  "the file stayed unchanged this long; tightening applies at once "
+                                                  "(EXT_AUTHZ_LOOSEN_QUIET_SECONDS; default 5)")
     p.add_argument("--drain-seconds", help="grace period for in-flight checks on SIGTERM (EXT_AUTHZ_DRAIN_SECONDS; "
                                            "default 5)")
     return p
@@ -100,6 +105,9 @@ def resolve_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Co
         check_handler=handler,
         reload_interval=_number("--reload-interval", _pick(args.reload_interval, environ,
                                                            "EXT_AUTHZ_RELOAD_INTERVAL"), 1.0, float, 0.05, 3600),
+        loosen_quiet_seconds=_number("--loosen-quiet-seconds", _pick(args.loosen_quiet_seconds, environ,
+                                                                     "EXT_AUTHZ_LOOSEN_QUIET_SECONDS"),
+                                     LOOSEN_QUIET_SECONDS, float, 0, 3600),
         drain_seconds=_number("--drain-seconds", _pick(args.drain_seconds, environ, "EXT_AUTHZ_DRAIN_SECONDS"),
                               5.0, float, 0, 600),
         overrides=env_overrides(environ),
@@ -129,7 +137,8 @@ def build_worker(cfg: Config, policy: Policy, port: int, *, reuse_port: bool, re
     metrics.reloads.labels("success").inc()
     store = PolicyStore(policy)
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=reuse_port, drain_seconds=cfg.drain_seconds,
-                                   reload_interval=cfg.reload_interval, threads=cfg.threads,
+                                   reload_interval=cfg.reload_interval, loosen_quiet_seconds=cfg.loosen_quiet_seconds,
+                                   threads=cfg.threads,
                                    check_handler=cfg.check_handler),
                         store, metrics, cfg.policy, policy_builder(cfg.overrides))
     return worker, store
@@ -200,45 +209,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
-
-
-# ------------------------------------------------------------------------------------------- key digest
-
-
-def digest_main(argv: Sequence[str] | None = None) -> int:
-    """Print the sha256 hex digest of a key for the policy file, reading the key from stdin (one key per line)
-    or from a no-echo prompt. The key itself is never printed."""
-
-    from .decide import KEY_ID_LENGTH, key_digest
-    from .extract import key_problem
-    from .policy import MAX_KEY_LENGTH_LIMIT
-
-    parser = argparse.ArgumentParser(
-        prog="keyrelay-key-digest",
-        description="Print the SHA-256 digest of an API key for the keyrelay policy (allowlist/revoked). "
-                    "Reads the key from stdin, or prompts without echo on a terminal.")
-    parser.add_argument("--key-id", action="store_true",
-                        help=f"print the {KEY_ID_LENGTH}-hex x-authz-key-id fingerprint instead of the full digest")
-    args = parser.parse_args(argv)
-    if sys.stdin is not None and sys.stdin.isatty():
-        try:
-            keys = [getpass.getpass("API key (input hidden): ").strip()]
-        except (EOFError, KeyboardInterrupt):
-            print("keyrelay-key-digest: no key given", file=sys.stderr)
-            return 1
-    else:
-        keys = [line.strip() for line in (sys.stdin.read() if sys.stdin else "").splitlines() if line.strip()]
-    if not keys or not keys[0]:
-        print("keyrelay-key-digest: no key given (pipe it on stdin or type it at the prompt)", file=sys.stderr)
-        return 1
-    out = []
-    for number, key in enumerate(keys, 1):
-        problem = key_problem(key, MAX_KEY_LENGTH_LIMIT)
-        if problem:
-            where = f"key on line {number}" if len(keys) > 1 else "the key"
-            print(f"keyrelay-key-digest: {where} {problem}; ext_authz would reject it", file=sys.stderr)
-            return 1
-        digest = key_digest(key)
-        out.append(digest[:KEY_ID_LENGTH] if args.key_id else digest)
-    print("\n".join(out))
-    return 0

@@ -11,6 +11,11 @@ import sys
 import time
 import traceback
 
+# The x-request-id Envoy sets (or keeps) on every request, as received in the Check request's headers. It comes
+# from the client side of Envoy, so it is bounded and escaped before it reaches a log line.
+REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID_LENGTH = 128  # Envoy's own ids are 36-character UUIDs
+
 _STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
 
 
@@ -43,3 +48,29 @@ def setup(level: str = "info") -> None:
     # grpc/asyncio chatter stays at warning.
     for name in ("asyncio", "grpc"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def request_id(http) -> str:
+    """`x-request-id` of an AttributeContext.HttpRequest (`headers` map or raw `header_map`), bounded to
+    MAX_REQUEST_ID_LENGTH characters after escaping; "" when absent. Only called when a line is logged, so an
+    allowed request at info level never pays for it."""
+    if http.HasField("header_map"):
+        for entry in http.header_map.headers:
+            if entry.key.lower() == REQUEST_ID_HEADER:
+                value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
+                break
+        else:
+            return ""
+    else:
+        value = http.headers.get(REQUEST_ID_HEADER, "")
+    return escape(value, MAX_REQUEST_ID_LENGTH)
+
+
+def escape(value: str, limit: int) -> str:
+    """Printable ASCII except the backslash stays as is; anything else becomes a \\xNN / \\uNNNN escape (so an
+    escape in the output is always ours); at most `limit` characters."""
+    value = value[:limit]
+    if value.isascii() and value.isprintable() and "\\" not in value:
+        return value
+    return "".join(c if c.isascii() and c.isprintable() and c != "\\" else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in value)[:limit]

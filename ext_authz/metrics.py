@@ -31,6 +31,9 @@ class Metrics:
         self.policy_loaded = Gauge(f"{PREFIX}_policy_loaded_timestamp_seconds",
                                    "Unix time the live policy was loaded", registry=registry,
                                    multiprocess_mode="liveall")
+        self.dry_run_denials = Counter(f"{PREFIX}_dry_run_denials",
+                                       "Allowed requests a dry_run rule of the policy would have denied, by reason "
+                                       "and route", ["reason", "route"], registry=registry)
         self._children: dict[tuple[str, str, str], Counter] = {}
         self._live: tuple[str, str] | None = None
 
@@ -40,6 +43,9 @@ class Metrics:
         if child is None:
             child = self._children[key] = self.decisions.labels(result, reason, route)
         child.inc()
+
+    def dry_run_denial(self, reason: str, route: str) -> None:
+        self.dry_run_denials.labels(reason, route).inc()
 
     def policy_live(self, digest: str, source: str) -> None:
         if self._live is not None and self._live != (digest, source):

@@ -25,9 +25,14 @@ DEFAULT_ROUTE = "default"
 KNOWN_ROUTES = ("messages", "count_tokens", "models", "root", "health", DEFAULT_ROUTE)
 DEFAULT_MAX_KEY_LENGTH = 1024
 MAX_KEY_LENGTH_LIMIT = 16384  # the highest max_key_length a policy may set
+# The largest policy file read (about 40,000 allowlist entries); a larger file is refused like an invalid one.
+MAX_POLICY_BYTES = 4 * 1024 * 1024
 _ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
+DIGEST_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")  # a key as stored: sha256 hex
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+# decision_log.mode: off | all (every decision) | denials (denials and dry-run hits) | sampled (denials and
+# dry-run hits, plus `sample_rate` of the allows).
+DECISION_LOG_MODES = ("off", "all", "denials", "sampled")
 
 
 def _is_null(node: yaml.Node) -> bool:
@@ -59,6 +64,27 @@ class RoutePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class DryRun:
+    """The `dry_run:` section as written: rules evaluated as if enforced whose denials are only logged and
+    counted. Route fields at its top level replace the live top-level fields, `routes` entries are merged over
+    the live route overrides, `allowlist` replaces the live allowlist, `revoked` adds to the live one."""
+
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    route_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    allowlist: Mapping[str, str] | None = None
+    has_allowlist: bool = False
+    revoked: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionLogConfig:
+    """`decision_log:`: one JSON line per decision (see decision_log.py). Absent or `mode: off` means None."""
+
+    mode: str = "all"
+    sample_rate: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int = SCHEMA_VERSION
     default: RoutePolicy = field(default_factory=RoutePolicy)
@@ -72,6 +98,11 @@ class Policy:
     source: str = "<built-in>"
     # sha256 of the file content ("" for the built-in policy): shows which policy is live.
     digest: str = ""
+    dry_run: DryRun | None = None
+    # This policy with dry_run applied (built by with_defaults); None without dry_run. The decision path checks
+    # `shadow is not None` only, so a policy without dry-run rules costs nothing extra.
+    shadow: Policy | None = None
+    decision_log: DecisionLogConfig | None = None
 
     def for_route(self, route: str) -> RoutePolicy:
         return self.routes.get(route, self.default)
@@ -89,7 +120,9 @@ ROUTE_FIELDS = {
     "key_format": str,
     "max_key_length": int,
 }
-TOP_FIELDS = {"version", "allowlist", "revoked", "routes", *ROUTE_FIELDS}
+TOP_FIELDS = {"version", "allowlist", "revoked", "routes", "dry_run", "decision_log", *ROUTE_FIELDS}
+# passthrough never denies a request, so it has nothing to preview in dry_run.
+DRY_RUN_FIELDS = {"allowlist", "revoked", "routes", *ROUTE_FIELDS} - {"passthrough"}
 
 
 def builtin_policy() -> Policy:
@@ -195,9 +228,9 @@ class _Loader:
                 raise self.error(item, f"an entry of {what} has no sha256 field")
             digest_node = fields["sha256"][1]
             digest = self.scalar(digest_node, "sha256")
-            if not isinstance(digest, str) or not _DIGEST.match(digest):
+            if not isinstance(digest, str) or not DIGEST_PATTERN.match(digest):
                 raise self.error(digest_node, "sha256 must be 64 hexadecimal characters (the output of "
-                                              "keyrelay-key-digest), never the key itself")
+                                              "keyrelay-policy digest), never the key itself")
             digest = digest.lower()
             if digest in out:
                 raise self.error(digest_node, f"digest {digest[:16]}... is listed twice in {what}")
@@ -215,6 +248,63 @@ class _Loader:
         return out
 
 
+    def routes(self, fields: dict[str, tuple[yaml.Node, yaml.Node]], where: str) -> dict[str, dict[str, Any]]:
+        """The `routes:` mapping (route name -> the fields that route sets itself)."""
+        overrides: dict[str, dict[str, Any]] = {}
+        if "routes" not in fields or _is_null(fields["routes"][1]):
+            return overrides
+        for name, (key_node, value_node) in self.mapping(fields["routes"][1], f"{where}routes", None).items():
+            if not _ROUTE_NAME.match(name):
+                raise self.error(key_node, f"route name {name!r} must be lower-case letters, digits, _ . -")
+            if name == DEFAULT_ROUTE:
+                raise self.error(key_node, f"use the top-level fields for the default route, not "
+                                           f"{where}routes.default")
+            route_fields = {} if _is_null(value_node) else \
+                self.mapping(value_node, f"{where}routes.{name}", set(ROUTE_FIELDS))
+            overrides[name] = self.route_settings(route_fields, f"{where}routes.{name}.")
+        return overrides
+
+    def dry_run(self, node: yaml.Node) -> DryRun | None:
+        if _is_null(node):
+            return None
+        fields = self.mapping(node, "dry_run", DRY_RUN_FIELDS)
+        has_allowlist = "allowlist" in fields
+        return DryRun(
+            defaults=self.route_settings(fields, "dry_run."),
+            route_overrides=self.routes(fields, "dry_run."),
+            allowlist=self.digest_list(fields["allowlist"][1], "dry_run.allowlist", with_tenant=True)
+            if has_allowlist else None,
+            has_allowlist=has_allowlist,
+            revoked=frozenset(self.digest_list(fields["revoked"][1], "dry_run.revoked", with_tenant=False))
+            if "revoked" in fields else frozenset())
+
+    def decision_log(self, node: yaml.Node) -> DecisionLogConfig | None:
+        if _is_null(node):
+            return None
+        fields = self.mapping(node, "decision_log", {"mode", "sample_rate"})
+        if "mode" not in fields:
+            raise self.error(node, f"decision_log needs a mode ({', '.join(DECISION_LOG_MODES)})")
+        mode_node = fields["mode"][1]
+        # YAML 1.1 reads a bare `off` as false: accept it as the mode it looks like.
+        mode = self.scalar(mode_node, "decision_log.mode")
+        mode = "off" if mode is False else mode
+        if mode not in DECISION_LOG_MODES:
+            raise self.error(mode_node, f"decision_log.mode must be one of {', '.join(DECISION_LOG_MODES)}, "
+                                        f"got {mode!r}")
+        if mode == "sampled":
+            if "sample_rate" not in fields:
+                raise self.error(node, "decision_log.mode sampled needs sample_rate (0 < rate <= 1)")
+            rate_node = fields["sample_rate"][1]
+            rate = self.scalar(rate_node, "decision_log.sample_rate")
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+                raise self.error(rate_node, f"decision_log.sample_rate must be a number with 0 < rate <= 1, "
+                                            f"got {rate!r}")
+            return DecisionLogConfig(mode, float(rate))
+        if "sample_rate" in fields:
+            raise self.error(fields["sample_rate"][0], "decision_log.sample_rate is only used with mode: sampled")
+        return None if mode == "off" else DecisionLogConfig(mode)
+
+
 def _kind(node: yaml.Node) -> str:
     return {yaml.MappingNode: "mapping", yaml.SequenceNode: "list"}.get(type(node), "value")
 
@@ -222,6 +312,8 @@ def _kind(node: yaml.Node) -> str:
 def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
     """Parse policy YAML text. Raises PolicyError (file:line: problem)."""
     raw = text.encode() if isinstance(text, str) else text
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError(source, None, f"the policy file is larger than {MAX_POLICY_BYTES} bytes")
     loader = _Loader(source)
     try:
         root = yaml.compose(raw, Loader=yaml.SafeLoader)
@@ -241,28 +333,17 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
         raise loader.error(top["version"][1], f"unsupported version {version} (this build reads {SCHEMA_VERSION})")
 
     default = replace(RoutePolicy(), **loader.route_settings(top, ""))
-    overrides: dict[str, dict[str, Any]] = {}
-    if "routes" in top:
-        routes_node = top["routes"][1]
-        if not _is_null(routes_node):
-            for name, (key_node, value_node) in loader.mapping(routes_node, "routes", None).items():
-                if not _ROUTE_NAME.match(name):
-                    raise loader.error(key_node, f"route name {name!r} must be lower-case letters, digits, _ . -")
-                if name == DEFAULT_ROUTE:
-                    raise loader.error(key_node, "use the top-level fields for the default route, not routes.default")
-                if _is_null(value_node):
-                    fields = {}
-                else:
-                    fields = loader.mapping(value_node, f"routes.{name}", set(ROUTE_FIELDS))
-                overrides[name] = loader.route_settings(fields, f"routes.{name}.")
-
+    overrides = loader.routes(top, "")
     allowlist = None
     if "allowlist" in top:
         allowlist = loader.digest_list(top["allowlist"][1], "allowlist", with_tenant=True)
     revoked = frozenset(loader.digest_list(top["revoked"][1], "revoked", with_tenant=False)) \
         if "revoked" in top else frozenset()
+    dry_run = loader.dry_run(top["dry_run"][1]) if "dry_run" in top else None
+    decision_log = loader.decision_log(top["decision_log"][1]) if "decision_log" in top else None
     return with_defaults(Policy(version=version, default=default, route_overrides=overrides, allowlist=allowlist,
-                                revoked=revoked, source=source, digest=hashlib.sha256(raw).hexdigest()))
+                                revoked=revoked, source=source, digest=hashlib.sha256(raw).hexdigest(),
+                                dry_run=dry_run, decision_log=decision_log))
 
 
 def with_defaults(policy: Policy, **changes: Any) -> Policy:
@@ -270,14 +351,35 @@ def with_defaults(policy: Policy, **changes: Any) -> Policy:
     inherit the rest from the new defaults."""
     default = replace(policy.default, **changes)
     routes = {name: replace(default, **over) for name, over in policy.route_overrides.items()}
-    return replace(policy, default=default, routes=routes)
+    live = replace(policy, default=default, routes=routes, shadow=None)
+    return live if policy.dry_run is None else replace(live, shadow=shadow_policy(live, policy.dry_run))
+
+
+def shadow_policy(live: Policy, dry_run: DryRun) -> Policy:
+    """`live` with the dry-run rules applied: what the policy would decide if they were enforced. A live route
+    override still wins over a dry-run top-level field (as it wins over the live top level); dry_run.routes
+    win over both."""
+    default = replace(live.default, **dry_run.defaults)
+    names = [*live.route_overrides, *(n for n in dry_run.route_overrides if n not in live.route_overrides)]
+    overrides = {name: {**live.route_overrides.get(name, {}), **dry_run.route_overrides.get(name, {})}
+                 for name in names}
+    routes = {name: replace(default, **over) for name, over in overrides.items()}
+    return replace(live, default=default, routes=routes, route_overrides=overrides,
+                   allowlist=dry_run.allowlist if dry_run.has_allowlist else live.allowlist,
+                   revoked=live.revoked | dry_run.revoked, dry_run=None, shadow=None, decision_log=None)
 
 
 def load_policy(path: str | Path) -> Policy:
     """Load and validate a policy file. Raises PolicyError naming file and line."""
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bounded(path)
     except OSError as exc:
         raise PolicyError(source, None, f"cannot read policy file: {exc.strerror or exc}") from None
     return parse_policy(raw, source)
+
+
+def read_bounded(path: str | Path) -> bytes:
+    """The file's bytes, at most MAX_POLICY_BYTES + 1 of them (enough for parse_policy to refuse a larger one)."""
+    with open(path, "rb") as fh:
+        return fh.read(MAX_POLICY_BYTES + 1)

@@ -21,10 +21,13 @@ from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from .check_loop import CheckLoop, CheckLoopError
 from .decide import decide, internal_error
+from .decision_log import DecisionLog
 from .extract import headers_from_header_map, headers_from_map, route_of
+from .logs import request_id
 from .metrics import Metrics
 from .policy import DEFAULT_ROUTE, KNOWN_ROUTES, Policy, PolicyError
-from .reload import PolicyStore, PolicyWatcher
+from .policy_diff import LOOSENS, Change
+from .reload import LOOSEN_QUIET_SECONDS, PolicyStore, PolicyWatcher
 from .respond import build_response, deny_response
 from .settings import join_hostport
 
@@ -33,9 +36,10 @@ SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
 
 class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, store: PolicyStore, metrics: Metrics) -> None:
+    def __init__(self, store: PolicyStore, metrics: Metrics, decision_log: DecisionLog | None = None) -> None:
         self.store = store
         self.metrics = metrics
+        self.decision_log = decision_log or DecisionLog()
         self._observe = metrics.check_seconds.observe
         self._debug = log.isEnabledFor(logging.DEBUG)
 
@@ -47,6 +51,7 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         start = time.perf_counter()
         route = DEFAULT_ROUTE
         policy = self.store.policy
+        http = None
         try:
             attributes = request.attributes
             route = route_of(attributes.context_extensions)
@@ -58,33 +63,65 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
             decision = decide(policy, route, headers)
             response = build_response(decision, headers.authz_headers)
         except Exception:
-            return self._fail_closed(route, start)
+            return self._fail_closed(route, start, http, policy)
         label = self._route_label(route, policy)
+        # Dry-run rules and the decision log: one attribute test each when the policy has none.
+        dry_run = self._dry_run(policy, route, label, headers, http, decision) \
+            if decision.allowed and policy.shadow is not None else ""
         if decision.allowed:
             self.metrics.decision("allow", decision.reason, label)
             if self._debug:
                 log.debug("allow", extra={"reason": decision.reason, "route": route, "key_id": decision.key_id,
                                           "tenant": decision.tenant, "credential": decision.credential,
-                                          "request_id": http.id})
+                                          "request_id": request_id(http)})
         else:
             self.metrics.decision("deny", decision.reason, label)
             log.info("deny", extra={"reason": decision.reason, "status": decision.status, "route": route,
-                                    "key_id": decision.key_id, "request_id": http.id})
+                                    "key_id": decision.key_id, "request_id": request_id(http)})
+        if policy.decision_log is not None:
+            self._log_decision(policy, decision, "allow" if decision.allowed else "deny", http, dry_run)
         self._observe(time.perf_counter() - start)
         return response
 
-    def _fail_closed(self, route: str, start: float):
+    def _dry_run(self, policy: Policy, route: str, label: str, headers, http, decision) -> str:
+        """Evaluate the dry-run rules for an allowed request: a would-be denial is logged and counted, the
+        request stays allowed. Returns the would-be reason, or ""."""
+        try:
+            shadow = decide(policy.shadow, route, headers)
+            if shadow.allowed:
+                return ""
+            self.metrics.dry_run_denial(shadow.reason, label)
+            log.info("dry-run deny", extra={"reason": shadow.reason, "status": shadow.status, "route": route,
+                                            "key_id": shadow.key_id or decision.key_id,
+                                            "request_id": request_id(http)})
+            return shadow.reason
+        except Exception:  # a dry run never changes the answer
+            log.error("dry-run evaluation failed", exc_info=True, extra={"route": route})
+            return ""
+
+    def _log_decision(self, policy: Policy, decision, result: str, http, dry_run: str) -> None:
+        try:
+            self.decision_log.write(policy.decision_log, decision, result, policy.short_digest,
+                                    request_id(http) if http is not None else "", dry_run)
+        except Exception:  # the log never changes the answer
+            log.error("decision log failed", exc_info=True)
+
+    def _fail_closed(self, route: str, start: float, http=None, policy: Policy | None = None):
         """An explicit deny for a fault on the decision path; nothing here depends on the policy or the request."""
         if not isinstance(route, str) or route not in KNOWN_ROUTES:
             route = "other"
+        decision = internal_error(route)
         try:
             self.metrics.internal_errors.inc()
             self.metrics.decision("error", "internal_error", route)
             self._observe(time.perf_counter() - start)
-            log.error("check failed; denied (fail closed)", exc_info=True, extra={"route": route})
+            rid = _safe_request_id(http)
+            log.error("check failed; denied (fail closed)", exc_info=True, extra={"route": route, "request_id": rid})
+            if policy is not None and policy.decision_log is not None:
+                self._log_decision(policy, decision, "error", http if rid else None, "")
         except Exception:  # metrics or logging broke too: still answer with the deny
             pass
-        return deny_response(internal_error(route))
+        return deny_response(decision)
 
     def Check(self, request, context):  # noqa: N802 - gRPC method name
         return self.check(request)
@@ -95,6 +132,13 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         return self.check(CheckRequest.FromString(raw)).SerializeToString()
 
 
+def _safe_request_id(http) -> str:
+    try:
+        return request_id(http) if http is not None else ""
+    except Exception:  # the request itself may be what failed
+        return ""
+
+
 @dataclass
 class GrpcConfig:
     host: str
@@ -102,6 +146,7 @@ class GrpcConfig:
     reuse_port: bool = False
     drain_seconds: float = 5.0
     reload_interval: float = 1.0
+    loosen_quiet_seconds: float = LOOSEN_QUIET_SECONDS
     threads: int = 4
     # "direct": Check answered by CheckLoop straight off the completion queue; "pool": grpc's public
     # thread-pool handler (also the automatic fallback when the direct handler cannot attach).
@@ -135,6 +180,13 @@ class GrpcWorker:
         self.metrics.policy_live(policy.short_digest, policy.source)
         logging.getLogger("ext_authz.reload").info(
             "policy reloaded", extra={"policy": policy.source, "digest": policy.short_digest})
+
+    def _on_pending(self, policy: Policy, changes: list[Change], quiet_seconds: float) -> None:
+        loosening = [c.what for c in changes if c.effect == LOOSENS]
+        logging.getLogger("ext_authz.reload").warning(
+            "policy change loosens the policy; applied once the file stays unchanged",
+            extra={"policy": policy.source, "digest": policy.short_digest, "quiet_seconds": quiet_seconds,
+                   "loosens": loosening[:20], "live_digest": self.store.policy.short_digest})
 
     def _on_error(self, error: PolicyError) -> None:
         self.metrics.reloads.labels("error").inc()
@@ -197,7 +249,8 @@ class GrpcWorker:
 
     def run_until_stopped(self) -> None:
         if self.policy_path:
-            watcher = PolicyWatcher(self.policy_path, self.store, self.build, self._on_reload, self._on_error)
+            watcher = PolicyWatcher(self.policy_path, self.store, self.build, self._on_reload, self._on_error,
+                                    loosen_quiet_seconds=self.cfg.loosen_quiet_seconds, on_pending=self._on_pending)
             watcher.start_thread(self.cfg.reload_interval, self._stop)
         while not self._stop.wait(0.5):  # a timed wait keeps the main thread responsive to signals
             pass

@@ -15,18 +15,23 @@ from ext_authz._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest,
 from tests.support.procs import Proc, base_env, free_port, script
 
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
+ENVOY_STREAM_ID = "13857315842587215977"
 
 
 def check_request(headers: dict[str, str] | list[tuple[str, str | bytes]] | None = None, route: str | None = None,
-                  raw: bool = False, request_id: str = "req-1") -> CheckRequest:
-    """A CheckRequest like Envoy sends: `headers` map, or `header_map` with raw values when raw=True."""
+                  raw: bool = False, request_id: str | None = "req-1") -> CheckRequest:
+    """A CheckRequest like Envoy sends: `headers` map, or `header_map` with raw values when raw=True.
+    `request_id` goes in the x-request-id header (None: no such header); `http.id` is Envoy's internal
+    stream id, which logs must not use."""
     req = CheckRequest()
     http = req.attributes.request.http
-    http.id = request_id
+    http.id = ENVOY_STREAM_ID
     http.method = "POST"
     http.path = "/v1/messages"
     http.host = "keyrelay.local"
     items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    if request_id is not None and not any(name.lower() == "x-request-id" for name, _ in items):
+        items.append(("x-request-id", request_id))
     if raw:
         http.header_map.SetInParent()
         for name, value in items:

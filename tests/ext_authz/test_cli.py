@@ -66,6 +66,7 @@ def test_invalid_first_file_names_the_file(tmp_path: Path) -> None:
     (["--workers", "zero"], {}, "--workers must be a number"),
     (["--bogus"], {}, "unrecognized arguments: --bogus"),
     ([], {"EXT_AUTHZ_WORKERS": "0"}, "--workers must be between"),
+    (["--loosen-quiet-seconds", "-1"], {}, "--loosen-quiet-seconds must be between 0 and 3600"),
 ])
 def test_other_startup_errors(args, env, expected) -> None:
     result = run_authz(args, env)
@@ -157,11 +158,12 @@ def test_digest_rejects_bad_input(stdin: str, expected: str) -> None:
     assert result.returncode == 1 and expected in result.stderr and result.stdout == ""
 
 
-def test_digest_prompt_does_not_echo() -> None:
+@pytest.mark.parametrize("argv", [["keyrelay-key-digest"], ["keyrelay-policy", "digest"]])
+def test_digest_prompt_does_not_echo(argv: list[str]) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # child: the pty is its controlling terminal, so getpass prompts on it
         env = base_env()
-        os.execve(script("keyrelay-key-digest"), [script("keyrelay-key-digest")], env)
+        os.execve(script(argv[0]), [script(argv[0]), *argv[1:]], env)
     output = b""
     deadline = time.monotonic() + 20
     sent = False
@@ -184,3 +186,12 @@ def test_digest_prompt_does_not_echo() -> None:
     assert sent and os.waitstatus_to_exitcode(status) == 0
     assert hashlib.sha256(KEY.encode()).hexdigest() in text
     assert KEY not in text
+
+
+@pytest.mark.parametrize("args,env,expected", [
+    ([], {}, 5.0),
+    ([], {"EXT_AUTHZ_LOOSEN_QUIET_SECONDS": "12.5"}, 12.5),
+    (["--loosen-quiet-seconds", "0"], {"EXT_AUTHZ_LOOSEN_QUIET_SECONDS": "12.5"}, 0.0),
+])
+def test_loosen_quiet_seconds_setting(args: list[str], env: dict[str, str], expected: float) -> None:
+    assert resolve_config(args, env).loosen_quiet_seconds == expected

@@ -84,7 +84,7 @@ def test_our_request_decodes_with_envoy_protos() -> None:
     parsed = auth.CheckRequest.parse(req.SerializeToString())
     assert parsed.attributes.context_extensions == {"keyrelay_route": "count_tokens"}
     assert [(h.key, h.raw_value) for h in parsed.attributes.request.http.header_map.headers] == [
-        ("x-api-key", KEY.encode()), ("x-api-key", b"dup")]
+        ("x-api-key", KEY.encode()), ("x-api-key", b"dup"), ("x-request-id", b"req-1")]
     assert parsed.attributes.request.http.body == "hello"
 
 
