@@ -369,3 +369,16 @@ def test_random_splits_never_lose_arguments_or_order(seed):
     _, msg = run_stream(w.stream_events(output, usage_=w.usage(3, 3), split=split))
     assert msg["content"] == expected
     assert msg["stop_reason"] == "tool_use"
+
+
+def test_stream_cut_before_its_final_event_is_an_error():
+    conv = ResponsesStreamConverter(model="m")
+    for e in w.stream_events([w.message("m", "partial")], usage_=w.usage(1, 1))[:-1]:
+        conv.feed(e)
+    with pytest.raises(ApiError) as err:
+        conv.finish()
+    assert err.value.status == 502 and "before its final event" in err.value.message
+    stopped = ResponsesStreamConverter(model="m", stop_sequences=["ti"])
+    for e in w.stream_events([w.message("m", "partial")], usage_=w.usage(1, 1))[:-1]:
+        stopped.feed(e)
+    assert stopped.stopped and stopped.finish()[-2][1]["delta"]["stop_reason"] == "stop_sequence"

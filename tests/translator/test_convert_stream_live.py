@@ -223,3 +223,56 @@ def test_stream_tool_ids_carry_signatures_within_the_pattern(call, upstream_id, 
     assert signature_of(back_id, back_sig) == signature
     if signature is None:
         assert cid == upstream_id
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_stop_sequences_match_a_plain_search(seed):
+    """Random text cut at random, random sequences (often sharing prefixes with the text): what the client
+    gets equals the text up to the earliest sequence, and no more than the longest sequence's length minus
+    one character is ever held back."""
+    rng = random.Random(seed)
+    alphabet = "ab#\n"
+    full = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+    stops = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 4))]
+    hits = [(full.find(s), s) for s in stops if full.find(s) != -1]
+    cuts = sorted(rng.sample(range(1, len(full)), rng.randint(0, min(8, len(full) - 1)))) if len(full) > 1 else []
+    pieces = [full[a:b] for a, b in zip([0, *cuts], [*cuts, len(full)])] if full else []
+    conv = OpenAIStreamConverter(model="m", stop_sequences=stops)
+    sent = ""
+    fed = ""
+    events = conv.start()
+    for p in pieces:
+        fed += p
+        out = conv.feed(text(p))
+        events += out
+        sent += "".join(d["delta"]["text"] for n, d in out if n == "content_block_delta")
+        if not conv.stopped:
+            assert len(fed) - len(sent) <= max(len(s) for s in stops) - 1
+    events += conv.finish()
+    check_grammar(events)
+    got = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
+    delta = events[-2][1]["delta"]
+    if hits:
+        at = min(i for i, _ in hits)
+        assert got == full[:at]
+        assert delta["stop_reason"] == "stop_sequence" and full[at:].startswith(delta["stop_sequence"])
+    else:
+        assert got == full and delta["stop_reason"] == "end_turn"
+
+
+@pytest.mark.parametrize(
+    "stops, problem",
+    [
+        (["x" * 257], "stop_sequences[0]: String should have at most 256 characters"),
+        (["s"] * 33, "stop_sequences: List should have at most 32 items"),
+    ],
+)
+def test_stop_sequence_limits_are_a_400(stops, problem):
+    from translator.errors import ApiError
+    from translator.schemas.anthropic import MessagesRequest, validate_or_400
+
+    with pytest.raises(ApiError) as err:
+        validate_or_400(MessagesRequest, {"model": "m", "max_tokens": 1, "messages": [], "stop_sequences": stops})
+    assert err.value.status == 400 and problem in err.value.message
+    validate_or_400(MessagesRequest, {"model": "m", "max_tokens": 1, "messages": [], "stop_sequences": stops[:32]
+                                      if len(stops) > 1 else ["x" * 256]})

@@ -113,6 +113,7 @@ def test_http_error_maps_to_anthropic_shape(translator, upstream):
 @pytest.mark.parametrize(
     "tail, kind",
     [
+        (None, "api_error"),  # the body ended before response.completed
         ({"type": "error", "code": "server_error", "message": "The server had an error", "param": None}, "api_error"),
         ({"type": "response.failed", "response": w.response([], status="failed",
                                                             error={"code": "rate_limit_exceeded", "message": "slow"})}, "rate_limit_error"),
@@ -120,7 +121,7 @@ def test_http_error_maps_to_anthropic_shape(translator, upstream):
 )
 def test_failure_mid_stream_is_an_error_event(translator, upstream, tail, kind):
     events = w.stream_events([w.message("m", "partial answer")], usage_=w.usage(1, 1))[:-1]  # no completion
-    upstream.push(w.stream_reply(events + [{**tail, "sequence_number": len(events)}]))
+    upstream.push(w.stream_reply(events + ([{**tail, "sequence_number": len(events)}] if tail else [])))
     r = httpx.post(f"{translator.url}/v1/messages", headers={"x-api-key": KEY}, timeout=30,
                    json={"model": "claude-sonnet-4-5", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "x"}]})
     frames = [(e.event, e.json()) for e in SSEDecoder().feed(r.content)]

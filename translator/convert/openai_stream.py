@@ -331,13 +331,17 @@ class OpenAIStreamConverter:
             self._cut = True
             self._held = ""
             return s[:first]
-        keep = 0
+        keep = 0  # the longest tail of s that is a proper prefix of a sequence
+        n = len(s)
         for seq in stops:
-            for k in range(min(len(seq) - 1, len(s)), keep, -1):
-                if s.endswith(seq[:k]):
-                    keep = k
+            first_char = seq[0]
+            i = s.find(first_char, max(0, n - len(seq) + 1))
+            while i != -1 and n - i > keep:  # leftmost candidate first: the longest tail
+                if seq.startswith(s[i:]):
+                    keep = n - i
                     break
-        self._held = s[len(s) - keep:] if keep else ""
+                i = s.find(first_char, i + 1)
+        self._held = s[n - keep:] if keep else ""
         return s[: len(s) - keep]
 
     def _piece(self, kind: int, text: str, out: list[Event]) -> None:

@@ -16,6 +16,7 @@ output), the grammar is Anthropic's.
 | response.output_item.added (function_call) | tool_use block (call_id, name) as soon as it can stream |
 | response.function_call_arguments.delta | input_json_delta |
 | response.completed / response.incomplete | message_delta (stop_reason, usage), message_stop |
+| the stream ends without either (and no stop sequence ended it) | ApiError raised by `finish()` |
 | response.failed / error | ApiError raised (`responses_error` mapping); the caller sends `.error(...)` |
 
 Everything else (created, in_progress, content_part.*, *.done repeats, web_search_call.*) carries nothing new.
@@ -34,13 +35,14 @@ __all__ = ["ResponsesStreamConverter"]
 
 
 class ResponsesStreamConverter(OpenAIStreamConverter):
-    __slots__ = ("_calls", "_summary_index", "_failure")
+    __slots__ = ("_calls", "_summary_index", "_failure", "_terminal")
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self._calls: dict[Any, int] = {}  # output_index -> tool number (0, 1, ... in arrival order)
         self._summary_index = 0
         self._failure: tuple[int, str, str] | None = None
+        self._terminal = False  # response.completed / response.incomplete seen
 
     @property
     def failure(self) -> tuple[int, str, str] | None:
@@ -94,6 +96,7 @@ class ResponsesStreamConverter(OpenAIStreamConverter):
                 self._chars += len(text)
                 self._piece(_TEXT, text, out)
         elif t in ("response.completed", "response.incomplete"):
+            self._terminal = True
             resp = event.get("response")
             resp = resp if isinstance(resp, Mapping) else {}
             self._usage = _chat_usage(resp.get("usage"))
@@ -112,6 +115,14 @@ class ResponsesStreamConverter(OpenAIStreamConverter):
             # The caller turns this into the stream's `error` event (`.error`), as for any failure mid-stream.
             raise ApiError(status, kind, message, upstream=True)
         return out
+
+    def finish(self) -> list[Event]:
+        """As the chat converter's; but a Responses stream always ends with a terminal event, so one that ended
+        without it (and without a stop sequence having ended the output) was cut: an ApiError, not a made-up
+        stop_reason."""
+        if not self._terminal and not self._cut and not self._done:
+            raise ApiError(502, "api_error", "upstream responses stream ended before its final event", upstream=True)
+        return super().finish()
 
     def _item_added(self, item: Any, output_index: Any, out: list[Event]) -> None:
         if not isinstance(item, Mapping) or self._cut:

@@ -294,12 +294,19 @@ class _RequestBase(BaseModel):
         return sorted(self.model_extra or ())
 
 
+# Stop sequences are searched in every streamed text piece (the translator finds them itself, see
+# docs/conversion.md): their number and length bound that work per piece. Crossing either is a 400.
+MAX_STOP_SEQUENCES = 32
+MAX_STOP_SEQUENCE_CHARS = 256
+
+
 class MessagesRequest(_RequestBase):
     """POST /v1/messages body."""
 
     max_tokens: int = Field(ge=1)
     metadata: Metadata | None = None
-    stop_sequences: list[str] | None = None
+    stop_sequences: list[Annotated[str, Field(max_length=MAX_STOP_SEQUENCE_CHARS)]] | None = Field(
+        default=None, max_length=MAX_STOP_SEQUENCES)
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, ge=0, le=1)
