@@ -150,6 +150,14 @@ def test_request_mapping(kw, expected):
     assert "stop" not in body and "temperature" not in body and "messages" not in body
 
 
+def test_request_for_a_model_without_reasoning_and_a_tiny_max_tokens():
+    notes: list[str] = []
+    body = convert(req(max_tokens=1, thinking={"type": "enabled", "budget_tokens": 2000}), caps=BackendCaps(), notes=notes)
+    assert body["max_output_tokens"] == 16 and body["store"] is False
+    assert "include" not in body and "reasoning" not in body
+    assert any("minimum of 16" in n for n in notes) and any("dropped thinking" in n for n in notes)
+
+
 def test_request_notes_name_what_was_dropped():
     notes: list[str] = []
     body = convert(req(stop_sequences=["END"], metadata={"user_id": "u" * 150}, top_k=5,

@@ -3,8 +3,8 @@ and the other `mode: responses` models, by default) and any routing rule with `a
 
 The chat-completions backend with the Responses path and conversions (`translator.convert.responses_*`): same
 transport, pooled client, SSE decoding and batching (the Responses stream has no `[DONE]`; it ends with the
-body, after response.completed / incomplete / failed). Requests go with `store: false` and
-`include: ["reasoning.encrypted_content"]`: nothing is kept upstream, the reasoning state rides in the
+body, after response.completed / incomplete / failed). Requests go with `store: false` (and, for
+reasoning models, `include: ["reasoning.encrypted_content"]`): nothing is kept upstream, the reasoning state rides in the
 conversation (thinking block signatures) and comes back as reasoning items on the next turn.
 """
 

@@ -53,6 +53,9 @@ def reasoning_item_of(block: ThinkingBlock) -> dict[str, Any] | None:
     return {"type": "reasoning", "id": payload[0], "summary": summary, "encrypted_content": payload[1]}
 
 
+# The Responses API rejects max_output_tokens below 16 (Claude Code's quota probe asks max_tokens 1).
+MIN_OUTPUT_TOKENS = 16
+
 # Anthropic server tools with a Responses equivalent (the type without its version suffix).
 _WEB_SEARCH = "web_search"
 
@@ -159,7 +162,11 @@ def anthropic_to_responses(
         body["instructions"] = instructions
     body["input"] = items
 
-    body["max_output_tokens"] = conv.max_tokens(req)
+    max_tokens = conv.max_tokens(req)
+    if max_tokens < MIN_OUTPUT_TOKENS:
+        max_tokens = MIN_OUTPUT_TOKENS
+        conv.note(f"raised max_tokens to the Responses API's minimum of {MIN_OUTPUT_TOKENS}")
+    body["max_output_tokens"] = max_tokens
     if req.stop_sequences:
         conv.note("stop_sequences not sent (the Responses API has none); detected in the output instead")
     conv.sampling(req, body)
@@ -201,9 +208,11 @@ def anthropic_to_responses(
             if tc.disable_parallel_tool_use and tc.type != "none":
                 body["parallel_tool_calls"] = False
 
-    # Nothing kept upstream; the reasoning state travels with the conversation (encrypted, in thinking blocks).
+    # Nothing kept upstream; a reasoning model's state travels with the conversation (encrypted, in thinking
+    # blocks). Models without reasoning reject the include.
     body["store"] = False
-    body["include"] = ["reasoning.encrypted_content"]
+    if caps.reasoning_effort:
+        body["include"] = ["reasoning.encrypted_content"]
     if req.stream:
         body["stream"] = True
 
