@@ -276,3 +276,43 @@ def test_stop_sequence_limits_are_a_400(stops, problem):
     assert err.value.status == 400 and problem in err.value.message
     validate_or_400(MessagesRequest, {"model": "m", "max_tokens": 1, "messages": [], "stop_sequences": stops[:32]
                                       if len(stops) > 1 else ["x" * 256]})
+
+
+def _litellm_shape(c: dict) -> dict:
+    """A chunk as LiteLLM's `.model_dump()` gives it: every field present, null when the provider sent none."""
+    delta = dict(c["choices"][0]["delta"])
+    calls = delta.get("tool_calls")
+    if calls:
+        delta["tool_calls"] = [{"id": tc_.get("id"), "type": "function", "index": tc_.get("index"),
+                                "function": {"name": tc_["function"].get("name"), "arguments": tc_["function"].get("arguments") or ""}}
+                               for tc_ in calls]
+    out = {"role": delta.get("role"), "content": delta.get("content"), "function_call": None,
+           "tool_calls": delta.get("tool_calls"), "reasoning_content": None, "thinking_blocks": None,
+           "provider_specific_fields": None}
+    return {**c, "choices": [{**c["choices"][0], "delta": out, "logprobs": None}]}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_interleavings_in_litellm_chunk_shape(seed):
+    """The existing random-split property (arguments of up to three calls cut and interleaved at random, heads
+    at random moments) on chunks shaped as the LiteLLM path hands them over."""
+    rng = random.Random(seed)
+    calls = []
+    queues = []
+    for k in range(rng.randint(1, 3)):
+        inp = {"path": f"/src/{k}/x.py", "lines": list(range(rng.randint(0, 5))), "flag": bool(k % 2)}
+        raw = json.dumps(inp)
+        cuts = sorted(rng.sample(range(1, len(raw)), rng.randint(0, min(6, len(raw) - 1))))
+        events: list = [("args", raw[a:b]) for a, b in zip([0, *cuts], [*cuts, len(raw)])]
+        events.insert(rng.randint(0, len(events)), ("head", None))
+        calls.append((k, inp))
+        queues.append(events)
+    chunks = [text("Working.")] if rng.random() < 0.5 else []
+    while any(queues):
+        k = rng.choice([i for i, q in enumerate(queues) if q])
+        kind, piece = queues[k].pop(0)
+        chunks.append(tc(k, id=f"call_{seed}_{k}", name=f"Tool{k}") if kind == "head" else tc(k, args=piece))
+    chunks = [_litellm_shape(c) for c in chunks] + [fin("tool_calls"), usage(10, 10)]
+    _, msg = run(chunks)
+    assert [(b["id"], b["name"], b["input"]) for b in msg["content"] if b["type"] == "tool_use"] == \
+        [(f"call_{seed}_{k}", f"Tool{k}", inp) for k, inp in calls]
