@@ -29,17 +29,28 @@ venv: $(VENV)/.test
 run: $(VENV)/.stack
 	$(VENV)/bin/keyrelay-stack $(ARGS)
 
+# $(call debian_tool,COMMAND,PACKAGE,MESSAGE,ON_FAILURE): install PACKAGE from Debian when COMMAND is missing and
+# this runs as root with apt-get; otherwise (or when that fails) print MESSAGE and run ON_FAILURE (`exit 1`, or
+# `true` to go on).
+define debian_tool
+	@command -v $(1) >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing $(2) (apt-get)"; (apt-get install -y -qq $(2) || (apt-get update -qq && apt-get install -y -qq $(2))) >/dev/null \
+	      || { echo "$(3)" >&2; $(4); }; \
+	  else \
+	    echo "$(3)" >&2; $(4); \
+	  fi; }
+endef
+
+# The suite includes tests/packaging (sdist + wheel build, a clean install, the Pods in a bubblewrap sandbox);
+# without bubblewrap the sandbox tests are skipped with the reason.
 test: $(VENV)/.test
+	$(call debian_tool,bwrap,bubblewrap,bubblewrap is missing: the sandbox tests will be skipped (sudo apt-get install -y bubblewrap),true)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmark (docs/bench.md): needs wrk, installed from Debian when running as root. ARGS=--quick for a short run.
 bench: $(VENV)/.test
-	@command -v wrk >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "==> installing wrk (apt-get)"; (apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk)) >/dev/null; \
-	  else \
-	    echo "make bench needs wrk: run 'sudo apt-get install -y wrk' (Debian/Ubuntu) or 'brew install wrk', then retry" >&2; exit 1; \
-	  fi; }
+	$(call debian_tool,wrk,wrk,make bench needs wrk: run 'sudo apt-get install -y wrk' (Debian/Ubuntu) or 'brew install wrk' then retry,exit 1)
 	$(PY) -m bench $(ARGS)
 
 # Regenerate the committed gRPC/protobuf code from protos/ (tests fail when it drifts).

@@ -44,13 +44,14 @@ class CheckLoopError(RuntimeError):
 
 
 class CheckLoop:
-    """Serves CHECK_METHOD on `server` with `handle(request_bytes) -> response_bytes`.
+    """Serves CHECK_METHOD on `server` with `handle(request_bytes, metadata) -> response_bytes` (`metadata`: the
+    call's gRPC invocation metadata as (key, value) pairs).
 
     `handle` must never raise for a well-formed request (Authorizer.check turns faults into an explicit deny);
     a request that cannot be decoded or any other fault here ends the call with gRPC INTERNAL, which Envoy treats
     as an authorization failure (status_on_error, fail closed)."""
 
-    def __init__(self, cygrpc, core_server, handle: Callable[[bytes], bytes], threads: int = 1) -> None:
+    def __init__(self, cygrpc, core_server, handle: Callable[[bytes, tuple], bytes], threads: int = 1) -> None:
         self._c = cygrpc
         self._server = core_server
         self._handle = handle
@@ -62,7 +63,8 @@ class CheckLoop:
         core_server.register_method(CHECK_METHOD)
 
     @classmethod
-    def attach(cls, server: grpc.Server, handle: Callable[[bytes], bytes], threads: int = 1) -> "CheckLoop | None":
+    def attach(cls, server: grpc.Server, handle: Callable[[bytes, tuple], bytes],
+               threads: int = 1) -> "CheckLoop | None":
         """Register the loop on a not yet started `grpc.server`; None when grpcio's internals are not as expected."""
         try:
             from grpc._cython import cygrpc
@@ -70,7 +72,8 @@ class CheckLoop:
             needed = (cygrpc.CompletionQueue, cygrpc.ReceiveMessageOperation, cygrpc.ReceiveCloseOnServerOperation,
                       cygrpc.SendInitialMetadataOperation, cygrpc.SendMessageOperation,
                       cygrpc.SendStatusFromServerOperation, cygrpc.StatusCode.ok, cygrpc.StatusCode.internal,
-                      cygrpc.CompletionType.queue_shutdown, core_server.register_method,
+                      cygrpc.CompletionType.queue_shutdown, cygrpc.RequestCallEvent.invocation_metadata,
+                      core_server.register_method,
                       core_server.register_completion_queue, core_server.request_registered_call)
             del needed
             return cls(cygrpc, core_server, handle, threads)
@@ -133,12 +136,13 @@ class CheckLoop:
                     call = event.call
                     # Receive-close completes when the call ends (or is cancelled); nothing to do then.
                     call.start_server_batch((recv_close(0),), _CLOSED)
-                    call.start_server_batch((recv_message(0),), call)
+                    # The message's tag carries the call and its gRPC metadata (W3C trace context from Envoy).
+                    call.start_server_batch((recv_message(0),), (call, event.invocation_metadata))
                 except Exception as exc:  # noqa: BLE001 - keep serving the other calls
                     log.error("could not start a check call", extra={"error": exc.__class__.__name__})
                 continue
-            # A received message: the tag is its call.
-            call = tag
+            # A received message: the tag is its call and the call's metadata.
+            call, metadata = tag
             if not event.success:   # cancelled before the message arrived
                 continue
             try:
@@ -146,7 +150,7 @@ class CheckLoop:
                 if raw is None:
                     self._fail(call, b"Check requires exactly one request message")
                     continue
-                body = handle(raw)
+                body = handle(raw, metadata)
                 call.start_server_batch(
                     (send_metadata((), 0), send_message(body, 0), send_status((), ok, b"", 0)), _SENT)
             except Exception as exc:  # noqa: BLE001 - fail closed: an error status, never an allow

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from keyrelay_stack.version import add_version_flag
+
 from .policy import Policy, PolicyError, builtin_policy, load_policy, parse_policy
 from .reload import LOOSEN_QUIET_SECONDS
 from .settings import EnvOverrides, SettingsError, apply_overrides, env_overrides, join_hostport, parse_addr
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(EXT_AUTHZ_LOOSEN_QUIET_SECONDS; default 5)")
     p.add_argument("--drain-seconds", help="grace period for in-flight checks on SIGTERM (EXT_AUTHZ_DRAIN_SECONDS; "
                                            "default 5)")
-    return p
+    return add_version_flag(p)
 
 
 def _pick(flag: str | None, environ: Mapping[str, str], env_name: str) -> str | None:

@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from keyrelay_stack.version import add_version_flag
+
 from .decide import KEY_ID_LENGTH, key_digest
 from .extract import key_problem
 from .policy import DIGEST_PATTERN, MAX_KEY_LENGTH_LIMIT, PolicyError, load_policy, parse_policy
@@ -254,8 +256,9 @@ def cmd_diff(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="keyrelay policy tools: validate, digest, allow, revoke, diff")
+    add_version_flag(p)
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate", help="check policy files; prints file:line: problem and exits 1 on errors")
     v.add_argument("files", nargs="+", metavar="FILE")
@@ -263,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("digest", help="print the SHA-256 of keys read from stdin or a no-echo prompt")
     d.add_argument("--key-id", action="store_true",
                    help=f"print the {KEY_ID_LENGTH}-hex x-authz-key-id fingerprint instead of the full digest")
+    add_version_flag(d, name=prog)  # `keyrelay-key-digest --version` names itself
     d.set_defaults(run=cmd_digest)
     for name, what in (("allow", "add a key to the allowlist"), ("revoke", "add a key to the revoked list")):
         e = sub.add_parser(name, help=f"{what} (edits FILE in place, atomically, keeping comments)")
@@ -280,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
         return args.run(args)
     except PolicyError as exc:

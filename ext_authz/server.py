@@ -7,6 +7,7 @@ the decision itself); denials are logged at info with the key fingerprint, never
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -16,6 +17,8 @@ from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import keyrelay_tracing
 
 from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
@@ -36,10 +39,12 @@ SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
 
 class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, store: PolicyStore, metrics: Metrics, decision_log: DecisionLog | None = None) -> None:
+    def __init__(self, store: PolicyStore, metrics: Metrics, decision_log: DecisionLog | None = None,
+                 tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED) -> None:
         self.store = store
         self.metrics = metrics
         self.decision_log = decision_log or DecisionLog()
+        self.tracing = tracing
         self._observe = metrics.check_seconds.observe
         self._debug = log.isEnabledFor(logging.DEBUG)
 
@@ -124,12 +129,55 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         return deny_response(decision)
 
     def Check(self, request, context):  # noqa: N802 - gRPC method name
+        if self.tracing.enabled:
+            return self.traced_check(request, context.invocation_metadata())
         return self.check(request)
 
-    def check_bytes(self, raw: bytes) -> bytes:
-        """Serialized CheckRequest in, serialized CheckResponse out (the direct handler's entry). A request that
-        does not decode raises, and the caller answers gRPC INTERNAL (Envoy: status_on_error, fail closed)."""
-        return self.check(CheckRequest.FromString(raw)).SerializeToString()
+    def check_bytes(self, raw: bytes, metadata=()) -> bytes:
+        """Serialized CheckRequest in, serialized CheckResponse out (the direct handler's entry; `metadata` is
+        the call's gRPC metadata). A request that does not decode raises, and the caller answers gRPC INTERNAL
+        (Envoy: status_on_error, fail closed)."""
+        request = CheckRequest.FromString(raw)
+        if self.tracing.enabled:
+            return self.traced_check(request, metadata).SerializeToString()
+        return self.check(request).SerializeToString()
+
+    def traced_check(self, request, metadata) -> object:
+        """`check` inside a span continuing the W3C context Envoy sends in the Check's gRPC metadata (its
+        ext_authz client span is the parent). Attributes: route, decision, deny reason and status, Envoy's
+        request id; never a key or a credential header."""
+        try:
+            carrier = {k: v for k, v in (metadata or ()) if k in keyrelay_tracing.TRACE_HEADERS}
+            span = self.tracing.start("envoy.service.auth.v3.Authorization/Check", parent_headers=carrier,
+                                      attributes={"rpc.system": "grpc", "rpc.service": SERVICE_NAME,
+                                                  "rpc.method": "Check"})
+        except Exception:  # noqa: BLE001 - tracing never changes or blocks a decision
+            return self.check(request)
+        try:
+            response = self.check(request)
+            try:
+                span.set_attributes(_check_attributes(request, response))
+            except Exception:  # noqa: BLE001 - attributes are best effort; the decision stands
+                pass
+            return response
+        finally:
+            span.end()
+
+
+def _check_attributes(request, response) -> dict:
+    """Span attributes of one Check: route, decision, deny status and reason, Envoy's request id (never a key or
+    a credential header)."""
+    out = {"keyrelay.request_id": request_id(request.attributes.request.http),
+           "keyrelay.route": route_of(request.attributes.context_extensions)}
+    if response.HasField("denied_response"):
+        out["keyrelay.decision"] = "deny"
+        out["http.response.status_code"] = int(response.denied_response.status.code)
+        fields = response.dynamic_metadata.fields
+        if "reason" in fields:
+            out["keyrelay.reason"] = fields["reason"].string_value
+    else:
+        out["keyrelay.decision"] = "allow"
+    return out
 
 
 def _safe_request_id(http) -> str:
@@ -172,6 +220,7 @@ class GrpcWorker:
         self.server: grpc.Server | None = None
         self.health = health.HealthServicer()
         self.check_loop: CheckLoop | None = None
+        self.tracing = keyrelay_tracing.DISABLED
         self._started = False
         self._stop = threading.Event()
 
@@ -199,6 +248,8 @@ class GrpcWorker:
         # Signal handlers first: a SIGTERM right after the ready line must already drain, not kill.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: self.request_stop())
+        # Tracing (off unless OTEL_EXPORTER_OTLP_ENDPOINT is set) is set up here, once in each serving process.
+        self.tracing = keyrelay_tracing.from_env("keyrelay-ext-authz", os.environ)
         try:
             self._serve(direct=self.cfg.check_handler == "direct")
         except CheckLoopError as exc:
@@ -217,7 +268,7 @@ class GrpcWorker:
                    ("grpc.max_receive_message_length", 8 * 1024 * 1024)]
         self.server = grpc.server(ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="ext_authz-check"),
                                   options=options)
-        authorizer = Authorizer(self.store, self.metrics)
+        authorizer = Authorizer(self.store, self.metrics, tracing=self.tracing)
         self.check_loop = CheckLoop.attach(self.server, authorizer.check_bytes) if direct \
             else None
         if self.check_loop is None:
@@ -262,4 +313,5 @@ class GrpcWorker:
         self.server.stop(self.cfg.drain_seconds).wait()
         if self.check_loop is not None:  # after the server: its calls are finished by now
             self.check_loop.stop()
+        self.tracing.shutdown()
         logging.getLogger("ext_authz").info("stopped")

@@ -27,12 +27,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from .envoy_config import (ENVOY_YAML, REPO, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
-                           load_source, render)
+import keyrelay_tracing
+
+from .envoy_config import (DATA, ENVOY_YAML, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
+                           load_source, otlp_target, render)
 from .processes import PROVIDER_ENV_PREFIXES, child_env, console_script, free_port
 from .supervisor import ChildFailed, ChildSpec, Interrupted, Supervisor
+from .version import add_version_flag
 
-DEFAULT_POLICY = REPO / "examples" / "policy.yaml"
+# The example policy ships with the package (a symlink to examples/policy.yaml in the source tree).
+DEFAULT_POLICY = DATA / "policy.yaml"
+DEFAULT_POLICY_NAME = "examples/policy.yaml"
 # Provider settings that mean "serve real traffic" (the same names the translator reads).
 PROVIDER_VARS = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "USE_VERTEX_AUTH")
 DEMO_KEY = "sk-keyrelay-demo-0001"
@@ -80,13 +85,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="serve from the built-in demo upstream (default: only when no provider is configured: "
                         "none of " + ", ".join(PROVIDER_VARS) + ")")
     p.add_argument("--policy", default=None,
-                   help=f"ext_authz policy file (default {DEFAULT_POLICY.relative_to(REPO)}; 'builtin' for "
+                   help=f"ext_authz policy file (default: the packaged {DEFAULT_POLICY_NAME}; 'builtin' for "
                         "ext_authz's built-in defaults)")
     p.add_argument("--envoy-log-level", default="warning", help="Envoy log level (default warning)")
     p.add_argument("--envoy-concurrency", type=int, default=None, help="Envoy worker threads (default: cores)")
     p.add_argument("--envoy-config", default=str(ENVOY_YAML),
-                   help="the envoy.yaml to render (default: the repository's envoy.yaml)")
+                   help="the envoy.yaml to render (default: the packaged envoy.yaml, the same bytes as "
+                        "k8s/overlays/standalone/envoy.yaml)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for each part")
+    add_version_flag(p)
     return p.parse_args(list(argv) if argv is not None else None)
 
 
@@ -142,7 +149,7 @@ def describe_policy(path: Path | None, env: Mapping[str, str]) -> str:
         text = "ext_authz built-in defaults"
         doc: dict = {}
     else:
-        text = str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+        text = DEFAULT_POLICY_NAME if path == DEFAULT_POLICY else str(path)
         try:
             doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError):
@@ -212,13 +219,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not policy.is_file():
                 raise UsageError(f"policy file {policy} not found")
         envoy_bin = find_envoy()
+        # OTEL_EXPORTER_OTLP_ENDPOINT (inherited by ext_authz and the translator) also turns on Envoy's tracer.
+        try:
+            otlp = otlp_target(keyrelay_tracing.endpoint_from_env(env))
+        except EnvoyConfigError as exc:
+            raise UsageError(str(exc)) from None
         endpoints = EnvoyEndpoints(listen_address=ns.host, listen_port=ports.listen, admin_port=ports.admin,
-                                   ext_authz_port=ports.ext_authz, translator_port=ports.translator)
+                                   ext_authz_port=ports.ext_authz, translator_port=ports.translator,
+                                   otlp_address=otlp[0] if otlp else None, otlp_port=otlp[1] if otlp else 4317)
         try:
             envoy_text = dump(render(load_source(ns.envoy_config), endpoints))
         except OSError as exc:
-            raise UsageError(f"cannot read {ns.envoy_config} ({exc.strerror}); run from a checkout installed with "
-                             "`pip install -e .` (make run does) or pass --envoy-config") from None
+            raise UsageError(f"cannot read {ns.envoy_config} ({exc.strerror}); pass an existing file with "
+                             "--envoy-config") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -19,11 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+import keyrelay_tracing
 from translator import litellm_loader, logs
 from translator.backends.registry import Backends
 from translator.caps import validate_caps
 from translator.errors import ApiError, error_body
-from translator.metrics import build_metrics
+from translator.metrics import UsageLabels, build_metrics
 from translator.routing import build_router
 from translator.service import MessagesService, error_response, json_response
 from translator.settings import Settings, load_settings
@@ -58,14 +60,16 @@ def _model_entry(model_id: str, display: str) -> dict:
     return {"type": "model", "id": model_id, "display_name": display, "created_at": "2025-01-01T00:00:00Z"}
 
 
-def create_app(settings: Settings | None = None) -> TranslatorApp:
-    """Wire the service, its backends and the HTTP surface together (no request logic lives here)."""
+def create_app(settings: Settings | None = None,
+               tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED) -> TranslatorApp:
+    """Wire the service, its backends and the HTTP surface together (no request logic lives here).
+    `tracing`: the process's tracing (`keyrelay_tracing.from_env`), off by default."""
     settings = settings or load_settings([])
     router = build_router(settings)
     for rule in router.routes.rules:
         validate_caps(rule.caps, f"routing rule {rule.match!r}")
-    metrics = build_metrics()
-    service = MessagesService(settings, router, metrics, Backends(settings))
+    metrics = build_metrics(UsageLabels(settings.tenants, router.configured_models()))
+    service = MessagesService(settings, router, metrics, Backends(settings), tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -182,6 +186,6 @@ def app_from_env() -> TranslatorApp:
     """uvicorn factory for worker processes (`--workers N`): settings come serialized through the environment."""
     settings = load_settings([])
     logs.configure(settings.log_level)  # a spawned worker does not inherit the parent's logging set-up
-    app = create_app(settings)
+    app = create_app(settings, keyrelay_tracing.from_env("keyrelay-translator", os.environ))
     tune_gc()
     return app

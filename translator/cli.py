@@ -92,7 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
         from translator.app import create_app, tune_gc  # validates the routing file and its caps
 
-        app = create_app(settings)
+        import keyrelay_tracing
+
+        # One process serves (workers=1): its tracing comes from OTEL_* here; workers set up their own.
+        tracing = (keyrelay_tracing.from_env("keyrelay-translator", os.environ) if settings.workers == 1
+                   else keyrelay_tracing.DISABLED)
+        app = create_app(settings, tracing)
     except ConfigError as exc:
         print(f"keyrelay-translator: configuration error: {exc}", file=sys.stderr, flush=True)
         return 2

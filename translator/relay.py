@@ -32,5 +32,5 @@ async def relay(stream: Stream, ctx: RequestContext, *, ping_interval: float,
     finally:
         with anyio.CancelScope(shield=True):
             await stream.aclose()
-        ctx.chunks = stream.chunks
+        stream.account(ctx)
         on_close(ctx)

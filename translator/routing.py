@@ -161,6 +161,16 @@ class Router:
                 seen.add(rule.match)
         return names
 
+    def configured_models(self) -> frozenset[str]:
+        """Target models named by the configuration alone: every rule's target, BIG_MODEL and SMALL_MODEL, and
+        what the listed Claude model names resolve to. The usage metrics label by these (any other target model
+        was chosen by a client and is counted as `other`), so their series stay bounded by the configuration."""
+        s = self.settings
+        specs = [r.target for r in self.routes.rules] + [s.big_model, s.small_model]
+        models = {self._target(spec).model for spec in specs}
+        models.update(self._resolve(name).model for name, _ in self.claude_models())
+        return frozenset(models)
+
     def needs_litellm(self) -> bool:
         """Whether any configured default route goes through LiteLLM (to import it at startup)."""
         targets = [self.resolve("claude-haiku-4-5"), self.resolve("claude-sonnet-4-5")]

@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable, Mapping
 import orjson
 from starlette.responses import Response, StreamingResponse
 
+import keyrelay_tracing
 from translator import credentials, litellm_loader, logs
 from translator.backends.registry import Backends
 from translator.context import RequestContext
@@ -31,6 +32,7 @@ from translator.relay import relay
 from translator.routing import Router
 from translator.schemas.anthropic import CountTokensRequest, MessagesRequest, validate_or_400
 from translator.settings import Settings
+from translator.usage import estimate
 
 log = logging.getLogger("keyrelay.translator")
 
@@ -123,11 +125,13 @@ class MessagesService:
     """Serves the messages routes. `start()` in the lifespan (inside the event loop), `aclose()` at shutdown;
     `ready` says whether every configured route can be served (LiteLLM imported when a route needs it)."""
 
-    def __init__(self, settings: Settings, router: Router, metrics: Metrics, backends: Backends) -> None:
+    def __init__(self, settings: Settings, router: Router, metrics: Metrics, backends: Backends,
+                 tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED) -> None:
         self.settings = settings
         self.router = router
         self.metrics = metrics
         self.backends = backends
+        self.tracing = tracing
         self.ready = False
         self._preload: asyncio.Task | None = None
 
@@ -161,7 +165,7 @@ class MessagesService:
     # ------------------------------------------------------------------ the one place a request finishes
 
     def finish(self, ctx: RequestContext, status: int, err: ApiError | None = None) -> None:
-        """Record a finished request once: metrics and its log line."""
+        """Record a finished request once: metrics, usage (docs/usage.md), its log line and its span."""
         if ctx.finished:
             return
         ctx.finished = True
@@ -172,21 +176,32 @@ class MessagesService:
         provider = ctx.provider
         elapsed = ctx.elapsed()
         m.observe_request(ctx.route, str(status), provider, elapsed)
-        extra = ""
         if ctx.stream and status == 200:
             m.stream_chunks.labels(provider).inc(ctx.chunks)
-            extra = f" chunks={ctx.chunks}"
-            if ctx.error is not None:
-                extra += f" stream_error={ctx.error.type}"
-        elif ctx.error is not None:
-            extra = f" error={ctx.error.type}"
         if ctx.error is not None and ctx.error.upstream:
             m.upstream_errors.labels(provider, str(ctx.error.status)).inc()
-        if log.isEnabledFor(logging.INFO):  # format the line only when it is written
-            target, cred = ctx.target, ctx.cred
-            logs.log_info(log, "%s %s status=%d provider=%s model=%s key_id=%s source=%s stream=%s ms=%.1f%s" % (
-                ctx.method, ctx.path, status, provider or "-", target.model if target else "-",
-                cred.key_id if cred else "-", cred.source if cred else "-", ctx.stream, elapsed * 1000, extra))
+        target = ctx.target
+        usage = ctx.usage
+        if ctx.route == "messages":
+            if usage is None and status == 200:  # answered, but the upstream reported no usage
+                usage = ctx.usage = estimate(ctx.input_chars, ctx.output_chars)
+            m.observe_usage(ctx.headers.get("x-authz-tenant"), target.model if target else None, status, usage,
+                            ctx.first_token_s)
+        if log.isEnabledFor(logging.INFO):  # build the line only when it is written
+            cred, headers = ctx.cred, ctx.headers
+            logs.log_request(log, logs.RequestLine(
+                route=ctx.route, method=ctx.method, path=ctx.path, status=status, duration_s=elapsed,
+                request_id=headers.get("x-request-id") or ctx.request_id,
+                key_id=cred.key_id if cred else headers.get("x-authz-key-id"),
+                tenant=headers.get("x-authz-tenant"), credential=headers.get("x-authz-credential"),
+                credential_source=cred.source if cred else None,
+                requested_model=ctx.request.model if ctx.request is not None else None,
+                model=target.model if target else None, backend=target.backend if target else None,
+                provider=provider or None, stream=ctx.stream, tokens=usage.as_dict() if usage else None,
+                ttft_s=ctx.first_token_s, error=ctx.error.type if ctx.error is not None else None,
+                chunks=ctx.chunks if ctx.stream else None))
+        if ctx.span is not None:
+            end_span(ctx)
 
     def _stream_closed(self, ctx: RequestContext) -> None:
         self.metrics.inflight.dec()
@@ -200,8 +215,12 @@ class MessagesService:
         m = self.metrics
         m.inflight.inc()
         handed_off = False
+        if self.tracing.enabled:
+            start_span(self.tracing, ctx)
         try:
-            ctx.body = parse_json_object(await read_body(ctx.headers, receive, self.settings.max_body_bytes))
+            raw = await read_body(ctx.headers, receive, self.settings.max_body_bytes)
+            ctx.input_chars = len(raw)
+            ctx.body = parse_json_object(raw)
             req = ctx.request = validate_or_400(MessagesRequest, ctx.body)
             ctx.target = self.router.resolve(req.model)
             ctx.cred = credentials.resolve(ctx.headers, ctx.target, self.settings)
@@ -258,3 +277,62 @@ class MessagesService:
         except ApiError as err:
             self.finish(ctx, err.status, err)
             return error_response(err)
+
+
+# ---------------------------------------------------------------------- tracing (only when it is on)
+
+
+def start_span(tracing: keyrelay_tracing.Tracing, ctx: RequestContext) -> None:
+    """The request's span, child of the W3C context Envoy sent (`traceparent`), and the context the upstream
+    request carries (its parent is this span)."""
+    try:
+        ctx.span = tracing.start("chat", parent_headers={k: ctx.headers[k] for k in keyrelay_tracing.TRACE_HEADERS
+                                                         if k in ctx.headers},
+                                 attributes={"gen_ai.operation.name": "chat", "http.request.method": ctx.method,
+                                             "url.path": logs.clean(ctx.path)})
+        ctx.trace_headers = {}
+        tracing.inject(ctx.span, ctx.trace_headers)
+    except Exception:  # noqa: BLE001 - tracing never fails a request
+        ctx.span = ctx.trace_headers = None
+
+
+def end_span(ctx: RequestContext) -> None:
+    """GenAI semantic-convention attributes (model, token usage, finish reason) and the outcome; never the key,
+    the prompt or the completion."""
+    span, target, usage = ctx.span, ctx.target, ctx.usage
+    try:
+        attrs: dict[str, Any] = {"http.response.status_code": ctx.status, "keyrelay.stream": ctx.stream,
+                                 "keyrelay.request_id": logs.clean(ctx.headers.get("x-request-id") or ctx.request_id,
+                                                                   128)}
+        if ctx.request is not None:
+            attrs["keyrelay.requested_model"] = logs.clean(ctx.request.model)
+        if target is not None:
+            attrs["gen_ai.request.model"] = logs.clean(target.model)
+            attrs["gen_ai.provider.name"] = target.provider
+            attrs["gen_ai.system"] = target.provider
+            span.update_name(f"chat {logs.clean(target.model, 128)}")
+        if usage is not None:
+            attrs["gen_ai.usage.input_tokens"] = usage.input + usage.cache_read + usage.cache_write
+            attrs["gen_ai.usage.output_tokens"] = usage.output
+            attrs["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read
+            attrs["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_write
+            attrs["keyrelay.usage.reasoning_tokens"] = usage.reasoning
+            attrs["keyrelay.usage.estimated"] = usage.estimated
+        if ctx.finish_reason:
+            attrs["gen_ai.response.finish_reasons"] = [logs.clean(ctx.finish_reason, 64)]
+        if ctx.first_token_s is not None:
+            attrs["keyrelay.time_to_first_token_s"] = round(ctx.first_token_s, 6)
+        tenant = ctx.headers.get("x-authz-tenant")
+        if tenant:
+            attrs["keyrelay.tenant"] = logs.clean(tenant, 128)
+        if ctx.error is not None:
+            attrs["error.type"] = ctx.error.type
+            if ctx.status >= 500 or ctx.stream:
+                from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 - only with tracing on
+
+                span.set_status(Status(StatusCode.ERROR, ctx.error.type))
+        span.set_attributes(attrs)
+    except Exception:  # noqa: BLE001 - tracing never fails a request
+        pass
+    finally:
+        span.end()

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Sequence
+
+from keyrelay_stack.version import add_version_flag
 
 PROVIDERS = ("openai", "google", "anthropic")
 
@@ -22,6 +25,12 @@ DEFAULT_MODELS = {
 }
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# Tenant names the usage metrics label by (the policy's tenants); more would make the metrics unbounded in practice.
+MAX_TENANTS = 1000
+# The same names ext_authz's policy accepts for a tenant.
+TENANT_NAME = re.compile(r"^[A-Za-z0-9_.:@/-]{1,128}$")
+# Label values the usage metrics use for requests without a tenant and for tenants not in the list.
+RESERVED_TENANTS = ("none", "other")
 
 
 class ConfigError(ValueError):
@@ -59,13 +68,18 @@ class Settings:
     # Accept a client's x-api-key as the upstream credential when no bearer credential is present
     # (direct use without Envoy; behind Envoy ext_authz always removes x-api-key).
     accept_x_api_key: bool = True
+    # Tenants (as ext_authz's policy names them in x-authz-tenant) that get their own series in the usage
+    # metrics; any other tenant is counted as `other` (docs/usage.md).
+    tenants: tuple[str, ...] = ()
 
     def to_env(self) -> dict[str, str]:
         """Serialize for worker processes (uvicorn --workers re-imports the app in each worker)."""
         out: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None:
+            if isinstance(value, tuple):
+                out[f"KEYRELAY_TRANSLATOR__{f.name}"] = ",".join(value)
+            elif value is not None:
                 out[f"KEYRELAY_TRANSLATOR__{f.name}"] = str(value)
         return out
 
@@ -103,6 +117,7 @@ _SOURCES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "max_connections": (("TRANSLATOR_MAX_CONNECTIONS",), "--max-connections"),
     "preload_litellm": (("TRANSLATOR_PRELOAD_LITELLM",), "--preload-litellm"),
     "accept_x_api_key": (("TRANSLATOR_ACCEPT_X_API_KEY",), "--accept-x-api-key"),
+    "tenants": (("TRANSLATOR_TENANTS",), "--tenants"),
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -117,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, (envs, flag) in _SOURCES.items():
         if flag:
             p.add_argument(flag, dest=name, default=None, metavar="VALUE", help=f"(env {', '.join(envs)})")
-    return p
+    return add_version_flag(p)
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -146,12 +161,29 @@ def _url(name: str, raw: str) -> str:
     return v
 
 
+def _tenants(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list of tenant names (duplicates dropped, order kept)."""
+    names = [t.strip() for t in raw.split(",") if t.strip()]
+    out = tuple(dict.fromkeys(names))
+    if len(out) > MAX_TENANTS:
+        raise ConfigError(f"{name}: {len(out)} tenants, at most {MAX_TENANTS}")
+    for t in out:
+        if not TENANT_NAME.match(t):
+            raise ConfigError(f"{name}: a tenant must be 1-128 characters of letters, digits and _ . : @ / -")
+        if t in RESERVED_TENANTS:
+            raise ConfigError(f"{name}: {t!r} is reserved (the metrics' bucket for "
+                              f"{'requests without a tenant' if t == 'none' else 'tenants not listed'})")
+    return out
+
+
 def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from flags and environment. Raises ConfigError (one line) on bad values."""
     env = os.environ if env is None else env
     try:
         ns = _parser().parse_args(list(argv) if argv is not None else [])
-    except SystemExit as exc:  # argparse already printed its usage line
+    except SystemExit as exc:  # argparse already printed its usage line (or --help / --version: exit 0)
+        if not exc.code:
+            raise
         raise ConfigError("invalid command line") from exc
     raw: dict[str, tuple[str, str]] = {}  # name -> (source label, raw value)
     for name, (envs, flag) in _SOURCES.items():
@@ -205,6 +237,8 @@ def _build(raw: dict[str, tuple[str, str]]) -> Settings:
             if not v:
                 raise ConfigError(f"{label}: empty host")
             values[name] = v
+        elif name == "tenants":
+            values[name] = _tenants(label, value)
         elif name == "routes_file":
             v = value.strip()
             if not os.path.isfile(v):

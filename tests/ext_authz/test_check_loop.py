@@ -98,7 +98,7 @@ class _NotAGrpcServer:
 
 def test_attach_falls_back_when_grpc_internals_differ(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="ext_authz.check_loop"):
-        assert CheckLoop.attach(_NotAGrpcServer(), lambda raw: raw) is None
+        assert CheckLoop.attach(_NotAGrpcServer(), lambda raw, metadata: raw) is None
     assert "direct Check handler unavailable" in caplog.text
 
 

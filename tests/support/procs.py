@@ -29,13 +29,13 @@ class Proc:
     """A child process whose combined output is captured (for log-secrecy assertions) and whose
     `ready:` line is awaited."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], name: str = "") -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], name: str = "", cwd: str | Path | None = None) -> None:
         self.name = name or Path(argv[0]).name
         self.argv = argv
         self.lines: list[str] = []
         self._ready = threading.Event()
         self.popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, bufsize=1, start_new_session=True)
+                                      text=True, bufsize=1, start_new_session=True, cwd=cwd)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 

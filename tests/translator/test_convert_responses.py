@@ -20,7 +20,8 @@ from translator.convert.call_ids import ID_PATTERN
 from translator.convert.openai_request import BackendCaps
 from translator.convert.openai_response import SYNTHETIC_SIGNATURE, is_synthetic_signature
 from translator.convert.responses_request import anthropic_to_responses, reasoning_signature
-from translator.convert.responses_response import responses_error, responses_to_anthropic
+from translator.convert.responses_response import (chat_finish_reason, chat_usage, responses_error,
+                                                   responses_to_anthropic)
 from translator.convert.responses_stream import ResponsesStreamConverter
 from translator.errors import ApiError
 from translator.schemas.anthropic import MessagesRequest
@@ -390,3 +391,25 @@ def test_stream_cut_before_its_final_event_is_an_error():
     for e in w.stream_events([w.message("m", "partial")], usage_=w.usage(1, 1))[:-1]:
         stopped.feed(e)
     assert stopped.stopped and stopped.finish()[-2][1]["delta"]["stop_reason"] == "stop_sequence"
+
+
+@pytest.mark.parametrize(
+    "resp, finish",
+    [
+        (w.response([w.message("m", "x")]), "stop"),
+        (w.response([w.function_call("f", "c", "Read", "{}")]), "tool_calls"),
+        (w.response([w.message("m", "x")], status="incomplete", incomplete_reason="max_output_tokens"), "length"),
+        (w.response([], status="incomplete", incomplete_reason="content_filter"), "content_filter"),
+        (w.response([], status="failed", error={"code": "server_error", "message": "x"}), None),
+    ],
+)
+def test_finish_reason_for_logs_and_traces(resp, finish):
+    assert chat_finish_reason(resp) == finish
+
+
+def test_usage_in_the_chat_shape():
+    from translator.usage import Usage, from_openai
+
+    assert from_openai(chat_usage(w.usage(1000, 60, cached=800, reasoning_tokens=25))) == \
+        Usage(input=200, output=60, cache_read=800, reasoning=25)
+    assert chat_usage(None) is None

@@ -184,3 +184,25 @@ def test_stop_sequence_ends_the_upstream_stream_early(translator, upstream):
         msg = s.get_final_message()
     assert msg.content[0].text == "answer: 42 " and (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "END")
     assert upstream.wait_aborted(), "the upstream stream was drained instead of closed"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_accounting_reads_the_responses_usage(translator, upstream, caplog, stream):
+    """The request line's tokens (what budgets and metrics count) from the Responses usage: input without the
+    cached part, cache reads, output with its reasoning part."""
+    import logging
+
+    from translator.usage import Usage
+
+    out = [w.reasoning("rs_u", ["plan"], "encU"), w.function_call("fc_u", "call_u", "Read", '{"file_path": "/a"}')]
+    u = w.usage(1000, 60, cached=800, reasoning_tokens=25)
+    upstream.push(w.stream_reply(w.stream_events(out, usage_=u)) if stream else Reply(json_body=w.response(out, usage_=u)))
+    with caplog.at_level(logging.INFO, logger="keyrelay.translator"):
+        kw = dict(model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "x"}], tools=[READ])
+        if stream:
+            with translator.client(KEY).messages.stream(**kw) as s:
+                s.get_final_message()
+        else:
+            translator.client(KEY).messages.create(**kw)
+    (line,) = [r for r in caplog.records if r.name == "keyrelay.translator" and r.getMessage() == "request"]
+    assert line.tokens == Usage(input=200, output=60, cache_read=800, reasoning=25).as_dict()

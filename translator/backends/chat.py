@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import AsyncIterator, Protocol
+import time
+from typing import AsyncIterator, Mapping, Protocol
 
 from translator.caps import caps_for
 from translator.context import RequestContext
@@ -24,6 +25,7 @@ from translator.ids import new_message_id
 from translator.routing import Target
 from translator.sse import encode_event, encode_events
 from translator.tokens import count_tokens_locally
+from translator.usage import anthropic_content_chars, from_openai
 
 log = logging.getLogger("keyrelay.translator")
 
@@ -49,12 +51,13 @@ class ChunkSource(Protocol):
 class ChatStream:
     """A `Stream` (translator.backends.base) over a `ChunkSource`: chunks -> Anthropic events."""
 
-    __slots__ = ("_source", "_converter", "chunks")
+    __slots__ = ("_source", "_converter", "chunks", "first_chunk_at")
 
     def __init__(self, source: ChunkSource, converter: OpenAIStreamConverter) -> None:
         self._source = source
         self._converter = converter
         self.chunks = 0
+        self.first_chunk_at: float | None = None  # perf_counter() when the first upstream chunk arrived
 
     async def frames(self, ping_interval: float) -> AsyncIterator[bytes | None]:
         loop = asyncio.get_running_loop()
@@ -70,6 +73,8 @@ class ChatStream:
             if batch is None:
                 break
             if batch:
+                if not self.chunks:
+                    self.first_chunk_at = time.perf_counter()
                 self.chunks += len(batch)
                 events: list = []
                 for chunk in batch:
@@ -92,6 +97,15 @@ class ChatStream:
         name, data = self._converter.error(err.type, err.message)
         return encode_event(name, data)
 
+    def account(self, ctx: RequestContext) -> None:
+        converter = self._converter
+        ctx.chunks = self.chunks
+        ctx.usage = from_openai(converter.upstream_usage)  # the final chunk's usage (include_usage)
+        ctx.output_chars = converter.output_chars
+        ctx.finish_reason = converter.finish_reason
+        if self.first_chunk_at is not None:
+            ctx.first_token_s = self.first_chunk_at - ctx.started
+
     async def aclose(self) -> None:
         await self._source.aclose()
 
@@ -106,10 +120,13 @@ class ChatBackend:
     from_upstream = staticmethod(openai_to_anthropic)
     stream_converter: type[OpenAIStreamConverter] = OpenAIStreamConverter
 
-    async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
+    async def chat_complete(self, target: Target, body: dict, cred: Credential,
+                            trace: Mapping[str, str] | None = None) -> dict:
+        """`trace`: W3C trace-context headers for the upstream request (tracing on), else None."""
         raise NotImplementedError
 
-    async def chat_stream(self, target: Target, body: dict, cred: Credential) -> ChunkSource:
+    async def chat_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> ChunkSource:
         raise NotImplementedError
 
     def _convert(self, ctx: RequestContext) -> tuple[dict, dict[str, str]]:
@@ -122,13 +139,25 @@ class ChatBackend:
     async def complete(self, ctx: RequestContext) -> dict:
         body, tool_names = self._convert(ctx)
         req = ctx.request
-        raw = await self.chat_complete(ctx.target, body, ctx.cred)
-        return self.from_upstream(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
+        raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
+        msg = self.from_upstream(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
+        self._account(ctx, raw, msg)
+        return msg
+
+    @staticmethod
+    def _account(ctx: RequestContext, raw: dict, msg: dict) -> None:
+        """The upstream's usage and finish reason of a non-streamed answer, onto the request's context."""
+        ctx.usage = from_openai(raw.get("usage"))
+        if ctx.usage is None:
+            ctx.output_chars = anthropic_content_chars(msg)
+        choices = raw.get("choices")
+        if choices and isinstance(choices[0], dict):
+            ctx.finish_reason = choices[0].get("finish_reason")
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
         body, tool_names = self._convert(ctx)
         req = ctx.request
-        source = await self.chat_stream(ctx.target, body, ctx.cred)
+        source = await self.chat_stream(ctx.target, body, ctx.cred, ctx.trace_headers)
         converter = self.stream_converter(model=req.model, message_id=new_message_id(),
                                           stop_sequences=req.stop_sequences, tool_names=tool_names)
         return ChatStream(source, converter)

@@ -11,7 +11,7 @@ Which HTTP client carries the request: `translator.backends.transport`. Details 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Iterable, Mapping
 
 import orjson
 
@@ -129,15 +129,19 @@ class OpenAIChatClient:
             hit = self._urls[target.base_url] = f"{(target.base_url or DEFAULT_BASE_URL).rstrip('/')}{self.endpoint}"
         return hit
 
-    async def _post(self, target: Target, body: dict, cred: Credential, accept: str) -> UpstreamResponse:
+    async def _post(self, target: Target, body: dict, cred: Credential, accept: str,
+                    trace: Mapping[str, str] | None) -> UpstreamResponse:
         headers = {"content-type": "application/json", "accept": accept}
         if cred.key:
             headers["authorization"] = f"Bearer {cred.key}"
+        if trace:
+            headers.update(trace)
         return await self.transport.post(self._url(target), orjson.dumps(body), headers, target.provider)
 
-    async def post_json(self, target: Target, body: dict, cred: Credential) -> object:
+    async def post_json(self, target: Target, body: dict, cred: Credential,
+                        trace: Mapping[str, str] | None = None) -> object:
         """POST and the parsed JSON answer of a 200 (any other status raises the mapped error)."""
-        resp = await self._post(target, body, cred, "application/json")
+        resp = await self._post(target, body, cred, "application/json", trace)
         if resp.status != 200:
             raise await error_from_response(resp, target.provider, cred)
         try:
@@ -151,14 +155,16 @@ class OpenAIChatClient:
         except orjson.JSONDecodeError:
             raise upstream_not_json(target.provider) from None
 
-    async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
-        data = await self.post_json(target, body, cred)
+    async def complete(self, target: Target, body: dict, cred: Credential,
+                       trace: Mapping[str, str] | None = None) -> dict:
+        data = await self.post_json(target, body, cred, trace)
         if not isinstance(data, dict) or data.get("error") is not None and not data.get("choices"):
             raise upstream_error(502, extract_message(data), provider=target.provider, secrets=[cred.key])
         return data
 
-    async def open_stream(self, target: Target, body: dict, cred: Credential) -> OpenAIChunks:
-        resp = await self._post(target, body, cred, "text/event-stream")
+    async def open_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> OpenAIChunks:
+        resp = await self._post(target, body, cred, "text/event-stream", trace)
         if resp.status != 200:
             raise await error_from_response(resp, target.provider, cred)
         return OpenAIChunks(resp, target.provider, cred)
@@ -172,8 +178,10 @@ class OpenAIChatBackend(ChatBackend):
     def __init__(self, deps: BackendDeps) -> None:
         self.client = OpenAIChatClient(deps.transport)
 
-    async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
-        return await self.client.complete(target, body, cred)
+    async def chat_complete(self, target: Target, body: dict, cred: Credential,
+                            trace: Mapping[str, str] | None = None) -> dict:
+        return await self.client.complete(target, body, cred, trace)
 
-    async def chat_stream(self, target: Target, body: dict, cred: Credential) -> OpenAIChunks:
-        return await self.client.open_stream(target, body, cred)
+    async def chat_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> OpenAIChunks:
+        return await self.client.open_stream(target, body, cred, trace)

@@ -10,22 +10,28 @@ conversation (thinking block signatures) and comes back as reasoning items on th
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from translator.backends.base import BackendDeps
 from translator.backends.chat import ChatBackend
 from translator.backends.openai_chat import OpenAIChatClient, OpenAIChunks
 from translator.convert.responses_request import anthropic_to_responses
-from translator.convert.responses_response import responses_error, responses_to_anthropic
+from translator.context import RequestContext
+from translator.convert.responses_response import (chat_finish_reason, chat_usage, responses_error,
+                                                   responses_to_anthropic)
 from translator.convert.responses_stream import ResponsesStreamConverter
 from translator.credentials import Credential
 from translator.errors import ApiError, upstream_not_json
 from translator.routing import Target
+from translator.usage import anthropic_content_chars, from_openai
 
 
 class OpenAIResponsesClient(OpenAIChatClient):
     endpoint = "/responses"
 
-    async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
-        data = await self.post_json(target, body, cred)
+    async def complete(self, target: Target, body: dict, cred: Credential,
+                       trace: Mapping[str, str] | None = None) -> dict:
+        data = await self.post_json(target, body, cred, trace)
         if not isinstance(data, dict):
             raise upstream_not_json(target.provider)
         if data.get("status") == "failed" or data.get("error") is not None:
@@ -45,8 +51,17 @@ class ResponsesBackend(ChatBackend):
     def __init__(self, deps: BackendDeps) -> None:
         self.client = OpenAIResponsesClient(deps.transport)
 
-    async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
-        return await self.client.complete(target, body, cred)
+    async def chat_complete(self, target: Target, body: dict, cred: Credential,
+                            trace: Mapping[str, str] | None = None) -> dict:
+        return await self.client.complete(target, body, cred, trace)
 
-    async def chat_stream(self, target: Target, body: dict, cred: Credential) -> OpenAIChunks:
-        return await self.client.open_stream(target, body, cred)
+    async def chat_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> OpenAIChunks:
+        return await self.client.open_stream(target, body, cred, trace)
+
+    @staticmethod
+    def _account(ctx: RequestContext, raw: dict, msg: dict) -> None:
+        ctx.usage = from_openai(chat_usage(raw.get("usage")))
+        if ctx.usage is None:
+            ctx.output_chars = anthropic_content_chars(msg)
+        ctx.finish_reason = chat_finish_reason(raw)

@@ -9,6 +9,7 @@ from pydantic_core import from_json
 
 from translator.convert.call_ids import client_id_for_call
 from translator.ids import new_message_id, new_tool_use_id
+from translator.usage import Usage, from_openai
 
 __all__ = [
     "openai_to_anthropic",
@@ -76,27 +77,9 @@ def matched_stop_sequence(
 
 
 def map_usage(usage: dict[str, Any] | None) -> dict[str, int]:
-    """OpenAI usage -> Anthropic usage.
-
-    OpenAI's prompt_tokens include cached tokens; Anthropic's input_tokens exclude both cache reads and cache
-    writes. Cache reads come as prompt_tokens_details.cached_tokens (OpenAI) or cache_read_input_tokens
-    (LiteLLM); cache writes as cache_creation_input_tokens (LiteLLM, for Anthropic/Bedrock/Gemini backends).
-    """
-    if not usage:
-        return {"input_tokens": 0, "output_tokens": 0}
-    prompt = usage.get("prompt_tokens") or 0
-    details = usage.get("prompt_tokens_details") or {}
-    cache_read = usage.get("cache_read_input_tokens") or details.get("cached_tokens") or 0
-    cache_write = usage.get("cache_creation_input_tokens") or details.get("cache_creation_tokens") or 0
-    out = {
-        "input_tokens": max(0, prompt - cache_read - cache_write),
-        "output_tokens": usage.get("completion_tokens") or 0,
-    }
-    if cache_read:
-        out["cache_read_input_tokens"] = cache_read
-    if cache_write:
-        out["cache_creation_input_tokens"] = cache_write
-    return out
+    """OpenAI usage -> Anthropic usage (translator.usage: OpenAI's prompt_tokens include cache reads and writes,
+    Anthropic's input_tokens exclude both)."""
+    return (from_openai(usage) or Usage()).to_anthropic()
 
 
 def _repair_truncated(raw: str) -> Any:

@@ -144,6 +144,21 @@ class OpenAIStreamConverter:
 
     # ------------------------------------------------------------------ public
 
+    @property
+    def upstream_usage(self) -> dict[str, Any] | None:
+        """The last `usage` object the upstream sent (OpenAI streams send it in their final chunk), or None."""
+        return self._usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The upstream's finish_reason (`stop`, `length`, `tool_calls`, ...), once a chunk carried one."""
+        return self._finish_reason
+
+    @property
+    def output_chars(self) -> int:
+        """Characters of text, reasoning and tool arguments seen so far (for an estimate without usage)."""
+        return self._chars
+
     def start(self) -> list[Event]:
         """message_start (once). `feed` calls it; the server may call it early (e.g. as soon as the upstream
         answered 200) to get the first bytes out sooner."""

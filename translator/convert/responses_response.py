@@ -9,7 +9,8 @@ from translator.convert.openai_response import SYNTHETIC_SIGNATURE, anthropic_me
 from translator.convert.responses_request import reasoning_signature
 from translator.errors import scrub
 
-__all__ = ["responses_to_anthropic", "map_responses_usage", "responses_error", "reasoning_block", "stop_reason_of"]
+__all__ = ["responses_to_anthropic", "map_responses_usage", "chat_usage", "chat_finish_reason", "responses_error",
+           "reasoning_block", "stop_reason_of"]
 
 # Responses error codes (response.error.code / the `error` stream event) -> (HTTP status, Anthropic type)
 _ERRORS = {
@@ -54,6 +55,37 @@ def map_responses_usage(usage: Any) -> dict[str, int]:
     if cached:
         out["cache_read_input_tokens"] = cached
     return out
+
+
+def chat_usage(usage: Any) -> dict[str, Any] | None:
+    """Responses usage in the chat-completions shape (what the stream converter and the usage accounting
+    read): input/output tokens, cached input, cache writes, reasoning tokens."""
+    if not isinstance(usage, Mapping):
+        return None
+    details = usage.get("input_tokens_details")
+    details = details if isinstance(details, Mapping) else {}
+    out_details = usage.get("output_tokens_details")
+    out_details = out_details if isinstance(out_details, Mapping) else {}
+    return {
+        "prompt_tokens": usage.get("input_tokens") or 0,
+        "completion_tokens": usage.get("output_tokens") or 0,
+        "prompt_tokens_details": {"cached_tokens": details.get("cached_tokens") or 0,
+                                  "cache_write_tokens": details.get("cache_write_tokens") or 0},
+        "completion_tokens_details": {"reasoning_tokens": out_details.get("reasoning_tokens") or 0},
+    }
+
+
+def chat_finish_reason(resp: Mapping[str, Any]) -> str | None:
+    """The chat-completions finish reason a Responses object amounts to (for logs and metrics)."""
+    status = resp.get("status")
+    if status == "incomplete":
+        details = resp.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, Mapping) else None
+        return "content_filter" if reason == "content_filter" else "length"
+    if status != "completed":
+        return None
+    calls = any(isinstance(i, Mapping) and i.get("type") == "function_call" for i in resp.get("output") or ())
+    return "tool_calls" if calls else "stop"
 
 
 def reasoning_block(item: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from translator.convert.openai_stream import _TEXT, _THINKING, Event, OpenAIStreamConverter
 from translator.convert.responses_request import reasoning_signature
-from translator.convert.responses_response import responses_error
+from translator.convert.responses_response import chat_usage, responses_error
 from translator.errors import ApiError
 
 __all__ = ["ResponsesStreamConverter"]
@@ -99,7 +99,7 @@ class ResponsesStreamConverter(OpenAIStreamConverter):
             self._terminal = True
             resp = event.get("response")
             resp = resp if isinstance(resp, Mapping) else {}
-            self._usage = _chat_usage(resp.get("usage"))
+            self._usage = chat_usage(resp.get("usage"))
             if t == "response.incomplete":
                 details = resp.get("incomplete_details")
                 reason = details.get("reason") if isinstance(details, Mapping) else None
@@ -141,16 +141,3 @@ class ResponsesStreamConverter(OpenAIStreamConverter):
             call = {"index": n, "id": item.get("call_id") or None,
                     "function": {"name": item.get("name") or None, "arguments": item.get("arguments") or None}}
             self._tool_calls([call], out)
-
-
-def _chat_usage(usage: Any) -> dict[str, Any] | None:
-    """Responses usage in the chat shape `map_usage` reads (once per stream)."""
-    if not isinstance(usage, Mapping):
-        return None
-    details = usage.get("input_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else 0
-    return {
-        "prompt_tokens": usage.get("input_tokens") or 0,
-        "completion_tokens": usage.get("output_tokens") or 0,
-        "prompt_tokens_details": {"cached_tokens": cached or 0},
-    }
