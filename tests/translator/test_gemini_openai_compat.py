@@ -17,6 +17,7 @@ import anthropic
 import pytest
 
 from tests.support.upstream import Recorded, Reply, openai_chunk, openai_usage_chunk
+from tests.translator.streams import checked_stream
 
 KEY = "sk-user-gemini-oai-0001"
 SIG = "EjQKMgG+gemini/openai/compat/sig=="
@@ -92,8 +93,7 @@ def _run(translator, upstream, stream: bool) -> None:
     messages: list[dict] = [{"role": "user", "content": "go"}]
     kw = dict(model="claude-sonnet-4-5", max_tokens=100, tools=TOOLS)
     if stream:
-        with client.messages.stream(messages=messages, **kw) as s:
-            first = s.get_final_message()
+        first = checked_stream(translator.url, KEY, {"messages": messages, **kw})[1]
     else:
         first = client.messages.create(messages=messages, **kw)
     uses = [b for b in first.content if b.type == "tool_use"]

@@ -18,6 +18,7 @@ import anthropic
 import pytest
 
 from tests.support.upstream import Recorded, Reply
+from tests.translator.streams import checked_stream
 
 KEY = "sk-user-gemini-sig-0001"
 SIG_READ = "CiQBVKhc7g+real/signature/for/Read=="  # base64 with '+', '/', '=' as Gemini sends them
@@ -103,8 +104,7 @@ def _call(translator, messages: list[dict], stream: bool) -> Any:
     client = translator.client(KEY)
     kw = dict(model="claude-sonnet-4-5", max_tokens=200, messages=messages, tools=TOOLS)
     if stream:
-        with client.messages.stream(**kw) as s:
-            return s.get_final_message()
+        return checked_stream(translator.url, KEY, kw)[1]
     return client.messages.create(**kw)
 
 

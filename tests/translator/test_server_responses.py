@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import responses_wire as w
 from tests.support.upstream import Recorded, Reply, openai_completion
-from tests.translator.test_convert_stream import check_grammar
+from tests.translator.streams import checked_stream
 from translator.sse import SSEDecoder
 
 KEY = "sk-user-responses-0001"
@@ -56,14 +56,9 @@ def test_chat_model_still_goes_to_chat_completions(translator, upstream):
 
 
 def _stream(translator, messages: list[dict], **kw) -> tuple[list, anthropic.types.Message]:
-    """Raw SSE (grammar-checked) and the SDK's rebuilt message."""
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 400, "messages": messages, "tools": [READ], "stream": True, **kw}
-    r = httpx.post(f"{translator.url}/v1/messages", headers={"x-api-key": KEY}, json=body, timeout=30)
-    assert r.status_code == 200, r.text
-    events = [(e.event, e.json()) for e in SSEDecoder().feed(r.content)]
-    check_grammar([e for e in events if e[0] != "ping"])
-    with translator.client(KEY).messages.stream(**{k: v for k, v in body.items() if k != "stream"}) as s:
-        return events, s.get_final_message()
+    """Raw SSE (grammar-checked) and the SDK's rebuilt message, from one request."""
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 400, "messages": messages, "tools": [READ], **kw}
+    return checked_stream(translator.url, KEY, body)
 
 
 def test_streaming_tool_turn_then_reasoning_carried_to_the_next_turn(translator, upstream):
@@ -131,9 +126,8 @@ def test_failure_mid_stream_is_an_error_event(translator, upstream, tail, kind):
 
 def test_stop_sequence_found_in_the_stream_though_not_sent(translator, upstream):
     upstream.push(w.stream_reply(w.stream_events([w.message("m", "1, 2, 3 STOP 4, 5")], usage_=w.usage(3, 9), pieces=6)))
-    with translator.client(KEY).messages.stream(model="claude-sonnet-4-5", max_tokens=50, stop_sequences=["STOP"],
-                                                messages=[{"role": "user", "content": "count"}]) as s:
-        msg = s.get_final_message()
+    _, msg = checked_stream(translator.url, KEY, {"model": "claude-sonnet-4-5", "max_tokens": 50, "stop_sequences": ["STOP"],
+                                                  "messages": [{"role": "user", "content": "count"}]})
     assert msg.content[0].text == "1, 2, 3 " and (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "STOP")
     assert "stop" not in upstream.requests[-1].body
 
@@ -179,9 +173,8 @@ def test_stop_sequence_ends_the_upstream_stream_early(translator, upstream):
     text = "answer: 42 END " + "and then a long tail nobody asked for " * 20
     events = w.stream_events([w.message("m", text)], usage_=w.usage(3, 300), pieces=40)
     upstream.push(w.stream_reply(events, frame_delay_s=0.02))
-    with translator.client(KEY).messages.stream(model="claude-sonnet-4-5", max_tokens=500, stop_sequences=["END"],
-                                                messages=[{"role": "user", "content": "answer"}]) as s:
-        msg = s.get_final_message()
+    _, msg = checked_stream(translator.url, KEY, {"model": "claude-sonnet-4-5", "max_tokens": 500, "stop_sequences": ["END"],
+                                                  "messages": [{"role": "user", "content": "answer"}]})
     assert msg.content[0].text == "answer: 42 " and (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "END")
     assert upstream.wait_aborted(), "the upstream stream was drained instead of closed"
 
@@ -200,8 +193,7 @@ def test_usage_accounting_reads_the_responses_usage(translator, upstream, caplog
     with caplog.at_level(logging.INFO, logger="keyrelay.translator"):
         kw = dict(model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "x"}], tools=[READ])
         if stream:
-            with translator.client(KEY).messages.stream(**kw) as s:
-                s.get_final_message()
+            checked_stream(translator.url, KEY, kw)
         else:
             translator.client(KEY).messages.create(**kw)
     (line,) = [r for r in caplog.records if r.name == "keyrelay.translator" and r.getMessage() == "request"]
