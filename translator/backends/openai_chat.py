@@ -174,9 +174,10 @@ class OpenAIChatBackend(ChatBackend):
     """Backend kind `openai`: OpenAI, a LiteLLM gateway (`litellm_proxy/`), vLLM and other compatible servers."""
 
     kind = "openai"
+    client_class: type[OpenAIChatClient] = OpenAIChatClient
 
     def __init__(self, deps: BackendDeps) -> None:
-        self.client = OpenAIChatClient(deps.transport)
+        self.client = self.client_class(deps.transport)
 
     async def chat_complete(self, target: Target, body: dict, cred: Credential,
                             trace: Mapping[str, str] | None = None) -> dict:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from translator.backends.base import BackendDeps
-from translator.backends.chat import ChatBackend
-from translator.backends.openai_chat import OpenAIChatClient, OpenAIChunks
-from translator.convert.responses_request import anthropic_to_responses
+from translator.backends.openai_chat import OpenAIChatBackend, OpenAIChatClient
 from translator.context import RequestContext
+from translator.convert.responses_request import anthropic_to_responses
 from translator.convert.responses_response import (chat_finish_reason, chat_usage, responses_error,
                                                    responses_to_anthropic)
 from translator.convert.responses_stream import ResponsesStreamConverter
@@ -40,24 +38,14 @@ class OpenAIResponsesClient(OpenAIChatClient):
         return data
 
 
-class ResponsesBackend(ChatBackend):
-    """Backend kind `responses`."""
+class ResponsesBackend(OpenAIChatBackend):
+    """Backend kind `responses`: the OpenAI-compatible backend with the Responses path and conversions."""
 
     kind = "responses"
+    client_class = OpenAIResponsesClient
     to_upstream = staticmethod(anthropic_to_responses)
     from_upstream = staticmethod(responses_to_anthropic)
     stream_converter = ResponsesStreamConverter
-
-    def __init__(self, deps: BackendDeps) -> None:
-        self.client = OpenAIResponsesClient(deps.transport)
-
-    async def chat_complete(self, target: Target, body: dict, cred: Credential,
-                            trace: Mapping[str, str] | None = None) -> dict:
-        return await self.client.complete(target, body, cred, trace)
-
-    async def chat_stream(self, target: Target, body: dict, cred: Credential,
-                          trace: Mapping[str, str] | None = None) -> OpenAIChunks:
-        return await self.client.open_stream(target, body, cred, trace)
 
     @staticmethod
     def _account(ctx: RequestContext, raw: dict, msg: dict) -> None:
