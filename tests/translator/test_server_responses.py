@@ -198,3 +198,27 @@ def test_usage_accounting_reads_the_responses_usage(translator, upstream, caplog
             translator.client(KEY).messages.create(**kw)
     (line,) = [r for r in caplog.records if r.name == "keyrelay.translator" and r.getMessage() == "request"]
     assert line.tokens == Usage(input=200, output=60, cache_read=800, reasoning=25).as_dict()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_large_request_takes_the_offloaded_path(translator, upstream, stream):
+    """Over OFFLOAD_BYTES the request is decoded and converted in a worker thread and its converted items are
+    released stepwise afterwards: the Responses body (`input`, not `messages`) goes the same way."""
+    from translator.request_body import OFFLOAD_BYTES
+
+    big = "x" * (OFFLOAD_BYTES // 50)
+    messages = []
+    for i in range(60):
+        messages += [{"role": "user", "content": f"{i} {big}"}, {"role": "assistant", "content": f"ok {i}"}]
+    messages.append({"role": "user", "content": "last"})
+    out = [w.message("m", "done")]
+    upstream.push(w.stream_reply(w.stream_events(out, usage_=w.usage(1, 1))) if stream
+                  else Reply(json_body=w.response(out, usage_=w.usage(1, 1))))
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": messages}
+    if stream:
+        _, msg = checked_stream(translator.url, KEY, body)
+    else:
+        msg = translator.client(KEY).messages.create(**body)
+    assert msg.content[0].text == "done"
+    sent = upstream.requests[-1].body["input"]
+    assert len(sent) == 121 and sent[-1] == {"role": "user", "content": "last"}

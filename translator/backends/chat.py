@@ -22,6 +22,7 @@ from translator.convert.openai_stream import OpenAIStreamConverter
 from translator.credentials import Credential
 from translator.errors import ApiError
 from translator.ids import new_message_id
+from translator.request_body import OFFLOAD_BYTES, release_stepwise
 from translator.routing import Target
 from translator.sse import encode_event, encode_events
 from translator.tokens import count_tokens_locally
@@ -136,10 +137,19 @@ class ChatBackend:
         log_conversion_notes(ctx, notes)
         return body, tool_name_map(ctx.request, caps)  # tool names shortened for the backend, mapped back
 
+    async def _converted(self, ctx: RequestContext) -> tuple[dict, dict[str, str]]:
+        if ctx.size > OFFLOAD_BYTES:  # a large request converts in a worker thread (translator.request_body)
+            return await asyncio.to_thread(self._convert, ctx)
+        return self._convert(ctx)
+
     async def complete(self, ctx: RequestContext) -> dict:
-        body, tool_names = self._convert(ctx)
+        body, tool_names = await self._converted(ctx)
         req = ctx.request
-        raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
+        try:
+            raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
+        finally:
+            if ctx.size > OFFLOAD_BYTES:
+                release_stepwise(body.get("messages"), body.get("input"))  # chat / Responses
         msg = self.from_upstream(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
         self._account(ctx, raw, msg)
         return msg
@@ -155,15 +165,20 @@ class ChatBackend:
             ctx.finish_reason = choices[0].get("finish_reason")
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
-        body, tool_names = self._convert(ctx)
+        body, tool_names = await self._converted(ctx)
         req = ctx.request
-        source = await self.chat_stream(ctx.target, body, ctx.cred, ctx.trace_headers)
+        try:
+            source = await self.chat_stream(ctx.target, body, ctx.cred, ctx.trace_headers)
+        finally:
+            if ctx.size > OFFLOAD_BYTES:
+                release_stepwise(body.get("messages"), body.get("input"))  # chat / Responses
         converter = self.stream_converter(model=req.model, message_id=new_message_id(),
                                           stop_sequences=req.stop_sequences, tool_names=tool_names)
         return ChatStream(source, converter)
 
     async def count_tokens(self, ctx: RequestContext) -> dict:
-        return {"input_tokens": await count_tokens_locally(ctx.body, ctx.target)}
+        offload = ctx.size > OFFLOAD_BYTES
+        return {"input_tokens": await count_tokens_locally(ctx.request, ctx.target, offload=offload)}
 
     async def aclose(self) -> None:
         pass
