@@ -133,7 +133,7 @@ def render(result: dict) -> str:
                   f"  {'body/mode':<19}{'path':<16}{'req/s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}"
                   f"   CPU-s per 1k requests: {'translator':>10}{'ext_authz':>10}{'envoy':>8}{'upstream':>9}"]
         names = {"a_direct": "(a) direct", "b_translator": "(b) translator", "c_full": "(c) full path",
-                 "r_reference": "(r) reference"}
+                 "r_reference": "(r) reference", "b_responses": "(b) Responses API"}
         for group, g in tr["groups"].items():
             for k, p in g["points"].items():
                 ratio = ""
@@ -153,7 +153,10 @@ def render(result: dict) -> str:
                     + (f"  ! {p['errors']} errors" if p["errors"] else ""))
             lines.append(f"  {'':<19}upstream busy {g['upstream_busy_during_b']:.0%} of a core during (b)"
                          + (f"; translator {g['translator_cpu_us_per_chunk']:.1f} us CPU per upstream chunk"
-                            if "translator_cpu_us_per_chunk" in g else ""))
+                            if "translator_cpu_us_per_chunk" in g else "")
+                         + (f"; per text delta: chat {g['chat_cpu_us_per_delta']:.1f} us, Responses API "
+                            f"{g['responses_cpu_us_per_delta']:.1f} us ({g['responses_over_chat_cpu']:.2f}x)"
+                            if g.get("responses_over_chat_cpu") else ""))
         lines.append("  ratio: (b) = translator / direct upstream, (c) = full path / translator alone, "
                      "(r) = LiteLLM-based reference proxy / direct upstream (its CPU in the translator column); "
                      "same runs, same concurrency")

@@ -16,6 +16,8 @@ from bench.procs import free_port
 from bench.runner import Point, Settings
 from bench.upstream import frames_per_stream
 
+RESPONSES_MODEL = "openai/gpt-5-codex"  # routed to the Responses backend by default (a Responses-only model)
+
 ANTHROPIC_BETA = ("claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14,"
                   "context-management-2025-06-27")
 
@@ -80,12 +82,21 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     "c_full": wrk.Request(f"http://127.0.0.1:{envoy_port}{path}", str(b_file),
                                           {**common, "x-api-key": C.BENCH_KEY}),
                 }
+                if stream:
+                    # The same request on the Responses API backend (a Responses-only model by its routing
+                    # default); the upstream answers /responses with the same number of text deltas.
+                    r_file = workdir / f"{group.replace('/', '_')}_anthropic_responses.json"
+                    r_file.write_text(json.dumps({**b_body, "model": RESPONSES_MODEL}))
+                    reqs["b_responses"] = wrk.Request(f"http://127.0.0.1:{tr.port}{path}", str(r_file),
+                                                      {**common, "authorization": f"Bearer {C.BENCH_KEY}"})
                 procs = {
                     "a_direct": {"upstream": up.proc},
                     "b_translator": {"translator": tr.proc, "upstream": up.proc},
                     "c_full": {"envoy": envoy.proc, "ext_authz": authz.proc, "translator": tr.proc,
                                "upstream": up.proc},
                 }
+                if "b_responses" in reqs:
+                    procs["b_responses"] = {"translator": tr.proc, "upstream": up.proc}
                 if ref and body_name == "tiny" and not stream:
                     # Calibration yardstick (bench/reference_proxy.py), non-streaming tiny body only: a stream
                     # through LiteLLM costs ~70 ms CPU here, so at c16 one takes over a second and a run of a
@@ -118,6 +129,16 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     frames = frames_per_stream(chunks)
                     result["groups"][group]["translator_cpu_us_per_chunk"] = runner.median(
                         [s.cpu_s["translator"] / (s.requests * frames) * 1e6 for s in b if s.requests])
+                    # Per text delta on both paths (the Responses stream frames each delta the same way, plus
+                    # 8 lifecycle events instead of 3), side by side in the same run.
+                    r = samples[f"{group}/b_responses"]
+                    per_delta = lambda s: s.cpu_s["translator"] / (s.requests * max(chunks, 1)) * 1e6  # noqa: E731
+                    result["groups"][group]["responses_cpu_us_per_delta"] = runner.median(
+                        [per_delta(s) for s in r if s.requests])
+                    result["groups"][group]["chat_cpu_us_per_delta"] = runner.median(
+                        [per_delta(s) for s in b if s.requests])
+                    result["groups"][group]["responses_over_chat_cpu"] = runner.paired_ratio(
+                        [s for s in b], [s for s in r], lambda s: per_delta(s) if s.requests else 0.0)
         result["envoy_connection_reuse"] = envoy_reuse(admin_port)
         result["peak_rss_mb"] = {name: {str(pid): round(mb, 1) for pid, mb in s.proc.peak_rss_mb().items()}
                                  for name, s in (("translator", tr), ("ext_authz", authz), ("envoy", envoy),

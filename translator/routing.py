@@ -28,10 +28,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from translator.errors import ApiError
+from translator.model_meta import responses_only
 from translator.settings import ConfigError, Settings
 
 # The kind of backend that serves a target: which implementation in `translator.backends` handles it.
-BackendKind = Literal["openai", "anthropic", "litellm"]
+BackendKind = Literal["openai", "responses", "anthropic", "litellm"]
+# Which OpenAI API a routing rule's OpenAI-compatible target speaks: chat completions, or the Responses API.
+# Unset: the Responses API for the models OpenAI serves only there (`model_meta.responses_only`), else chat.
+Api = Literal["chat_completions", "responses"]
 KeyMode = Literal["required", "optional", "none"]
 
 # Providers served by our own lean OpenAI-compatible client.
@@ -81,6 +85,7 @@ class RuleModel(BaseModel):
     target: str = Field(min_length=1)
     base_url: str | None = None
     caps: dict[str, Any] = Field(default_factory=dict)
+    api: Api | None = None
 
 
 class ModelEntry(BaseModel):
@@ -160,7 +165,8 @@ class Router:
     def _resolve(self, requested: str) -> Target:
         for rule in self.routes.rules:
             if rule.match == requested or fnmatch.fnmatchcase(requested, rule.match):
-                return self._target(rule.target, base_url=rule.base_url, caps=rule.caps, rule=f"rule:{rule.match}")
+                return self._target(rule.target, base_url=rule.base_url, caps=rule.caps, api=rule.api,
+                                    rule=f"rule:{rule.match}")
         s = self.settings
         provider, _ = split_spec(requested)
         if provider is not None:
@@ -216,7 +222,7 @@ class Router:
 
     # -- internals
     def _target(self, spec: str, *, base_url: str | None = None, caps: Mapping[str, Any] | None = None,
-                rule: str = "default") -> Target:
+                api: Api | None = None, rule: str = "default") -> Target:
         s = self.settings
         provider, model = split_spec(spec)
         if provider is None:
@@ -230,7 +236,10 @@ class Router:
         key_mode: KeyMode = ("none" if provider in NO_KEY_PROVIDERS
                              else "optional" if provider in OPTIONAL_KEY_PROVIDERS else "required")
         if provider in OPENAI_NATIVE:
-            return Target("openai", provider, model, base_url or s.openai_base_url, caps, key_mode, rule=rule)
+            if api is None:
+                api = "responses" if responses_only(provider, model) else "chat_completions"
+            kind: BackendKind = "responses" if api == "responses" else "openai"
+            return Target(kind, provider, model, base_url or s.openai_base_url, caps, key_mode, rule=rule)
         if provider == "anthropic":
             return Target("anthropic", provider, model, base_url or s.anthropic_base_url, caps, key_mode, rule=rule)
         extra: dict[str, Any] = {}

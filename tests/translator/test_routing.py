@@ -316,3 +316,33 @@ def test_scrub_covers_letter_case_and_url_encoding(text):
 def test_scrub_removes_keys(text, secret):
     out = scrub(text, ["custom-format-key-without-prefix"])
     assert secret not in out and "[redacted]" in out
+
+
+@pytest.mark.parametrize(
+    "rule_api, requested, backend",
+    [
+        (None, "openai/gpt-5-codex", "responses"),  # OpenAI serves it only on the Responses API
+        (None, "openai/o3-pro", "responses"),
+        (None, "openai/gpt-4.1", "openai"),
+        (None, "litellm_proxy/gpt-5-codex", "openai"),  # a gateway does its own bridging
+        ("responses", "claude-x", "responses"),
+        ("chat_completions", "claude-codex", "openai"),
+    ],
+)
+def test_responses_api_by_rule_or_by_default(tmp_path, rule_api, requested, backend):
+    f = tmp_path / "routes.yaml"
+    rules = ""
+    if rule_api:
+        target = "openai/gpt-4.1" if rule_api == "responses" else "openai/gpt-5-codex"
+        rules = f"rules:\n  - match: {requested}\n    target: {target}\n    api: {rule_api}\n"
+    f.write_text("version: 1\n" + rules)
+    r = Router(settings(TRANSLATOR_ROUTES=str(f)), load_routes(str(f)))
+    assert r.resolve(requested).backend == backend
+
+
+def test_unknown_api_in_a_rule_is_a_config_error(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text("rules:\n  - match: x\n    target: openai/gpt-4.1\n    api: assistants\n")
+    with pytest.raises(ConfigError) as exc:
+        load_routes(str(f))
+    assert "api" in str(exc.value)

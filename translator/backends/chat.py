@@ -9,6 +9,8 @@ chat-completion dict) and `chat_stream(target, body, cred) -> ChunkSource`.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from typing import AsyncIterator, Mapping, Protocol
 
@@ -25,6 +27,16 @@ from translator.routing import Target
 from translator.sse import encode_event, encode_events
 from translator.tokens import count_tokens_locally
 from translator.usage import anthropic_content_chars, from_openai
+
+log = logging.getLogger("keyrelay.translator")
+
+
+def log_conversion_notes(ctx: RequestContext, notes: list[str]) -> None:
+    """One line naming what the conversion left out for this backend (server tools, fields, blocks: names and
+    counts, never content; escaped, since tool and field names come from the client)."""
+    if notes and log.isEnabledFor(logging.INFO):
+        log.info("conversion request_id=%s route=%s notes=%s", ctx.request_id,
+                 ctx.target.rule if ctx.target else "", json.dumps(notes, ensure_ascii=True))
 
 
 class ChunkSource(Protocol):
@@ -71,6 +83,11 @@ class ChatStream:
                 if events:
                     yield encode_events(events)
                     last = loop.time()
+                if converter.stopped:
+                    # A stop sequence ended the output (found in the text): stop reading; closing the
+                    # unfinished upstream response tells the upstream to stop generating.
+                    break
+                if events:
                     continue
             if loop.time() - last >= ping_interval:
                 yield None
@@ -95,10 +112,14 @@ class ChatStream:
 
 
 class ChatBackend:
-    """Base of the backends with an OpenAI chat-completions upstream."""
+    """Base of the backends with an OpenAI-shaped upstream: chat completions by default; the Responses API
+    backend swaps in its three conversions."""
 
     kind = ""
     counts_upstream = False  # counted locally with the model's tokenizer (translator.tokens)
+    to_upstream = staticmethod(anthropic_to_openai)
+    from_upstream = staticmethod(openai_to_anthropic)
+    stream_converter: type[OpenAIStreamConverter] = OpenAIStreamConverter
 
     async def chat_complete(self, target: Target, body: dict, cred: Credential,
                             trace: Mapping[str, str] | None = None) -> dict:
@@ -109,10 +130,11 @@ class ChatBackend:
                           trace: Mapping[str, str] | None = None) -> ChunkSource:
         raise NotImplementedError
 
-    @staticmethod
-    def _convert(ctx: RequestContext) -> tuple[dict, dict[str, str]]:
+    def _convert(self, ctx: RequestContext) -> tuple[dict, dict[str, str]]:
         caps = caps_for(ctx.target)
-        body = anthropic_to_openai(ctx.request, model=ctx.target.model, caps=caps)
+        notes: list[str] = []
+        body = self.to_upstream(ctx.request, model=ctx.target.model, caps=caps, notes=notes)
+        log_conversion_notes(ctx, notes)
         return body, tool_name_map(ctx.request, caps)  # tool names shortened for the backend, mapped back
 
     async def _converted(self, ctx: RequestContext) -> tuple[dict, dict[str, str]]:
@@ -127,15 +149,20 @@ class ChatBackend:
             raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
         finally:
             if ctx.size > OFFLOAD_BYTES:
-                release_stepwise(body.get("messages"))
-        msg = openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
+                release_stepwise(body.get("messages"), body.get("input"))  # chat / Responses
+        msg = self.from_upstream(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
+        self._account(ctx, raw, msg)
+        return msg
+
+    @staticmethod
+    def _account(ctx: RequestContext, raw: dict, msg: dict) -> None:
+        """The upstream's usage and finish reason of a non-streamed answer, onto the request's context."""
         ctx.usage = from_openai(raw.get("usage"))
         if ctx.usage is None:
             ctx.output_chars = anthropic_content_chars(msg)
         choices = raw.get("choices")
         if choices and isinstance(choices[0], dict):
             ctx.finish_reason = choices[0].get("finish_reason")
-        return msg
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
         body, tool_names = await self._converted(ctx)
@@ -144,8 +171,8 @@ class ChatBackend:
             source = await self.chat_stream(ctx.target, body, ctx.cred, ctx.trace_headers)
         finally:
             if ctx.size > OFFLOAD_BYTES:
-                release_stepwise(body.get("messages"))
-        converter = OpenAIStreamConverter(model=req.model, message_id=new_message_id(),
+                release_stepwise(body.get("messages"), body.get("input"))  # chat / Responses
+        converter = self.stream_converter(model=req.model, message_id=new_message_id(),
                                           stop_sequences=req.stop_sequences, tool_names=tool_names)
         return ChatStream(source, converter)
 

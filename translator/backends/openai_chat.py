@@ -124,6 +124,8 @@ class OpenAIChunks:
 class OpenAIChatClient:
     """POST /chat/completions to an OpenAI-compatible upstream; OpenAI-shaped answers."""
 
+    endpoint = "/chat/completions"
+
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self._urls: dict[str | None, str] = {}
@@ -131,7 +133,7 @@ class OpenAIChatClient:
     def _url(self, target: Target) -> str:
         hit = self._urls.get(target.base_url)
         if hit is None:
-            hit = self._urls[target.base_url] = f"{(target.base_url or DEFAULT_BASE_URL).rstrip('/')}/chat/completions"
+            hit = self._urls[target.base_url] = f"{(target.base_url or DEFAULT_BASE_URL).rstrip('/')}{self.endpoint}"
         return hit
 
     async def _post(self, target: Target, body: dict, cred: Credential, accept: str,
@@ -143,8 +145,9 @@ class OpenAIChatClient:
             headers.update(trace)
         return await self.transport.post(self._url(target), orjson.dumps(body), headers, target.provider)
 
-    async def complete(self, target: Target, body: dict, cred: Credential,
-                       trace: Mapping[str, str] | None = None) -> dict:
+    async def post_json(self, target: Target, body: dict, cred: Credential,
+                        trace: Mapping[str, str] | None = None) -> object:
+        """POST and the parsed JSON answer of a 200 (any other status raises the mapped error)."""
         resp = await self._post(target, body, cred, "application/json", trace)
         if resp.status != 200:
             raise await error_from_response(resp, target.provider, cred)
@@ -155,9 +158,13 @@ class OpenAIChatClient:
             raise
         resp.release()
         try:
-            data = orjson.loads(raw)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise upstream_not_json(target.provider) from None
+
+    async def complete(self, target: Target, body: dict, cred: Credential,
+                       trace: Mapping[str, str] | None = None) -> dict:
+        data = await self.post_json(target, body, cred, trace)
         if not isinstance(data, dict) or data.get("error") is not None and not data.get("choices"):
             raise upstream_error(502, extract_message(data), provider=target.provider, secrets=[cred.key])
         return data
@@ -174,9 +181,10 @@ class OpenAIChatBackend(ChatBackend):
     """Backend kind `openai`: OpenAI, a LiteLLM gateway (`litellm_proxy/`), vLLM and other compatible servers."""
 
     kind = "openai"
+    client_class: type[OpenAIChatClient] = OpenAIChatClient
 
     def __init__(self, deps: BackendDeps) -> None:
-        self.client = OpenAIChatClient(deps.transport)
+        self.client = self.client_class(deps.transport)
 
     async def chat_complete(self, target: Target, body: dict, cred: Credential,
                             trace: Mapping[str, str] | None = None) -> dict:

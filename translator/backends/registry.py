@@ -10,6 +10,7 @@ from translator.backends.anthropic_messages import AnthropicBackend
 from translator.backends.base import Backend, BackendDeps
 from translator.backends.litellm_sdk import LiteLLMBackend
 from translator.backends.openai_chat import OpenAIChatBackend
+from translator.backends.openai_responses import ResponsesBackend
 from translator.backends.transport import Transport
 from translator.errors import ApiError
 from translator.routing import Target
@@ -17,6 +18,7 @@ from translator.settings import Settings
 
 BACKENDS: Mapping[str, Callable[[BackendDeps], Backend]] = {
     "openai": OpenAIChatBackend,
+    "responses": ResponsesBackend,
     "anthropic": AnthropicBackend,
     "litellm": LiteLLMBackend,
 }

@@ -259,6 +259,10 @@ class Tool(_Model):
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     cache_control: CacheControl | None = None
+    # Web search server tool options (mapped to the Responses API's web_search tool; ignored elsewhere).
+    allowed_domains: list[str] | None = None
+    blocked_domains: list[str] | None = None
+    user_location: dict[str, Any] | None = None
 
     @property
     def is_custom(self) -> bool:
@@ -303,12 +307,19 @@ class _RequestBase(BaseModel):
         return sorted(self.model_extra or ())
 
 
+# Stop sequences are searched in every streamed text piece (the translator finds them itself, see
+# docs/conversion.md): their number and length bound that work per piece. Crossing either is a 400.
+MAX_STOP_SEQUENCES = 32
+MAX_STOP_SEQUENCE_CHARS = 256
+
+
 class MessagesRequest(_RequestBase):
     """POST /v1/messages body."""
 
     max_tokens: int = Field(ge=1)
     metadata: Metadata | None = None
-    stop_sequences: list[str] | None = None
+    stop_sequences: list[Annotated[str, Field(max_length=MAX_STOP_SEQUENCE_CHARS)]] | None = Field(
+        default=None, max_length=MAX_STOP_SEQUENCES)
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, ge=0, le=1)
