@@ -138,7 +138,8 @@ def render(result: dict) -> str:
                   f"  {'body/mode':<19}{'path':<16}{'req/s':>9}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}"
                   f"   CPU-s per 1k requests: {'translator':>10}{'ext_authz':>10}{'envoy':>8}{'upstream':>9}"]
         names = {"a_direct": "(a) direct", "b_translator": "(b) translator", "c_full": "(c) full path",
-                 "l_litellm": "(l) LiteLLM", "B_translator": "(b) baseline", "C_full": "(c) baseline"}
+                 "l_litellm": "(l) LiteLLM", "B_translator": "(b) baseline", "C_full": "(c) baseline",
+                 "b_responses": "(b) Responses API"}
         for group, g in tr["groups"].items():
             for k, p in g["points"].items():
                 ratio = ""
@@ -158,7 +159,10 @@ def render(result: dict) -> str:
                     + (f"  ! {p['errors']} errors" if p["errors"] else ""))
             lines.append(f"  {'':<19}upstream busy {g['upstream_busy_during_b']:.0%} of a core during (b)"
                          + (f"; translator {g['translator_cpu_us_per_chunk']:.1f} us CPU per upstream chunk"
-                            if "translator_cpu_us_per_chunk" in g else ""))
+                            if "translator_cpu_us_per_chunk" in g else "")
+                         + (f"; per text delta: chat {g['chat_cpu_us_per_delta']:.1f} us, Responses API "
+                            f"{g['responses_cpu_us_per_delta']:.1f} us ({g['responses_over_chat_cpu']:.2f}x)"
+                            if g.get("responses_over_chat_cpu") else ""))
             lp = g.get("litellm")
             if lp:
                 lines.append(f"  {'':<19}CPU per request vs the LiteLLM proxy: translator "

@@ -17,6 +17,8 @@ from bench.runner import Point, Settings
 from bench.upstream import frames_per_stream
 
 LITELLM_STREAM_CONNECTIONS = 2
+RESPONSES_MODEL = "openai/gpt-5-codex"  # routed to the Responses backend by default (a Responses-only model)
+
 ANTHROPIC_BETA = ("claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14,"
                   "context-management-2025-06-27")
 
@@ -83,6 +85,13 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                                                        {**common, "authorization": f"Bearer {C.BENCH_KEY}"})
                     reqs["C_full"] = wrk.Request(f"http://127.0.0.1:{base['port']}{path}", str(b_file),
                                                  {**common, "x-api-key": C.BENCH_KEY})
+                if stream:
+                    # The same request on the Responses API backend (a Responses-only model by its routing
+                    # default); the upstream answers /responses with the same number of text deltas.
+                    r_file = workdir / f"{group.replace('/', '_')}_anthropic_responses.json"
+                    r_file.write_text(json.dumps({**b_body, "model": RESPONSES_MODEL}))
+                    reqs["b_responses"] = wrk.Request(f"http://127.0.0.1:{tr.port}{path}", str(r_file),
+                                                      {**common, "authorization": f"Bearer {C.BENCH_KEY}"})
                 procs = {
                     "B_translator": {"translator": base["tr"].proc, "upstream": up.proc} if base else {},
                     "C_full": {"envoy": base["envoy"].proc, "ext_authz": base["authz"].proc,
@@ -92,6 +101,8 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     "c_full": {"envoy": envoy.proc, "ext_authz": authz.proc, "translator": tr.proc,
                                "upstream": up.proc},
                 }
+                if "b_responses" in reqs:
+                    procs["b_responses"] = {"translator": tr.proc, "upstream": up.proc}
                 if litellm:
                     # The LiteLLM proxy server in front of the same upstream, its master key as Claude Code
                     # would send a key (x-api-key).
@@ -100,7 +111,7 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     procs["l_litellm"] = {"litellm": litellm.proc, "upstream": up.proc}
                 # Each baseline point right after its current counterpart (and right before it in the reversed
                 # repetitions: ABBA), so the two of a pair see the same machine.
-                order = ("a_direct", "b_translator", "B_translator", "c_full", "C_full", "l_litellm")
+                order = ("a_direct", "b_translator", "B_translator", "b_responses", "c_full", "C_full", "l_litellm")
                 reqs = {k: reqs[k] for k in order if k in reqs}
                 probes = {k: probe(r, stream) for k, r in reqs.items()}
                 points = [Point(key=f"{group}/{k}", request=r, connections=connections, procs=procs[k])
@@ -140,6 +151,16 @@ def run(workdir: Path, settings: Settings, *, connections: int, envoy_concurrenc
                     frames = frames_per_stream(chunks)
                     result["groups"][group]["translator_cpu_us_per_chunk"] = runner.median(
                         [s.cpu_s["translator"] / (s.requests * frames) * 1e6 for s in b if s.requests])
+                    # Per text delta on both paths (the Responses stream frames each delta the same way, plus
+                    # 8 lifecycle events instead of 3), side by side in the same run.
+                    r = samples[f"{group}/b_responses"]
+                    per_delta = lambda s: s.cpu_s["translator"] / (s.requests * max(chunks, 1)) * 1e6  # noqa: E731
+                    result["groups"][group]["responses_cpu_us_per_delta"] = runner.median(
+                        [per_delta(s) for s in r if s.requests])
+                    result["groups"][group]["chat_cpu_us_per_delta"] = runner.median(
+                        [per_delta(s) for s in b if s.requests])
+                    result["groups"][group]["responses_over_chat_cpu"] = runner.paired_ratio(
+                        [s for s in b], [s for s in r], lambda s: per_delta(s) if s.requests else 0.0)
                 if base:
                     result["groups"][group]["baseline"] = compare_baseline(
                         b, samples[f"{group}/B_translator"], c, samples[f"{group}/C_full"],

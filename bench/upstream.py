@@ -2,7 +2,9 @@
 
 `python -m bench.upstream --port P [--procs N] [--chunks 200]` answers every POST with a pre-encoded
 chat.completion, or, when the request body asks for `"stream": true`, with a pre-encoded SSE stream of
-`--chunks` small chunks (each its own HTTP chunk), a usage chunk and `data: [DONE]`.
+`--chunks` small chunks (each its own HTTP chunk), a usage chunk and `data: [DONE]`. A POST to `.../responses`
+gets the OpenAI Responses API equivalents: a response object, or the documented event sequence with `--chunks`
+`response.output_text.delta` events (for the translator's Responses backend).
 
 Hand-written on asyncio Protocols (uvloop when installed) instead of a framework on purpose: the upstream must
 cost far less per request than anything it is compared with, so it does no JSON work per request and writes
@@ -57,21 +59,82 @@ def frames_per_stream(chunks: int) -> int:
     return max(chunks, 1) + 3
 
 
-def encode_replies(chunks: int) -> tuple[bytes, list[bytes]]:
+def responses_body(text: str = "Hello! This is a short benchmark reply.") -> bytes:
+    return json.dumps(_response_object("completed", [_message_item(text)], chunks=9), separators=(",", ":")).encode()
+
+
+def _message_item(text: str) -> dict:
+    return {"type": "message", "id": "msg_bench", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def _response_object(status: str, output: list, chunks: int) -> dict:
+    usage = {"input_tokens": 21, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+             "output_tokens": chunks, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 21 + chunks}
+    return {"id": "resp_bench", "object": "response", "created_at": 1700000000, "model": MODEL, "status": status,
+            "output": output, "usage": usage if status == "completed" else None, "error": None,
+            "incomplete_details": None, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "metadata": {}, "instructions": None, "temperature": None, "top_p": None, "store": False}
+
+
+def responses_stream_frames(chunks: int) -> list[bytes]:
+    """The Responses event sequence for one message of `chunks` text deltas: created, in_progress,
+    output_item.added, content_part.added, the deltas, output_text.done, content_part.done, output_item.done,
+    completed (no [DONE] in this API)."""
+    seq = iter(range(1 << 30))
+
+    def ev(kind: str, **data: object) -> bytes:
+        obj = {"type": kind, "sequence_number": next(seq), **data}
+        return f"event: {kind}\ndata: ".encode() + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+    text = "".join(f"w{i} " for i in range(max(chunks, 1)))
+    ids = {"item_id": "msg_bench", "output_index": 0, "content_index": 0}
+    frames = [ev("response.created", response=_response_object("in_progress", [], chunks)),
+              ev("response.in_progress", response=_response_object("in_progress", [], chunks)),
+              ev("response.output_item.added", output_index=0, item={**_message_item(""), "content": []}),
+              ev("response.content_part.added", part={"type": "output_text", "text": "", "annotations": []}, **ids)]
+    frames += [ev("response.output_text.delta", delta=f"w{i} ", logprobs=[], **ids) for i in range(max(chunks, 1))]
+    frames += [ev("response.output_text.done", text=text, logprobs=[], **ids),
+               ev("response.content_part.done", part={"type": "output_text", "text": text, "annotations": []}, **ids),
+               ev("response.output_item.done", output_index=0, item=_message_item(text)),
+               ev("response.completed", response=_response_object("completed", [_message_item(text)], chunks))]
+    return frames
+
+
+def http_chunk(frame: bytes) -> bytes:
+    return f"{len(frame):x}\r\n".encode() + frame + b"\r\n"
+
+
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+               b"transfer-encoding: chunked\r\n\r\n")
+
+
+def _http(body: bytes, frames: list[bytes]) -> tuple[bytes, list[bytes]]:
     """The non-streaming reply, and the streaming reply as a list of writes: the head with the first frame,
     one HTTP chunk per further frame, the terminating chunk appended to the last."""
-    body = completion_body()
     plain = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
              + str(len(body)).encode() + b"\r\n\r\n" + body)
-    parts = [http_chunk(frame) for frame in stream_frames(chunks)]
+    parts = [http_chunk(frame) for frame in frames]
     parts[0] = STREAM_HEAD + parts[0]
     parts[-1] += b"0\r\n\r\n"
     return plain, parts
 
 
+def encode_responses_replies(chunks: int) -> tuple[bytes, list[bytes]]:
+    """`encode_replies` for POST .../responses."""
+    return _http(responses_body(), responses_stream_frames(chunks))
+
+
+def encode_replies(chunks: int) -> tuple[bytes, list[bytes]]:
+    """`_http` for POST .../chat/completions."""
+    return _http(completion_body(), stream_frames(chunks))
+
+
 class UpstreamProtocol(asyncio.Protocol):
     plain: bytes = b""
     stream: list[bytes] = []
+    responses_plain: bytes = b""
+    responses_stream: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -121,30 +184,25 @@ class UpstreamProtocol(asyncio.Protocol):
                 return 0
             body = buf[pos:pos + length]
             pos += length
+        responses = b"/responses " in head[:head.find(b"\r\n")]
         if head.startswith(b"head ") or head.startswith(b"get "):
             self.transport.write(self.plain)  # health probes
         # A byte search rather than json.loads: the upstream must stay cheap for 70 KB bodies.
         elif b'"stream":true' in body or b'"stream": true' in body:
-            self.send_stream()
+            self.send_stream(responses)
         else:
-            self.transport.write(self.plain)
+            self.transport.write(self.responses_plain if responses else self.plain)
         if close:
             self.transport.close()
         return pos
 
-    def send_stream(self) -> None:
+    def send_stream(self, responses: bool) -> None:
         # One write per frame: frames leave as separate segments, as from an upstream that flushes every token
         # (`--stream-writes whole` sends the whole stream with one write instead).
-        for part in self.stream:
+        for part in (self.responses_stream if responses else self.stream):
             self.transport.write(part)
 
 
-def http_chunk(frame: bytes) -> bytes:
-    return f"{len(frame):x}\r\n".encode() + frame + b"\r\n"
-
-
-STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-               b"transfer-encoding: chunked\r\n\r\n")
 # Paced streams stamp every content chunk with the monotonic clock (shared by all processes of the machine) at
 # the moment it is written: `t` + 19 digits of nanoseconds + a space. The scale client reads the stamp back
 # from the translated text_delta and charges the difference to the path (bench/scale_client.py).
@@ -248,8 +306,8 @@ class Pacer:
 class PacedProtocol(UpstreamProtocol):
     pacer: Pacer
 
-    def send_stream(self) -> None:
-        self.pacer.add(self.transport)  # type: ignore[arg-type]
+    def send_stream(self, responses: bool) -> None:
+        self.pacer.add(self.transport)  # type: ignore[arg-type]  (Chat Completions chunks only)
 
 
 def serve(sock: socket.socket, chunks: int, stream_writes: str = "frame", interval_ms: float = 0) -> None:
@@ -261,6 +319,9 @@ def serve(sock: socket.socket, chunks: int, stream_writes: str = "frame", interv
     plain, parts = encode_replies(chunks)
     UpstreamProtocol.plain = plain
     UpstreamProtocol.stream = parts if stream_writes == "frame" else [b"".join(parts)]
+    r_plain, r_parts = encode_responses_replies(chunks)
+    UpstreamProtocol.responses_plain = r_plain
+    UpstreamProtocol.responses_stream = r_parts if stream_writes == "frame" else [b"".join(r_parts)]
     protocol: type[UpstreamProtocol] = UpstreamProtocol
     if interval_ms > 0:
         PacedProtocol.pacer = Pacer(interval_ms, chunks)

@@ -27,8 +27,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+import keyrelay_tracing
+from keyrelay_common.settings import TRUE_WORDS
+
 from .envoy_config import (DATA, ENVOY_YAML, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
-                           load_source, render)
+                           load_source, otlp_target, render)
 from .processes import PROVIDER_ENV_PREFIXES, child_env, console_script, free_port, raise_open_files_limit
 from .supervisor import ChildFailed, ChildSpec, Interrupted, Supervisor
 from .version import add_version_flag
@@ -39,6 +42,9 @@ DEFAULT_POLICY_NAME = "examples/policy.yaml"
 # Provider settings that mean "serve real traffic" (the same names the translator reads).
 PROVIDER_VARS = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "USE_VERTEX_AUTH")
 DEMO_KEY = "sk-keyrelay-demo-0001"
+# Ctrl-C: children get STOP_TIMEOUT_S after SIGTERM before SIGKILL; the translator's stream grace ends first.
+STOP_TIMEOUT_S = 10.0
+STACK_STREAM_GRACE_S = 5.0
 # The static key the translator holds in demo mode (used only when a policy allows requests without a key);
 # the demo upstream accepts anything, so this is not a secret.
 DEMO_STATIC_KEY = "sk-keyrelay-demo-static"
@@ -59,7 +65,8 @@ class Ports:
 
 
 def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether the services will read `value` as true (an invalid value stops them with their own message)."""
+    return (value or "").strip().lower() in TRUE_WORDS
 
 
 def provider_configured(env: Mapping[str, str]) -> bool:
@@ -218,8 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not policy.is_file():
                 raise UsageError(f"policy file {policy} not found")
         envoy_bin = find_envoy()
+        # OTEL_EXPORTER_OTLP_ENDPOINT (inherited by ext_authz and the translator) also turns on Envoy's tracer.
+        try:
+            otlp = otlp_target(keyrelay_tracing.endpoint_from_env(env))
+        except EnvoyConfigError as exc:
+            raise UsageError(str(exc)) from None
         endpoints = EnvoyEndpoints(listen_address=ns.host, listen_port=ports.listen, admin_port=ports.admin,
-                                   ext_authz_port=ports.ext_authz, translator_port=ports.translator)
+                                   ext_authz_port=ports.ext_authz, translator_port=ports.translator,
+                                   otlp_address=otlp[0] if otlp else None, otlp_port=otlp[1] if otlp else 4317)
         try:
             envoy_text = dump(render(load_source(ns.envoy_config), endpoints))
         except OSError as exc:
@@ -275,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         translator_env.update(OPENAI_BASE_URL=f"http://127.0.0.1:{demo_port}/v1", OPENAI_API_KEY=DEMO_STATIC_KEY,
                               PREFERRED_PROVIDER="openai", BIG_MODEL="keyrelay-demo-big",
                               SMALL_MODEL="keyrelay-demo-small")
+    # Streams open at Ctrl-C end with their overloaded_error event before the supervisor's SIGKILL.
+    translator_env.setdefault("TRANSLATOR_SHUTDOWN_GRACE", f"{STACK_STREAM_GRACE_S:g}")
     specs.append(ChildSpec("translator", [scripts["keyrelay-translator"], "--host", "127.0.0.1", "--port",
                                           str(ports.translator)], translator_env))
     specs.append(ChildSpec(
@@ -311,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"[stack] error: cannot start a part: {exc}; stopping all parts")
         code, reason = 1, f"cannot start a part: {exc}"
     finally:
-        sup.stop_all()
+        sup.stop_all(STOP_TIMEOUT_S)
         shutil.rmtree(workdir, ignore_errors=True)
     if code:
         print(f"error: stack stopped: {reason}", file=sys.stderr, flush=True)

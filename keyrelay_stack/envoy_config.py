@@ -3,6 +3,11 @@
 `keyrelay-stack`, the end-to-end tests and the bench run Envoy from a rendered copy: same routes, filters and
 limits, only the listener/admin/cluster addresses (and optionally the ext_authz timeout or the access log)
 differ. `render()` is pure (dict in, dict out); `write_config()` does the file I/O.
+
+Tracing: the committed envoy.yaml traces nothing (no collector is assumed to exist). With `otlp_address` set,
+`render()` adds Envoy's OpenTelemetry tracer (every request sampled, W3C trace context) exporting over OTLP/gRPC
+to a cluster `otlp_collector` at that address; Envoy then starts the trace of each request, passes its context to
+ext_authz in the Check's gRPC metadata and to the translator in the request's `traceparent` (docs/usage.md).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -26,6 +32,7 @@ EXT_AUTHZ_CLUSTER = "ext_authz"
 TRANSLATOR_CLUSTER = "translator"
 HCM = "envoy.filters.network.http_connection_manager"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+OTLP_CLUSTER = "otlp_collector"
 
 
 class EnvoyConfigError(ValueError):
@@ -48,6 +55,10 @@ class EnvoyEndpoints:
     # None keeps the file's values.
     ext_authz_timeout_s: float | None = None
     access_log: bool = True
+    # OTLP/gRPC collector for Envoy's spans; None: no tracing (the committed file's default).
+    otlp_address: str | None = None
+    otlp_port: int = 4317
+    trace_service_name: str = "keyrelay-envoy"
 
 
 def load_source(path: Path | str = ENVOY_YAML) -> dict[str, Any]:
@@ -97,7 +108,57 @@ def render(source: dict[str, Any], endpoints: EnvoyEndpoints) -> dict[str, Any]:
         authz["typed_config"]["grpc_service"]["timeout"] = f"{endpoints.ext_authz_timeout_s:g}s"
     if not endpoints.access_log:
         hcm.pop("access_log", None)
+    if endpoints.otlp_address:
+        hcm["tracing"] = tracing_config(endpoints.trace_service_name)
+        clusters.append(otlp_cluster(endpoints.otlp_address, endpoints.otlp_port))
     return config
+
+
+def otlp_target(endpoint: str | None) -> tuple[str, int] | None:
+    """(host, port) of an OTLP/gRPC endpoint URL (`http://collector:4317`; port 4317 when absent), or None."""
+    if not endpoint:
+        return None
+    parts = urlsplit(endpoint if "://" in endpoint else "http://" + endpoint)
+    try:
+        port = parts.port or 4317
+    except ValueError:
+        raise EnvoyConfigError(f"OTLP endpoint {endpoint!r} has an invalid port") from None
+    if not parts.hostname:
+        raise EnvoyConfigError(f"OTLP endpoint {endpoint!r} names no host")
+    return parts.hostname, port
+
+
+def tracing_config(service_name: str) -> dict[str, Any]:
+    """The HTTP connection manager's `tracing`: Envoy's OpenTelemetry tracer, every request sampled (a client's
+    own sampling decision in `traceparent` is kept), spans to OTLP_CLUSTER."""
+    return {
+        "random_sampling": {"value": 100},
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": service_name,
+            },
+        },
+    }
+
+
+def otlp_cluster(address: str, port: int) -> dict[str, Any]:
+    """An HTTP/2 cluster for the OTLP/gRPC collector (a name is resolved by DNS, as in a cluster's Service)."""
+    return {
+        "name": OTLP_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+        "load_assignment": {"cluster_name": OTLP_CLUSTER,
+                            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(address, port)}}]}]},
+    }
 
 
 def dump(config: dict[str, Any]) -> str:

@@ -35,10 +35,21 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, hard
 
 
+# Ports this process already handed out: the kernel may offer a closed port again at once, and callers pick
+# several ports before any of them is bound.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now and that this process has not handed out before."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 def console_script(name: str, *, hint: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from keyrelay_stack.envoy_config import (ENVOY_YAML, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
-                                         load_source, render, write_config)
+                                         load_source, otlp_target, render, write_config)
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = load_source()
@@ -109,6 +109,42 @@ def test_render_ext_authz_timeout(timeout, expected):
 def test_render_without_access_log():
     assert "access_log" in _hcm(render(SOURCE, EnvoyEndpoints()))
     assert "access_log" not in _hcm(render(SOURCE, EnvoyEndpoints(access_log=False)))
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "otel-collector.observability.svc"])
+def test_render_with_tracing_validates(tmp_path, address):
+    endpoints = EnvoyEndpoints(listen_port=18080, admin_port=19901, otlp_address=address, otlp_port=4317)
+    config = render(SOURCE, endpoints)
+    tracing = _hcm(config)["tracing"]
+    assert tracing["provider"]["name"] == "envoy.tracers.opentelemetry"
+    assert tracing["provider"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "otlp_collector"
+    assert _endpoint(_cluster(config, "otlp_collector")) == (address, 4317)
+    path = tmp_path / "envoy-tracing.yaml"
+    path.write_text(dump(config))
+    result = _validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("endpoint,expected", [
+    (None, None), ("", None), ("http://127.0.0.1:4317", ("127.0.0.1", 4317)),
+    ("https://collector.obs:14317", ("collector.obs", 14317)), ("collector:4317", ("collector", 4317)),
+    ("http://collector", ("collector", 4317)),
+])
+def test_otlp_target(endpoint, expected):
+    assert otlp_target(endpoint) == expected
+
+
+@pytest.mark.parametrize("endpoint", ["http://:4317", "http://c:notaport"])
+def test_otlp_target_errors(endpoint):
+    with pytest.raises(EnvoyConfigError):
+        otlp_target(endpoint)
+
+
+def test_tracing_is_off_in_the_committed_file_and_by_default():
+    assert "tracing" not in _hcm(SOURCE)
+    config = render(SOURCE, EnvoyEndpoints())
+    assert "tracing" not in _hcm(config)
+    assert all(c["name"] != "otlp_collector" for c in config["static_resources"]["clusters"])
 
 
 def test_render_rejects_an_unknown_shape():

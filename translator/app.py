@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -19,11 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+import keyrelay_tracing
 from translator import litellm_loader, logs
 from translator.backends.registry import Backends
 from translator.caps import validate_caps
 from translator.errors import ApiError, error_body
-from translator.metrics import build_metrics
+from translator.metrics import UsageLabels, build_metrics
 from translator.routing import build_router
 from translator.service import MessagesService, error_response, json_response
 from translator.settings import Settings, load_settings
@@ -47,6 +49,13 @@ class TranslatorApp:
         self._messages = messages
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and not canonical_path(scope):
+            # A route is chosen by the path as the client spelled it, never by a decoding of it: Envoy's route
+            # and ext_authz see the raw bytes, so `/v1%2Fmessages` or `/v1/./messages` must not reach a route
+            # here that they did not decide on.
+            await error_response(ApiError(404, "not_found_error", "no route for this path (it is not in "
+                                                                  "canonical form)"))(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/messages":
             response = await self._messages(scope, receive)
             await response(scope, receive, send)
@@ -54,18 +63,33 @@ class TranslatorApp:
         await self.api(scope, receive, send)
 
 
+def canonical_path(scope: dict) -> bool:
+    """Whether the request's raw path is the canonical spelling of its path: no percent-encoding, no empty,
+    `.` or `..` segments, and the same bytes as the decoded path."""
+    raw = scope.get("raw_path")
+    if raw is None:
+        return True
+    if b"%" in raw or b"//" in raw or b"\\" in raw or not raw.startswith(b"/"):
+        return False
+    if b"/." in raw and any(seg in (b".", b"..") for seg in raw.split(b"/")):
+        return False
+    return raw == scope["path"].encode("utf-8", "surrogateescape")
+
+
 def _model_entry(model_id: str, display: str) -> dict:
     return {"type": "model", "id": model_id, "display_name": display, "created_at": "2025-01-01T00:00:00Z"}
 
 
-def create_app(settings: Settings | None = None) -> TranslatorApp:
-    """Wire the service, its backends and the HTTP surface together (no request logic lives here)."""
+def create_app(settings: Settings | None = None,
+               tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED) -> TranslatorApp:
+    """Wire the service, its backends and the HTTP surface together (no request logic lives here).
+    `tracing`: the process's tracing (`keyrelay_tracing.from_env`), off by default."""
     settings = settings or load_settings([])
     router = build_router(settings)
     for rule in router.routes.rules:
         validate_caps(rule.caps, f"routing rule {rule.match!r}")
-    metrics = build_metrics()
-    service = MessagesService(settings, router, metrics, Backends(settings))
+    metrics = build_metrics(UsageLabels(settings.tenants, router.configured_models()))
+    service = MessagesService(settings, router, metrics, Backends(settings), tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -182,6 +206,6 @@ def app_from_env() -> TranslatorApp:
     """uvicorn factory for worker processes (`--workers N`): settings come serialized through the environment."""
     settings = load_settings([])
     logs.configure(settings.log_level)  # a spawned worker does not inherit the parent's logging set-up
-    app = create_app(settings)
+    app = create_app(settings, keyrelay_tracing.from_env("keyrelay-translator", os.environ))
     tune_gc()
     return app

@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -73,6 +74,20 @@ def _announce_when_ready(host: str, port: int, stop: threading.Event, timeout: f
         stop.wait(0.05)
 
 
+def raise_fd_limit(max_connections: int) -> int:
+    """Raise the soft limit of open files towards the hard limit so that a worker can hold `max_connections`
+    upstream connections plus as many client connections (a container's soft limit may be 1024, which would cap
+    a worker at a few hundred concurrent streams whatever the pool allows). Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+    return soft
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -94,12 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
         from translator.app import create_app, tune_gc  # validates the routing file and its caps
 
-        app = create_app(settings)
+        import keyrelay_tracing
+
+        # One process serves (workers=1): its tracing comes from OTEL_* here; workers set up their own.
+        tracing = (keyrelay_tracing.from_env("keyrelay-translator", os.environ) if settings.workers == 1
+                   else keyrelay_tracing.DISABLED)
+        app = create_app(settings, tracing)
     except ConfigError as exc:
         print(f"keyrelay-translator: configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
     logs.configure(settings.log_level)
-    common = uvicorn_options()
+    raise_fd_limit(settings.max_connections)  # worker processes inherit it
+    common = uvicorn_options(settings.shutdown_grace_s)
     stop = threading.Event()
     cleanup: list[str] = []
     try:

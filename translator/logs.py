@@ -1,4 +1,13 @@
-"""Process logging for the translator: one line per request on stderr, written in batches.
+"""Process logging for the translator: JSON lines on stderr (the field names ext_authz and Envoy's access log
+use for the same things), one line per request, written in batches.
+
+Line shape: `{"ts": "2026-01-02T03:04:05.678Z", "level": "info", "logger": ..., "msg": ..., "pid": ..., <fields>}`,
+as ext_authz writes it. The request line (`RequestLine`, msg `request`) carries request_id (Envoy's
+`x-request-id`), key_id, tenant, credential, route, status, duration_ms and the usage fields (docs/usage.md).
+Every text that a client or an upstream chose is cut to a bounded length and its control characters are
+written as visible `\\uXXXX` escapes (`clean`), so a line can never be split, forged or turn into terminal
+control sequences, also after a log viewer decoded the JSON. Exceptions are logged by type and location only,
+never with their message (a message may quote input).
 
 Why not a plain `logging.StreamHandler`: it writes and flushes every record, one `write` system call per
 request line. py-spy on the translator under load (tiny non-streaming requests) put ~12% of its CPU in that
@@ -11,34 +20,71 @@ above arrives (errors are never held back), every 0.25 s from a small daemon thr
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 import threading
 import time
-from typing import TextIO
+import traceback
+from dataclasses import dataclass
+from typing import Any, TextIO
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+import orjson
+
 QUIET = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore", "aiohttp.access", "aiohttp.client")
 
+# Attributes every LogRecord has; anything else on a record came in `extra` and becomes a field of the line.
+_STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
 
-class Formatter(logging.Formatter):
-    """logging.Formatter with the default `asctime` (`2026-01-02 03:04:05,678`), its date part computed once
-    per second instead of per record (`time.strftime` per line was visible in the per-request profile)."""
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean(text: Any, limit: int = 256) -> str | None:
+    """Client- or upstream-chosen text for a log field: at most `limit` characters (a longer text is cut and
+    ends in `...`), control characters (C0, DEL, C1, line and paragraph separators) as visible `\\uXXXX`."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        text = str(text)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():  # the common case, checked in C: no control or separator character at all
+        return text
+    return _CONTROL.sub(lambda m: "\\u%04x" % ord(m.group()), text)
+
+
+_pid = os.getpid()
+os.register_at_fork(after_in_child=lambda: globals().__setitem__("_pid", os.getpid()))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record (ext_authz's shape); the timestamp's date part computed once per second
+    (`time.strftime` per line was visible in the per-request profile)."""
 
     _cached: tuple[int, str] = (-1, "")  # (second, its text), replaced as one object: thread-safe
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        if datefmt is not None:
-            return super().formatTime(record, datefmt)
-        return self.default_msec_format % (self.second_text(record.created), record.msecs)
-
-    def second_text(self, t: float) -> str:
-        """The date and time of `t` to the second, formatted once per second."""
+    def timestamp(self, t: float) -> str:
         second = int(t)
         cached_second, text = self._cached
         if second != cached_second:
-            text = time.strftime(self.default_time_format, self.converter(t))
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
             self._cached = (second, text)
-        return text
+        return "%s.%03dZ" % (text, int((t - second) * 1000))
+
+    def line(self, level: str, logger: str, msg: str, fields: dict[str, Any], t: float) -> str:
+        out = {"ts": self.timestamp(t), "level": level, "logger": logger, "msg": msg, "pid": _pid}
+        out.update(fields)
+        return orjson.dumps(out, default=str).decode()
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type, _, tb = record.exc_info
+            fields["error"] = exc_type.__name__
+            fields["where"] = [f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}"
+                               for f in traceback.extract_tb(tb)[-3:]]
+        return self.line(record.levelname.lower(), record.name, clean(record.getMessage(), 4096) or "", fields,
+                         record.created)
 
 
 class BatchedStreamHandler(logging.StreamHandler):
@@ -112,27 +158,67 @@ def _sole_batched_handler(logger: logging.Logger) -> BatchedStreamHandler | None
         return None
     h = found[0]
     if (type(h) is not BatchedStreamHandler or h.filters or h.level > logging.INFO
-            or type(h.formatter) is not Formatter or h.formatter._fmt != FORMAT):  # noqa: SLF001
+            or type(h.formatter) is not JsonFormatter):
         return None
     return h
 
 
-def log_info(logger: logging.Logger, msg: str) -> None:
-    """`logger.info(msg)` for a message the caller formatted (the request line): the same text, but in the
-    serving process (root logging configured by `configure`) written straight into the batched handler, without
-    a LogRecord and a Formatter pass per request (~10 µs of the ~140 µs a tiny request cost). Anywhere else
-    (tests capturing logs, other handlers or filters) it is an ordinary `logger.info`."""
+@dataclass(slots=True)
+class RequestLine:
+    """The fields of one request's log line. Text that a client or an upstream chose is cleaned in `fields`."""
+
+    route: str
+    method: str
+    path: str
+    status: int
+    duration_s: float
+    request_id: str | None = None  # Envoy's x-request-id (else the translator's own request id)
+    key_id: str | None = None
+    tenant: str | None = None
+    credential: str | None = None  # x-authz-credential: passthrough / fallback (behind ext_authz)
+    credential_source: str | None = None  # which credential went upstream: bearer, x-api-key, static, none
+    requested_model: str | None = None
+    model: str | None = None  # the target model the upstream saw
+    backend: str | None = None  # openai, anthropic, litellm
+    provider: str | None = None
+    stream: bool = False
+    tokens: dict[str, Any] | None = None  # Usage.as_dict()
+    ttft_s: float | None = None
+    error: str | None = None
+    chunks: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "request_id": clean(self.request_id, 128), "key_id": clean(self.key_id, 64),
+            "tenant": clean(self.tenant, 128), "credential": clean(self.credential, 32),
+            "credential_source": self.credential_source, "route": self.route, "method": clean(self.method, 16),
+            "path": clean(self.path, 256), "status": self.status,
+            "duration_ms": round(self.duration_s * 1000, 1), "requested_model": clean(self.requested_model),
+            "model": clean(self.model), "backend": self.backend, "provider": self.provider, "stream": self.stream,
+            "tokens": self.tokens,
+            "ttft_ms": round(self.ttft_s * 1000, 1) if self.ttft_s is not None else None,
+        }
+        if self.error is not None:
+            out["error"] = clean(self.error, 64)
+        if self.chunks is not None:
+            out["chunks"] = self.chunks
+        return out
+
+
+def log_request(logger: logging.Logger, line: RequestLine) -> None:
+    """The request's line (msg `request`). In the serving process (root logging configured by `configure`) it
+    goes straight into the batched handler, without a LogRecord and a Formatter pass per request (~10 µs of the
+    ~140 µs a tiny request cost); anywhere else (tests capturing logs, other handlers or filters) it is an
+    ordinary `logger.info` with the fields as `extra`."""
     if not logger.isEnabledFor(logging.INFO):
         return
     handler = _sole_batched_handler(logger)
     if handler is None:
-        logger.info("%s", msg)
+        logger.info("request", extra=line.fields())
         return
-    now = time.time()
     fmt = handler.formatter
-    assert isinstance(fmt, Formatter)
-    handler.emit_line("%s,%03d INFO %s %s\n" % (fmt.second_text(now), int((now - int(now)) * 1000), logger.name,
-                                                  msg))
+    assert isinstance(fmt, JsonFormatter)
+    handler.emit_line(fmt.line("info", logger.name, "request", line.fields(), time.time()) + "\n")
 
 
 def configure(level: str) -> None:
@@ -143,7 +229,7 @@ def configure(level: str) -> None:
     logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup per record (the Logging HOWTO's "Optimization" section)
     handler = BatchedStreamHandler(sys.stderr)
-    handler.setFormatter(Formatter(FORMAT))
+    handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)

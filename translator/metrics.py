@@ -1,5 +1,10 @@
 """Prometheus metrics of the translator (one registry per app, so in-process test servers do not share state).
 
+Usage metrics (tokens, requests and time to first token per tenant and model, docs/usage.md) are labelled only
+with values from the configuration (`UsageLabels`): a tenant not in the configured list is `other`, a request
+without one `none`, a target model the configuration does not name `other`. A client choosing model names or
+forging tenants therefore never adds a series.
+
 With `--workers N` the CLI points PROMETHEUS_MULTIPROC_DIR at a private directory before the workers start
 (unless it is set already); prometheus-client then keeps every worker's values in files there and /metrics,
 whichever worker answers it, aggregates all of them.
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -18,6 +23,35 @@ from prometheus_client.multiprocess import MultiProcessCollector
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Time to first token: from the request's arrival to the first upstream chunk relayed.
+_TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 30, 60, 120)
+
+NO_TENANT = "none"
+OTHER = "other"
+# Model label values at most (configured target models beyond this many share `other`).
+MAX_MODEL_LABELS = 256
+
+
+class UsageLabels:
+    """The bounded label values of the usage metrics, fixed at start-up from the configuration."""
+
+    __slots__ = ("_tenants", "_models")
+
+    def __init__(self, tenants: Iterable[str], models: Iterable[str]) -> None:
+        self._tenants = frozenset(tenants) - {NO_TENANT, OTHER}
+        self._models = frozenset(sorted(set(models) - {OTHER})[:MAX_MODEL_LABELS])
+
+    def tenant(self, raw: str | None) -> str:
+        if not raw:
+            return NO_TENANT
+        return raw if raw in self._tenants else OTHER
+
+    def model(self, target_model: str | None) -> str:
+        return target_model if target_model in self._models else OTHER
+
+    def max_series(self) -> tuple[int, int]:
+        """(tenant values, model values) that can ever appear."""
+        return len(self._tenants) + 2, len(self._models) + 1
 
 
 @dataclass
@@ -30,6 +64,11 @@ class Metrics:
     upstream_errors: Counter
     inflight: Gauge
     litellm_import: Gauge
+    tokens: Counter
+    tenant_requests: Counter
+    ttft: Histogram
+    usage_estimated: Counter
+    labels: UsageLabels = field(default_factory=lambda: UsageLabels((), ()))
     # Labelled children looked up once per label set: `labels()` builds a key and takes a lock on every call.
     _children: dict[tuple, Any] = field(default_factory=dict, repr=False)
 
@@ -48,6 +87,23 @@ class Metrics:
     def observe_first_byte(self, provider: str, seconds: float) -> None:
         self._child(self.first_byte, provider).observe(seconds)
 
+    def observe_usage(self, tenant: str | None, model: str | None, status: int, usage: Any,
+                      ttft_s: float | None) -> None:
+        """One finished messages request: requests by tenant and model, its tokens by kind (when the answer had
+        usage), and its time to first token (streams). `tenant` is the x-authz-tenant header and `model` the
+        target model, both mapped to their bounded labels here."""
+        t = self.labels.tenant(tenant)
+        mdl = self.labels.model(model)
+        self._child(self.tenant_requests, t, mdl, _STATUS_CLASS.get(status // 100, "other")).inc()
+        if usage is not None:
+            for kind, n in usage.counts():
+                if n:
+                    self._child(self.tokens, t, mdl, kind).inc(n)
+            if usage.estimated:
+                self._child(self.usage_estimated, mdl).inc()
+        if ttft_s is not None:
+            self._child(self.ttft, mdl).observe(ttft_s)
+
     def render(self) -> tuple[bytes, str]:
         if os.environ.get(MULTIPROC_ENV):
             merged = CollectorRegistry()
@@ -56,10 +112,14 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def build_metrics() -> Metrics:
+_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+def build_metrics(labels: UsageLabels | None = None) -> Metrics:
     r = CollectorRegistry()
     return Metrics(
         registry=r,
+        labels=labels or UsageLabels((), ()),
         requests=Counter("keyrelay_translator_requests", "Requests by route, status and provider",
                          ["route", "status", "provider"], registry=r),
         latency=Histogram("keyrelay_translator_request_seconds",
@@ -78,4 +138,17 @@ def build_metrics() -> Metrics:
         litellm_import=Gauge("keyrelay_translator_litellm_import_seconds",
                              "Measured LiteLLM import time (0 until imported)", registry=r,
                              multiprocess_mode="max"),
+        tokens=Counter("keyrelay_translator_tokens",
+                       "Tokens the upstream reported (or, marked in usage_estimated, estimated) by tenant, "
+                       "configured target model and kind (input, output, cache_read, cache_write, reasoning; "
+                       "reasoning is part of output)", ["tenant", "model", "kind"], registry=r),
+        tenant_requests=Counter("keyrelay_translator_tenant_requests",
+                                "Messages requests by tenant, configured target model and status class",
+                                ["tenant", "model", "status_class"], registry=r),
+        ttft=Histogram("keyrelay_translator_time_to_first_token_seconds",
+                       "Streams: time from the request's arrival to the first upstream chunk relayed",
+                       ["model"], buckets=_TTFT_BUCKETS, registry=r),
+        usage_estimated=Counter("keyrelay_translator_usage_estimated",
+                                "Messages requests whose upstream reported no usage (tokens estimated)",
+                                ["model"], registry=r),
     )

@@ -9,6 +9,12 @@ Order of resolution for a requested name:
 The resulting model spec is then split into provider and model: an explicit prefix wins; unprefixed
 `gemini-*` names go to Gemini (Vertex AI when USE_VERTEX_AUTH), unprefixed `claude-*` names to Anthropic when
 it is the preferred provider, everything else to the OpenAI-compatible backend (OPENAI_BASE_URL).
+
+The provider set is closed: a name the client chose reaches only a provider the operator enabled
+(`enabled_providers`: the OpenAI-compatible backend, the providers the settings configure, those named by the
+routing file's targets and BIG_MODEL/SMALL_MODEL, and TRANSLATOR_PROVIDERS). Any other provider prefix is a 400
+naming the model, decided here, before any connection, LiteLLM import or credential lookup; an unprefixed
+`gemini-*` name goes to Gemini only when Gemini is enabled (otherwise to the OpenAI-compatible backend as-is).
 """
 
 from __future__ import annotations
@@ -21,10 +27,15 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from translator.errors import ApiError
+from translator.model_meta import responses_only
 from translator.settings import ConfigError, Settings
 
 # The kind of backend that serves a target: which implementation in `translator.backends` handles it.
-BackendKind = Literal["openai", "anthropic", "litellm"]
+BackendKind = Literal["openai", "responses", "anthropic", "litellm"]
+# Which OpenAI API a routing rule's OpenAI-compatible target speaks: chat completions, or the Responses API.
+# Unset: the Responses API for the models OpenAI serves only there (`model_meta.responses_only`), else chat.
+Api = Literal["chat_completions", "responses"]
 KeyMode = Literal["required", "optional", "none"]
 
 # Providers served by our own lean OpenAI-compatible client.
@@ -74,6 +85,7 @@ class RuleModel(BaseModel):
     target: str = Field(min_length=1)
     base_url: str | None = None
     caps: dict[str, Any] = Field(default_factory=dict)
+    api: Api | None = None
 
 
 class ModelEntry(BaseModel):
@@ -87,6 +99,35 @@ class RoutesFile(BaseModel):
     version: Literal[1] = 1
     models: list[ModelEntry | str] | None = None
     rules: list[RuleModel] = Field(default_factory=list)
+
+
+KNOWN_PROVIDERS = OPENAI_NATIVE | {"anthropic"} | LITELLM_PROVIDERS
+
+
+def enabled_providers(settings: Settings, routes: "RoutesFile") -> frozenset[str]:
+    """The providers a client's model name may reach (see the module docstring)."""
+    s = settings
+    out = set(OPENAI_NATIVE)
+    if (s.preferred_provider == "anthropic" or s.anthropic_api_key
+            or s.anthropic_base_url != Settings.anthropic_base_url):
+        out.add("anthropic")
+    if s.gemini_api_key or s.gemini_base_url:
+        out.add("gemini")
+    if s.preferred_provider == "google":
+        out.add("vertex_ai" if s.use_vertex_auth else "gemini")
+    if s.use_vertex_auth:
+        out.update(("vertex_ai", "vertex_ai_beta"))
+    for spec in [s.big_model, s.small_model] + [r.target for r in routes.rules]:
+        provider, model = split_spec(spec)
+        if provider is None and model.startswith("gemini-"):
+            provider = "vertex_ai" if s.use_vertex_auth else "gemini"
+        if provider is not None:
+            out.add(provider)
+    for name in filter(None, s.providers.split(",")):
+        if name not in KNOWN_PROVIDERS:
+            raise ConfigError(f"TRANSLATOR_PROVIDERS: unknown provider {name!r}")
+        out.add(name)
+    return frozenset(out)
 
 
 def split_spec(spec: str) -> tuple[str | None, str]:
@@ -108,6 +149,7 @@ class Router:
             if rule.base_url is not None and not rule.base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"routing rule {rule.match!r}: base_url must be an http(s) URL")
         self._resolved: dict[str, Target] = {}
+        self.enabled = enabled_providers(settings, self.routes)
 
     # -- public
     def resolve(self, requested: str) -> Target:
@@ -123,10 +165,15 @@ class Router:
     def _resolve(self, requested: str) -> Target:
         for rule in self.routes.rules:
             if rule.match == requested or fnmatch.fnmatchcase(requested, rule.match):
-                return self._target(rule.target, base_url=rule.base_url, caps=rule.caps, rule=f"rule:{rule.match}")
+                return self._target(rule.target, base_url=rule.base_url, caps=rule.caps, api=rule.api,
+                                    rule=f"rule:{rule.match}")
         s = self.settings
         provider, _ = split_spec(requested)
         if provider is not None:
+            if provider not in self.enabled:
+                shown = requested if len(requested) <= 200 else requested[:200] + "..."
+                raise ApiError(400, "invalid_request_error",
+                               f"model {shown!r}: provider {provider!r} is not enabled on this translator")
             return self._target(requested, rule="prefix")
         lowered = requested.lower()
         if s.preferred_provider == "anthropic":
@@ -135,6 +182,8 @@ class Router:
             return self._target(s.small_model, rule="small")
         if "sonnet" in lowered or "opus" in lowered:
             return self._target(s.big_model, rule="big")
+        if requested.startswith("gemini-") and not self.enabled & {"gemini", "vertex_ai"}:
+            return self._target(f"openai/{requested}", rule="as-is")  # Gemini is not enabled: the default backend
         return self._target(requested, rule="as-is")
 
     def claude_models(self) -> list[tuple[str, str]]:
@@ -155,6 +204,16 @@ class Router:
                 seen.add(rule.match)
         return names
 
+    def configured_models(self) -> frozenset[str]:
+        """Target models named by the configuration alone: every rule's target, BIG_MODEL and SMALL_MODEL, and
+        what the listed Claude model names resolve to. The usage metrics label by these (any other target model
+        was chosen by a client and is counted as `other`), so their series stay bounded by the configuration."""
+        s = self.settings
+        specs = [r.target for r in self.routes.rules] + [s.big_model, s.small_model]
+        models = {self._target(spec).model for spec in specs}
+        models.update(self._resolve(name).model for name, _ in self.claude_models())
+        return frozenset(models)
+
     def needs_litellm(self) -> bool:
         """Whether any configured default route goes through LiteLLM (to import it at startup)."""
         targets = [self.resolve("claude-haiku-4-5"), self.resolve("claude-sonnet-4-5")]
@@ -163,7 +222,7 @@ class Router:
 
     # -- internals
     def _target(self, spec: str, *, base_url: str | None = None, caps: Mapping[str, Any] | None = None,
-                rule: str = "default") -> Target:
+                api: Api | None = None, rule: str = "default") -> Target:
         s = self.settings
         provider, model = split_spec(spec)
         if provider is None:
@@ -177,7 +236,10 @@ class Router:
         key_mode: KeyMode = ("none" if provider in NO_KEY_PROVIDERS
                              else "optional" if provider in OPTIONAL_KEY_PROVIDERS else "required")
         if provider in OPENAI_NATIVE:
-            return Target("openai", provider, model, base_url or s.openai_base_url, caps, key_mode, rule=rule)
+            if api is None:
+                api = "responses" if responses_only(provider, model) else "chat_completions"
+            kind: BackendKind = "responses" if api == "responses" else "openai"
+            return Target(kind, provider, model, base_url or s.openai_base_url, caps, key_mode, rule=rule)
         if provider == "anthropic":
             return Target("anthropic", provider, model, base_url or s.anthropic_base_url, caps, key_mode, rule=rule)
         extra: dict[str, Any] = {}

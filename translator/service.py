@@ -6,31 +6,38 @@ surface (`translator.app`) only wires it. Every request has one `RequestContext`
 in `finish` exactly once: for a non-streaming answer when the response is built, for a stream when the relay
 closes it (its status, duration, chunk count and stream error are known then).
 
-Request bodies are read and parsed here (size-limited, orjson, then pydantic) rather than by FastAPI's body
-binding, so malformed JSON and validation failures are 400 invalid_request_error in the Anthropic shape
-(never FastAPI's 422), and so the body limit is enforced while reading.
+Request bodies are read and decoded by `translator.request_body` (size-limited, structural caps, pydantic; large
+bodies off the event loop) rather than by FastAPI's body binding, so malformed JSON and validation failures are
+400 invalid_request_error in the Anthropic shape (never FastAPI's 422).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
 import orjson
 from starlette.responses import Response, StreamingResponse
 
+import keyrelay_tracing
+from keyrelay_common.identity import CREDENTIAL_HEADER, KEY_ID_HEADER, TENANT_HEADER
 from translator import credentials, litellm_loader, logs
 from translator.backends.registry import Backends
 from translator.context import RequestContext
 from translator.errors import ApiError
 from translator.ids import new_request_id
 from translator.metrics import Metrics
-from translator.relay import relay
+from translator.relay import Drain, relay
 from translator.routing import Router
-from translator.schemas.anthropic import CountTokensRequest, MessagesRequest, validate_or_400
+from translator.request_body import (OFFLOAD_BYTES, ClientGone, RequestLimits, decode_request, lower_headers,
+                                     read_body, release_stepwise)
+from translator.schemas.anthropic import CountTokensRequest, MessagesRequest
 from translator.settings import Settings
+from translator.usage import estimate
 
 log = logging.getLogger("keyrelay.translator")
 
@@ -64,77 +71,28 @@ def error_response(err: ApiError, request_id: str | None = None) -> Response:
     return json_response(err.body(), err.status, headers)
 
 
-class ClientGone(Exception):
-    """The client disconnected before its request body was complete (nothing to answer)."""
-
-
-async def read_body(headers: Mapping[str, str], receive: Callable[[], Awaitable[dict]], limit: int) -> bytes:
-    """The raw request body from the ASGI `receive`; 413 over `limit` (checked on content-length and while
-    reading, for chunked bodies). `headers` has lower-case names."""
-    declared = headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise ApiError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
-        except ValueError:
-            raise ApiError(400, "invalid_request_error", "invalid content-length header") from None
-    first = b""
-    parts: list[bytes] | None = None
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientGone()
-        part = message.get("body", b"")
-        if part:
-            size += len(part)
-            if size > limit:
-                raise ApiError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
-            if not first:
-                first = part
-            else:
-                if parts is None:
-                    parts = [first]
-                parts.append(part)
-        if not message.get("more_body", False):
-            break
-    return b"".join(parts) if parts is not None else first
-
-
-def parse_json_object(raw: bytes) -> dict:
-    """The body as a JSON object, or 400 invalid_request_error saying what is wrong with it."""
-    if not raw.strip():
-        raise ApiError(400, "invalid_request_error", "request body is empty; expected a JSON object")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_request_error", f"request body is not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_request_error", "request body must be a JSON object")
-    return data
-
-
-def lower_headers(scope: Mapping[str, Any]) -> dict[str, str]:
-    # Starlette's Headers are already case-insensitive; a plain dict is cheaper for repeated lookups.
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-
-
 class MessagesService:
     """Serves the messages routes. `start()` in the lifespan (inside the event loop), `aclose()` at shutdown;
     `ready` says whether every configured route can be served (LiteLLM imported when a route needs it)."""
 
-    def __init__(self, settings: Settings, router: Router, metrics: Metrics, backends: Backends) -> None:
+    def __init__(self, settings: Settings, router: Router, metrics: Metrics, backends: Backends,
+                 tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED) -> None:
         self.settings = settings
         self.router = router
         self.metrics = metrics
         self.backends = backends
+        self.limits = RequestLimits.from_settings(settings)
+        self.tracing = tracing
         self.ready = False
+        self.drain = Drain()
         self._preload: asyncio.Task | None = None
+        self._signals: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self.backends.start()
+        self._chain_signals()
         if self.settings.preload_litellm or self.router.needs_litellm():
             self._preload = asyncio.create_task(self._preload_litellm())
         else:
@@ -152,7 +110,38 @@ class MessagesService:
         log.info("litellm imported in %.2fs", seconds)
         self.ready = True
 
+    def _chain_signals(self) -> None:
+        """Start the streams' drain (`begin_drain`) when the process is told to stop, before the server's own
+        handler (uvicorn's, installed before the app starts) stops accepting and waits for the requests in
+        flight. Only in the main thread (where signal handlers live); the server must wait longer than the
+        grace (`translator.serving.uvicorn_options`)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue
+
+            def handler(signum: int, frame: Any, previous: Callable = previous) -> None:
+                loop.call_soon_threadsafe(self.begin_drain)
+                previous(signum, frame)
+
+            self._signals[sig] = previous
+            signal.signal(sig, handler)
+
+    def begin_drain(self) -> None:
+        """Streams in flight (and any that still start) get `shutdown_grace_s`, then end with an
+        overloaded_error event; /readyz answers 503 from now on."""
+        if not self.drain.draining:
+            log.info("stopping: streams in flight get %.0f s to finish", self.settings.shutdown_grace_s)
+        self.ready = False
+        self.drain.begin(self.settings.shutdown_grace_s)
+
     async def aclose(self) -> None:
+        for sig, previous in self._signals.items():
+            signal.signal(sig, previous)
+        self._signals.clear()
         self.ready = False
         if self._preload is not None and not self._preload.done():
             self._preload.cancel()
@@ -161,7 +150,7 @@ class MessagesService:
     # ------------------------------------------------------------------ the one place a request finishes
 
     def finish(self, ctx: RequestContext, status: int, err: ApiError | None = None) -> None:
-        """Record a finished request once: metrics and its log line."""
+        """Record a finished request once: metrics, usage (docs/usage.md), its log line and its span."""
         if ctx.finished:
             return
         ctx.finished = True
@@ -172,21 +161,42 @@ class MessagesService:
         provider = ctx.provider
         elapsed = ctx.elapsed()
         m.observe_request(ctx.route, str(status), provider, elapsed)
-        extra = ""
         if ctx.stream and status == 200:
             m.stream_chunks.labels(provider).inc(ctx.chunks)
-            extra = f" chunks={ctx.chunks}"
-            if ctx.error is not None:
-                extra += f" stream_error={ctx.error.type}"
-        elif ctx.error is not None:
-            extra = f" error={ctx.error.type}"
         if ctx.error is not None and ctx.error.upstream:
             m.upstream_errors.labels(provider, str(ctx.error.status)).inc()
-        if log.isEnabledFor(logging.INFO):  # format the line only when it is written
-            target, cred = ctx.target, ctx.cred
-            logs.log_info(log, "%s %s status=%d provider=%s model=%s key_id=%s source=%s stream=%s ms=%.1f%s" % (
-                ctx.method, ctx.path, status, provider or "-", target.model if target else "-",
-                cred.key_id if cred else "-", cred.source if cred else "-", ctx.stream, elapsed * 1000, extra))
+        target = ctx.target
+        usage = ctx.usage
+        if ctx.route == "messages":
+            if usage is None and status == 200:  # answered, but the upstream reported no usage
+                usage = ctx.usage = estimate(ctx.input_chars, ctx.output_chars)
+            m.observe_usage(ctx.headers.get(TENANT_HEADER), target.model if target else None, status, usage,
+                            ctx.first_token_s)
+        if log.isEnabledFor(logging.INFO):  # build the line only when it is written
+            cred, headers = ctx.cred, ctx.headers
+            logs.log_request(log, logs.RequestLine(
+                route=ctx.route, method=ctx.method, path=ctx.path, status=status, duration_s=elapsed,
+                request_id=headers.get("x-request-id") or ctx.request_id,
+                key_id=cred.key_id if cred else headers.get(KEY_ID_HEADER),
+                tenant=headers.get(TENANT_HEADER), credential=headers.get(CREDENTIAL_HEADER),
+                credential_source=cred.source if cred else None,
+                requested_model=ctx.request.model if ctx.request is not None else None,
+                model=target.model if target else None, backend=target.backend if target else None,
+                provider=provider or None, stream=ctx.stream, tokens=usage.as_dict() if usage else None,
+                ttft_s=ctx.first_token_s, error=ctx.error.type if ctx.error is not None else None,
+                chunks=ctx.chunks if ctx.stream else None))
+        if ctx.span is not None:
+            end_span(ctx)
+        # Nothing of a finished request may wait for the cycle collector (the serving process freezes the GC
+        # and collects its oldest generation rarely): the body goes now (a large one a slice per loop
+        # iteration), and the error keeps no traceback (whose frames would refer back to this context).
+        if ctx.size > OFFLOAD_BYTES:
+            release_stepwise(ctx.body.get("messages") if isinstance(ctx.body, dict) else None,
+                             getattr(ctx.request, "messages", None))
+        ctx.body = ctx.request = None
+        if ctx.error is not None:
+            ctx.error.__traceback__ = None
+            ctx.error.__context__ = None
 
     def _stream_closed(self, ctx: RequestContext) -> None:
         self.metrics.inflight.dec()
@@ -200,9 +210,14 @@ class MessagesService:
         m = self.metrics
         m.inflight.inc()
         handed_off = False
+        if self.tracing.enabled:
+            start_span(self.tracing, ctx)
         try:
-            ctx.body = parse_json_object(await read_body(ctx.headers, receive, self.settings.max_body_bytes))
-            req = ctx.request = validate_or_400(MessagesRequest, ctx.body)
+            raw = await read_body(ctx.headers, receive, self.limits.max_body_bytes)
+            ctx.size = ctx.input_chars = len(raw)
+            ctx.body, req = await decode_request(raw, MessagesRequest, self.limits)
+            del raw
+            ctx.request = req
             ctx.target = self.router.resolve(req.model)
             ctx.cred = credentials.resolve(ctx.headers, ctx.target, self.settings)
             backend = self.backends.for_target(ctx.target)
@@ -217,7 +232,8 @@ class MessagesService:
             stream = await backend.open_stream(ctx)
             ctx.first_byte_s = time.perf_counter() - t0
             m.observe_first_byte(ctx.provider, ctx.first_byte_s)
-            gen = relay(stream, ctx, ping_interval=self.settings.ping_interval_s, on_close=self._stream_closed)
+            gen = relay(stream, ctx, ping_interval=self.settings.ping_interval_s, on_close=self._stream_closed,
+                        drain=self.drain)
             handed_off = True
             return StreamingResponse(gen, media_type="text/event-stream",
                                      headers={**SSE_HEADERS, "request-id": ctx.request_id})
@@ -246,8 +262,11 @@ class MessagesService:
         ctx = RequestContext("count_tokens", scope["method"], scope["path"], new_request_id(),
                              lower_headers(scope))
         try:
-            ctx.body = parse_json_object(await read_body(ctx.headers, receive, self.settings.max_body_bytes))
-            req = ctx.request = validate_or_400(CountTokensRequest, ctx.body)
+            raw = await read_body(ctx.headers, receive, self.limits.max_body_bytes)
+            ctx.size = len(raw)
+            ctx.body, req = await decode_request(raw, CountTokensRequest, self.limits)
+            del raw
+            ctx.request = req
             ctx.target = self.router.resolve(req.model)
             backend = self.backends.for_target(ctx.target)
             if backend.counts_upstream:  # the upstream counts: the request needs the caller's credential
@@ -258,3 +277,62 @@ class MessagesService:
         except ApiError as err:
             self.finish(ctx, err.status, err)
             return error_response(err)
+
+
+# ---------------------------------------------------------------------- tracing (only when it is on)
+
+
+def start_span(tracing: keyrelay_tracing.Tracing, ctx: RequestContext) -> None:
+    """The request's span, child of the W3C context Envoy sent (`traceparent`), and the context the upstream
+    request carries (its parent is this span)."""
+    try:
+        ctx.span = tracing.start("chat", parent_headers={k: ctx.headers[k] for k in keyrelay_tracing.TRACE_HEADERS
+                                                         if k in ctx.headers},
+                                 attributes={"gen_ai.operation.name": "chat", "http.request.method": ctx.method,
+                                             "url.path": logs.clean(ctx.path)})
+        ctx.trace_headers = {}
+        tracing.inject(ctx.span, ctx.trace_headers)
+    except Exception:  # noqa: BLE001 - tracing never fails a request
+        ctx.span = ctx.trace_headers = None
+
+
+def end_span(ctx: RequestContext) -> None:
+    """GenAI semantic-convention attributes (model, token usage, finish reason) and the outcome; never the key,
+    the prompt or the completion."""
+    span, target, usage = ctx.span, ctx.target, ctx.usage
+    try:
+        attrs: dict[str, Any] = {"http.response.status_code": ctx.status, "keyrelay.stream": ctx.stream,
+                                 "keyrelay.request_id": logs.clean(ctx.headers.get("x-request-id") or ctx.request_id,
+                                                                   128)}
+        if ctx.request is not None:
+            attrs["keyrelay.requested_model"] = logs.clean(ctx.request.model)
+        if target is not None:
+            attrs["gen_ai.request.model"] = logs.clean(target.model)
+            attrs["gen_ai.provider.name"] = target.provider
+            attrs["gen_ai.system"] = target.provider
+            span.update_name(f"chat {logs.clean(target.model, 128)}")
+        if usage is not None:
+            attrs["gen_ai.usage.input_tokens"] = usage.input + usage.cache_read + usage.cache_write
+            attrs["gen_ai.usage.output_tokens"] = usage.output
+            attrs["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read
+            attrs["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_write
+            attrs["keyrelay.usage.reasoning_tokens"] = usage.reasoning
+            attrs["keyrelay.usage.estimated"] = usage.estimated
+        if ctx.finish_reason:
+            attrs["gen_ai.response.finish_reasons"] = [logs.clean(ctx.finish_reason, 64)]
+        if ctx.first_token_s is not None:
+            attrs["keyrelay.time_to_first_token_s"] = round(ctx.first_token_s, 6)
+        tenant = ctx.headers.get(TENANT_HEADER)
+        if tenant:
+            attrs["keyrelay.tenant"] = logs.clean(tenant, 128)
+        if ctx.error is not None:
+            attrs["error.type"] = ctx.error.type
+            if ctx.status >= 500 or ctx.stream:
+                from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 - only with tracing on
+
+                span.set_status(Status(StatusCode.ERROR, ctx.error.type))
+        span.set_attributes(attrs)
+    except Exception:  # noqa: BLE001 - tracing never fails a request
+        pass
+    finally:
+        span.end()

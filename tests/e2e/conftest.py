@@ -80,6 +80,21 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
+def json_lines(proc: Proc, msg: str, request_id: str, timeout: float = 5.0) -> list[dict]:
+    """A process's JSON log lines with `msg` and `request_id`, once there is one (or [] after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for line in list(proc.lines):
+            if line.startswith("{") and request_id in line:
+                entry = json.loads(line)
+                if entry.get("msg") == msg and entry.get("request_id") == request_id:
+                    found.append(entry)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -89,6 +104,7 @@ def start_ext_authz(policy: Path, name: str = "ext_authz", grpc_port: int | None
                  f"127.0.0.1:{http_port}", "--policy", str(policy)], base_env(**env), name=name)
     _register(proc).wait_ready(30)
     proc.port = grpc  # type: ignore[attr-defined]
+    proc.http_port = http_port  # type: ignore[attr-defined]
     return proc
 
 
@@ -143,12 +159,14 @@ class Envoy:
 
 
 def start_envoy(name: str, *, ext_authz_port: int, translator_port: int, tmp: Path,
-                access_log: bool = True, patch: Callable[[dict], None] | None = None) -> Envoy:
+                access_log: bool = True, patch: Callable[[dict], None] | None = None,
+                otlp_port: int | None = None) -> Envoy:
     """Envoy from the rendered envoy.yaml; `patch` may change the rendered dict (for a test-only tweak such as
-    a short idle timeout)."""
+    a short idle timeout); `otlp_port`: trace every request to an OTLP receiver on that loopback port."""
     port, admin = free_port(), free_port()
     endpoints = EnvoyEndpoints(listen_port=port, admin_port=admin, ext_authz_port=ext_authz_port,
-                               translator_port=translator_port, access_log=access_log)
+                               translator_port=translator_port, access_log=access_log,
+                               otlp_address="127.0.0.1" if otlp_port else None, otlp_port=otlp_port or 4317)
     if patch is None:
         config = write_config(endpoints, tmp)
     else:

@@ -54,6 +54,18 @@ def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
     return {p for p in pids if alive(p)}
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def environ(pid: int) -> dict[bytes, bytes]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(e.split(b"=", 1) for e in entries if b"=" in e)
+
+
 def start_stack(**env: str) -> tuple[Proc, int]:
     port = free_port()
     argv = [script("keyrelay-stack"), "--port", str(port), "--admin-port", str(free_port()),
@@ -84,6 +96,9 @@ def test_demo_stack_serves_the_sdk_and_stops_cleanly():
             assert "keyrelay demo upstream" in reply.content[0].text
         kids = descendants(proc.popen.pid)
         assert len(kids) >= 4  # demo, ext_authz, translator, envoy (and any workers)
+        # The translator's stream grace ends before the stack's SIGKILL.
+        translators = [environ(k) for k in kids if b"keyrelay-translator" in cmdline(k)]
+        assert translators and all(e.get(b"TRANSLATOR_SHUTDOWN_GRACE") == b"5" for e in translators)
     finally:
         code = proc.stop(signal.SIGTERM, timeout=20)
     assert code == 0, proc.output[-2000:]

@@ -3,6 +3,7 @@ one-line configuration errors, keys never in its output."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from tests.support.procs import Proc, base_env, free_port, script
+from translator.credentials import fingerprint
 from tests.support.upstream import openai_completion, openai_stream_text
 
 KEY = "sk-user-cli-secret-0001"
@@ -43,8 +45,12 @@ def test_console_script_serves_and_stops_cleanly(upstream, workers, sig):
         rc = proc.stop(sig)
     assert rc == 0, proc.output[-2000:]
     assert KEY not in proc.output and STATIC not in proc.output
-    # The request log lines (also from spawned workers) name the key by fingerprint only.
-    assert proc.output.count("key_id=") >= 2, proc.output[-2000:]
+    # The request log lines (also from spawned workers) are JSON and name the key by fingerprint only.
+    requests = [json.loads(line) for line in proc.lines if line.startswith("{") and '"msg":"request"' in line]
+    assert [r["status"] for r in requests if r["route"] == "messages"] == [200, 200], proc.output[-2000:]
+    assert all(r["key_id"] == fingerprint(KEY) and r["stream"] in (True, False) for r in requests
+               if r["route"] == "messages")
+    assert {r["pid"] for r in requests} and all(r["level"] == "info" for r in requests)
 
 
 @pytest.mark.parametrize("args,env,fragment", [
@@ -100,3 +106,18 @@ def test_litellm_path_keeps_keys_out_of_output_even_at_debug(upstream):
     assert rc == 0
     assert "litellm imported" in proc.output
     assert KEY not in proc.output and STATIC not in proc.output
+
+
+def test_the_open_files_limit_is_raised_for_the_connection_pool():
+    import resource
+
+    from translator.cli import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        expected = 2 * 4096 + 256 if hard == resource.RLIM_INFINITY else min(2 * 4096 + 256, hard)
+        assert raise_fd_limit(4096) == expected == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert raise_fd_limit(10) == expected  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

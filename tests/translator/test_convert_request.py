@@ -348,7 +348,7 @@ def test_messages(b, caps, expected):
          "dropped application/pdf document (backend takes no file parts)"),
         (body([user([{"type": "image", "source": {"type": "file", "file_id": "file_1"}}])]), {}, "dropped image with source type 'file'"),
         (body(context_management={"edits": []}), {}, "dropped request field 'context_management'"),
-        (body(tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]), {}, "dropped Anthropic-defined tool type 'web_search_20250305'"),
+        (body(tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]), {}, "dropped server tool 'web_search' (type 'web_search_20250305'): the backend has no equivalent"),
         (body(thinking={"type": "enabled", "budget_tokens": 2048}), {}, "dropped thinking (backend has no reasoning controls)"),
         (body(top_k=5), {}, "dropped top_k"),
     ],
@@ -443,7 +443,7 @@ def test_tools_to_functions_and_server_tools_dropped():
         {"type": "function", "function": {"name": "NoArgs", "parameters": {"type": "object"}}},
         {"type": "function", "function": {"name": "Typed", "parameters": {"type": "object", "properties": {}}}},
     ]
-    assert "dropped Anthropic-defined tool type 'bash_20250124'" in notes
+    assert any(n.startswith("dropped server tool 'bash' (type 'bash_20250124')") for n in notes)
 
 
 def test_tool_choice_without_remaining_tools_is_not_sent():

@@ -311,11 +311,22 @@ CASES = [
     pytest.param(
         [tc(0, id="call_1", name="Write", args='{"file_path": "/a.py", "content": "print(1'), fin("length"), usage(3, 8)],
         {},
-        [TU("call_1", "Write", {"file_path": "/a.py"})],
+        # streamed live: the client already holds the cut value; the object is closed after it
+        [TU("call_1", "Write", {"file_path": "/a.py", "content": "print(1"})],
         "max_tokens",
         None,
         {"input_tokens": 3, "output_tokens": 8},
-        id="length-truncated-tool-args-repaired",
+        id="length-truncated-live-tool-args-closed",
+    ),
+    pytest.param(
+        [tc(0, name="Write", args='{"file_path": "/a.py", "content": "print(1'), fin("length"), usage(3, 8)],
+        {},
+        # no id before the end: held back, then repaired like a non-streamed response (the cut value dropped)
+        [{"type": "tool_use", "id": "*", "name": "Write", "input": {"file_path": "/a.py"}}],
+        "max_tokens",
+        None,
+        {"input_tokens": 3, "output_tokens": 8},
+        id="length-truncated-held-tool-args-repaired",
     ),
     pytest.param(
         [tc(0, id="call_1", name="Run", args="not json at all"), fin("tool_calls")],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 
 import pytest
@@ -74,17 +76,87 @@ def test_close_flushes_and_the_handler_keeps_working(logger_and_stream):
 
 
 @pytest.mark.parametrize("created", [0.0, 1_700_000_000.123, 1_700_000_000.999, 1_700_000_001.0005, 1_800_000_000.5])
-def test_formatter_matches_the_standard_asctime(created):
-    from translator.logs import Formatter
+def test_json_lines_have_ext_authz_shape(created):
+    from ext_authz.logs import JsonFormatter as AuthzFormatter
+    from translator.logs import JsonFormatter
 
-    fast, std = Formatter("%(asctime)s %(levelname)s %(message)s"), logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    ours, theirs = JsonFormatter(), AuthzFormatter()
     for _ in range(2):  # the second call comes from the per-second cache
         r = logging.LogRecord("n", logging.INFO, "p", 1, "msg %s", ("x",), None)
         r.created, r.msecs = created, (created - int(created)) * 1000
-        assert fast.format(r) == std.format(r)
+        r.key_id = "abc"
+        assert json.loads(ours.format(r)) == json.loads(theirs.format(r))
 
 
-def test_log_info_writes_what_logger_info_writes(monkeypatch):
+def test_exceptions_are_logged_by_type_and_place_never_by_message():
+    from translator.logs import JsonFormatter
+
+    try:
+        raise ValueError("sk-secret-quoted-by-an-exception")
+    except ValueError:
+        r = logging.LogRecord("n", logging.ERROR, "p", 1, "failed", (), sys.exc_info())
+    line = JsonFormatter().format(r)
+    assert "sk-secret" not in line
+    data = json.loads(line)
+    assert data["error"] == "ValueError" and data["where"][0].startswith("test_logs.py:")
+
+
+CLEAN_CASES = [
+    ("plain", "abc", 256, "abc"),
+    ("newline cannot split a line", "a\nb\r", 256, "a\\u000ab\\u000d"),
+    ("terminal escape", "\x1b[31mred", 256, "\\u001b[31mred"),
+    ("DEL and C1 controls", "a\x7fb\x9bc", 256, "a\\u007fb\\u009bc"),
+    ("line and paragraph separators", "a\u2028b\u2029", 256, "a\\u2028b\\u2029"),
+    ("cut at the limit", "x" * 10, 4, "xxxx..."),
+    ("not text", 12, 256, "12"),
+    ("none", None, 256, None),
+    ("unicode stays", "Grüße ✓", 256, "Grüße ✓"),
+]
+
+
+@pytest.mark.parametrize("text,limit,expected", [c[1:] for c in CLEAN_CASES], ids=[c[0] for c in CLEAN_CASES])
+def test_clean(text, limit, expected):
+    from translator.logs import clean
+
+    assert clean(text, limit) == expected
+
+
+def _line(**kw):
+    from translator.logs import RequestLine
+
+    base = dict(route="messages", method="POST", path="/v1/messages", status=200, duration_s=0.01234)
+    base.update(kw)
+    return RequestLine(**base)
+
+
+def test_request_line_fields():
+    from translator.usage import Usage
+
+    fields = _line(request_id="rid-1", key_id="0123456789abcdef", tenant="team-a", credential="passthrough",
+                   credential_source="bearer", requested_model="claude-sonnet-4-5", model="gpt-4.1",
+                   backend="openai", provider="openai", stream=True, tokens=Usage(input=3, output=2).as_dict(),
+                   ttft_s=0.5, chunks=4).fields()
+    assert fields == {
+        "request_id": "rid-1", "key_id": "0123456789abcdef", "tenant": "team-a", "credential": "passthrough",
+        "credential_source": "bearer", "route": "messages", "method": "POST", "path": "/v1/messages",
+        "status": 200, "duration_ms": 12.3, "requested_model": "claude-sonnet-4-5", "model": "gpt-4.1",
+        "backend": "openai", "provider": "openai", "stream": True,
+        "tokens": {"input": 3, "output": 2, "cache_read": 0, "cache_write": 0, "reasoning": 0, "estimated": False},
+        "ttft_ms": 500.0, "chunks": 4}
+    assert _line(error="api_error").fields()["error"] == "api_error"
+    assert "error" not in _line().fields() and _line().fields()["ttft_ms"] is None
+
+
+def test_request_line_escapes_what_clients_and_upstreams_chose():
+    evil = "x\n{\"status\":200}\x1b[2J\u2028"
+    fields = _line(request_id=evil, tenant=evil, credential=evil, requested_model=evil, model=evil, path=evil,
+                   key_id=evil, error=evil).fields()
+    for name in ("request_id", "tenant", "credential", "requested_model", "model", "path", "key_id", "error"):
+        assert not any(ord(c) < 0x20 or c in "\x1b\u2028" for c in fields[name]), name
+    assert len(_line(requested_model="m" * 5000).fields()["requested_model"]) == 256 + 3
+
+
+def test_log_request_writes_one_json_line_in_the_serving_process():
     import io
 
     from translator import logs
@@ -96,17 +168,19 @@ def test_log_info_writes_what_logger_info_writes(monkeypatch):
         handler = root.handlers[0]
         handler.stream = io.StringIO()
         log = logging.getLogger("keyrelay.translator")
-        log.info("%s", "POST /v1/messages status=200 key_id=abc")
-        logs.log_info(log, "POST /v1/messages status=200 key_id=abc")
+        logs.log_request(log, _line(request_id="r1", tenant="t\nx"))
+        log.info("request", extra=_line(request_id="r1", tenant="t\nx").fields())  # the ordinary path
         handler.flush()
-        a, b = handler.stream.getvalue().splitlines()
-        # Same text; the timestamps (taken a moment apart) agree to the second.
-        assert a[:19] == b[:19] and a[23:] == b[23:]
-        assert b.endswith(" INFO keyrelay.translator POST /v1/messages status=200 key_id=abc")
+        fast, slow = [json.loads(x) for x in handler.stream.getvalue().splitlines()]
+        assert fast["ts"][:19] == slow["ts"][:19]
+        fast.pop("ts"), slow.pop("ts")
+        assert fast == slow
+        assert fast["msg"] == "request" and fast["level"] == "info" and fast["logger"] == "keyrelay.translator"
+        assert fast["request_id"] == "r1" and fast["tenant"] == "t\\u000ax"
         logs.configure("warning")
         handler = root.handlers[0]
         handler.stream = io.StringIO()
-        logs.log_info(log, "not shown")
+        logs.log_request(log, _line())
         handler.flush()
         assert handler.stream.getvalue() == ""
     finally:
@@ -117,9 +191,10 @@ def test_log_info_writes_what_logger_info_writes(monkeypatch):
         root.setLevel(saved[1])
 
 
-def test_log_info_goes_through_logging_when_others_listen(caplog):
+def test_log_request_goes_through_logging_when_others_listen(caplog):
     from translator import logs
 
     with caplog.at_level(logging.INFO, logger="keyrelay.translator"):
-        logs.log_info(logging.getLogger("keyrelay.translator"), "seen by caplog key_id=abc")
-    assert [r.getMessage() for r in caplog.records] == ["seen by caplog key_id=abc"]
+        logs.log_request(logging.getLogger("keyrelay.translator"), _line(key_id="abc"))
+    assert [r.getMessage() for r in caplog.records] == ["request"]
+    assert caplog.records[0].key_id == "abc" and caplog.records[0].status == 200

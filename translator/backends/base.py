@@ -36,6 +36,12 @@ class Stream(Protocol):
         """The `event: error` frame that ends the stream after `err`."""
         ...
 
+    def account(self, ctx: RequestContext) -> None:
+        """Write what the stream learned into `ctx`, once, when it ended: chunks, the usage the upstream
+        reported (or the generated characters, for an estimate), the finish reason and the time of the first
+        upstream chunk (`ctx.first_token_s`). Only the final usage is read: nothing is added per chunk."""
+        ...
+
     async def aclose(self) -> None:
         """Release the upstream response: a finished one goes back to the pool, an unfinished one is closed
         (which is how the upstream learns to stop generating). Never raises."""

@@ -9,7 +9,10 @@ chat-completion dict) and `chat_stream(target, body, cred) -> ChunkSource`.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Protocol
+import json
+import logging
+import time
+from typing import AsyncIterator, Mapping, Protocol
 
 from translator.caps import caps_for
 from translator.context import RequestContext
@@ -19,9 +22,21 @@ from translator.convert.openai_stream import OpenAIStreamConverter
 from translator.credentials import Credential
 from translator.errors import ApiError
 from translator.ids import new_message_id
+from translator.request_body import OFFLOAD_BYTES, release_stepwise
 from translator.routing import Target
 from translator.sse import encode_event, encode_events
 from translator.tokens import count_tokens_locally
+from translator.usage import anthropic_content_chars, from_openai
+
+log = logging.getLogger("keyrelay.translator")
+
+
+def log_conversion_notes(ctx: RequestContext, notes: list[str]) -> None:
+    """One line naming what the conversion left out for this backend (server tools, fields, blocks: names and
+    counts, never content; escaped, since tool and field names come from the client)."""
+    if notes and log.isEnabledFor(logging.INFO):
+        log.info("conversion request_id=%s route=%s notes=%s", ctx.request_id,
+                 ctx.target.rule if ctx.target else "", json.dumps(notes, ensure_ascii=True))
 
 
 class ChunkSource(Protocol):
@@ -37,12 +52,13 @@ class ChunkSource(Protocol):
 class ChatStream:
     """A `Stream` (translator.backends.base) over a `ChunkSource`: chunks -> Anthropic events."""
 
-    __slots__ = ("_source", "_converter", "chunks")
+    __slots__ = ("_source", "_converter", "chunks", "first_chunk_at")
 
     def __init__(self, source: ChunkSource, converter: OpenAIStreamConverter) -> None:
         self._source = source
         self._converter = converter
         self.chunks = 0
+        self.first_chunk_at: float | None = None  # perf_counter() when the first upstream chunk arrived
 
     async def frames(self, ping_interval: float) -> AsyncIterator[bytes | None]:
         loop = asyncio.get_running_loop()
@@ -58,6 +74,8 @@ class ChatStream:
             if batch is None:
                 break
             if batch:
+                if not self.chunks:
+                    self.first_chunk_at = time.perf_counter()
                 self.chunks += len(batch)
                 events: list = []
                 for chunk in batch:
@@ -65,6 +83,11 @@ class ChatStream:
                 if events:
                     yield encode_events(events)
                     last = loop.time()
+                if converter.stopped:
+                    # A stop sequence ended the output (found in the text): stop reading; closing the
+                    # unfinished upstream response tells the upstream to stop generating.
+                    break
+                if events:
                     continue
             if loop.time() - last >= ping_interval:
                 yield None
@@ -75,44 +98,87 @@ class ChatStream:
         name, data = self._converter.error(err.type, err.message)
         return encode_event(name, data)
 
+    def account(self, ctx: RequestContext) -> None:
+        converter = self._converter
+        ctx.chunks = self.chunks
+        ctx.usage = from_openai(converter.upstream_usage)  # the final chunk's usage (include_usage)
+        ctx.output_chars = converter.output_chars
+        ctx.finish_reason = converter.finish_reason
+        if self.first_chunk_at is not None:
+            ctx.first_token_s = self.first_chunk_at - ctx.started
+
     async def aclose(self) -> None:
         await self._source.aclose()
 
 
 class ChatBackend:
-    """Base of the backends with an OpenAI chat-completions upstream."""
+    """Base of the backends with an OpenAI-shaped upstream: chat completions by default; the Responses API
+    backend swaps in its three conversions."""
 
     kind = ""
     counts_upstream = False  # counted locally with the model's tokenizer (translator.tokens)
+    to_upstream = staticmethod(anthropic_to_openai)
+    from_upstream = staticmethod(openai_to_anthropic)
+    stream_converter: type[OpenAIStreamConverter] = OpenAIStreamConverter
 
-    async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
+    async def chat_complete(self, target: Target, body: dict, cred: Credential,
+                            trace: Mapping[str, str] | None = None) -> dict:
+        """`trace`: W3C trace-context headers for the upstream request (tracing on), else None."""
         raise NotImplementedError
 
-    async def chat_stream(self, target: Target, body: dict, cred: Credential) -> ChunkSource:
+    async def chat_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> ChunkSource:
         raise NotImplementedError
 
-    @staticmethod
-    def _convert(ctx: RequestContext) -> tuple[dict, dict[str, str]]:
+    def _convert(self, ctx: RequestContext) -> tuple[dict, dict[str, str]]:
         caps = caps_for(ctx.target)
-        body = anthropic_to_openai(ctx.request, model=ctx.target.model, caps=caps)
+        notes: list[str] = []
+        body = self.to_upstream(ctx.request, model=ctx.target.model, caps=caps, notes=notes)
+        log_conversion_notes(ctx, notes)
         return body, tool_name_map(ctx.request, caps)  # tool names shortened for the backend, mapped back
 
+    async def _converted(self, ctx: RequestContext) -> tuple[dict, dict[str, str]]:
+        if ctx.size > OFFLOAD_BYTES:  # a large request converts in a worker thread (translator.request_body)
+            return await asyncio.to_thread(self._convert, ctx)
+        return self._convert(ctx)
+
     async def complete(self, ctx: RequestContext) -> dict:
-        body, tool_names = self._convert(ctx)
+        body, tool_names = await self._converted(ctx)
         req = ctx.request
-        raw = await self.chat_complete(ctx.target, body, ctx.cred)
-        return openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
+        try:
+            raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
+        finally:
+            if ctx.size > OFFLOAD_BYTES:
+                release_stepwise(body.get("messages"), body.get("input"))  # chat / Responses
+        msg = self.from_upstream(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
+        self._account(ctx, raw, msg)
+        return msg
+
+    @staticmethod
+    def _account(ctx: RequestContext, raw: dict, msg: dict) -> None:
+        """The upstream's usage and finish reason of a non-streamed answer, onto the request's context."""
+        ctx.usage = from_openai(raw.get("usage"))
+        if ctx.usage is None:
+            ctx.output_chars = anthropic_content_chars(msg)
+        choices = raw.get("choices")
+        if choices and isinstance(choices[0], dict):
+            ctx.finish_reason = choices[0].get("finish_reason")
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
-        body, tool_names = self._convert(ctx)
+        body, tool_names = await self._converted(ctx)
         req = ctx.request
-        source = await self.chat_stream(ctx.target, body, ctx.cred)
-        converter = OpenAIStreamConverter(model=req.model, message_id=new_message_id(),
+        try:
+            source = await self.chat_stream(ctx.target, body, ctx.cred, ctx.trace_headers)
+        finally:
+            if ctx.size > OFFLOAD_BYTES:
+                release_stepwise(body.get("messages"), body.get("input"))  # chat / Responses
+        converter = self.stream_converter(model=req.model, message_id=new_message_id(),
                                           stop_sequences=req.stop_sequences, tool_names=tool_names)
         return ChatStream(source, converter)
 
     async def count_tokens(self, ctx: RequestContext) -> dict:
-        return {"input_tokens": await count_tokens_locally(ctx.body, ctx.target)}
+        offload = ctx.size > OFFLOAD_BYTES
+        return {"input_tokens": await count_tokens_locally(ctx.request, ctx.target, offload=offload)}
 
     async def aclose(self) -> None:
         pass

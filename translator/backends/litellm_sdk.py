@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any
+from typing import Any, Mapping
 
 from translator.backends.base import BackendDeps
 from translator.backends.chat import ChatBackend
@@ -63,7 +63,8 @@ _LITELLM_NOISE = re.compile(r"litellm\.\w+:\s*|\w+Exception\s*-\s*|\s*(Received 
                             r"File an issue if litellm error.*|LiteLLM Retried:.*)$", re.S)
 
 
-def _kwargs(target: Target, body: dict, cred: Credential, timeout: float) -> dict[str, Any]:
+def _kwargs(target: Target, body: dict, cred: Credential, timeout: float,
+            trace: Mapping[str, str] | None = None) -> dict[str, Any]:
     kw = {k: v for k, v in body.items() if k != "model"}
     kw["model"] = target.model
     if cred.key:
@@ -72,6 +73,8 @@ def _kwargs(target: Target, body: dict, cred: Credential, timeout: float) -> dic
         kw["api_base"] = target.base_url
     kw["timeout"] = timeout
     kw.update(target.extra)
+    if trace:
+        kw["extra_headers"] = dict(trace)  # sent with the provider's HTTP request
     return kw
 
 
@@ -147,9 +150,10 @@ class LiteLLMBackend(ChatBackend):
         self.timeout_s = deps.settings.read_timeout_s
         self.first_chunk_wait_s = deps.settings.ping_interval_s
 
-    async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
+    async def chat_complete(self, target: Target, body: dict, cred: Credential,
+                            trace: Mapping[str, str] | None = None) -> dict:
         litellm = await get_litellm()
-        kw = _kwargs(target, body, cred, self.timeout_s)
+        kw = _kwargs(target, body, cred, self.timeout_s, trace)
         kw.pop("stream", None)
         kw.pop("stream_options", None)
         try:
@@ -158,9 +162,10 @@ class LiteLLMBackend(ChatBackend):
             raise map_exception(exc, target.provider, cred) from None
         return resp.model_dump(exclude_none=True)
 
-    async def chat_stream(self, target: Target, body: dict, cred: Credential) -> LiteLLMChunks:
+    async def chat_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> LiteLLMChunks:
         litellm = await get_litellm()
-        kw = _kwargs(target, body, cred, self.timeout_s)
+        kw = _kwargs(target, body, cred, self.timeout_s, trace)
         kw["stream"] = True
         try:
             wrapper = await litellm.acompletion(**kw)

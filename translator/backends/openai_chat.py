@@ -11,14 +11,15 @@ Which HTTP client carries the request: `translator.backends.transport`. Details 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Iterable, Mapping
 
 import orjson
 
 from translator.backends.base import BackendDeps
 from translator.backends.chat import ChatBackend
 from translator.backends.transport import (Transport, UpstreamResponse, end_response, error_from_response,
-                                           is_transport_error, read_all, read_within, transport_error)
+                                           event_too_large, is_transport_error, read_all, read_within,
+                                           transport_error)
 from translator.credentials import Credential
 from translator.errors import ApiError, extract_message, upstream_error, upstream_not_json
 from translator.routing import Target
@@ -38,8 +39,10 @@ class OpenAIChunks:
     """An open streaming response whose status was 200: its chunk dicts, read batch by batch (a
     `ChunkSource`). Always `aclose()`."""
 
-    def __init__(self, resp: UpstreamResponse, provider: str, cred: Credential) -> None:
+    def __init__(self, resp: UpstreamResponse, provider: str, cred: Credential,
+                 max_event_bytes: int = 4 << 20) -> None:
         self._resp = resp
+        self._max_event = max_event_bytes
         self._provider = provider
         self._cred = cred
         self._decoder = SSEDecoder()
@@ -81,7 +84,11 @@ class OpenAIChunks:
                     self._done = True
                     return self._chunks(self._decoder.flush())
                 return []
-            return self._chunks(self._decoder.feed(raw))
+            decoder = self._decoder
+            batch = self._chunks(decoder.feed(raw))
+            if decoder.pending_bytes > self._max_event:
+                raise event_too_large(self._provider, self._max_event)
+            return batch
         except ApiError:
             raise
         except Exception as exc:
@@ -117,6 +124,8 @@ class OpenAIChunks:
 class OpenAIChatClient:
     """POST /chat/completions to an OpenAI-compatible upstream; OpenAI-shaped answers."""
 
+    endpoint = "/chat/completions"
+
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self._urls: dict[str | None, str] = {}
@@ -124,50 +133,63 @@ class OpenAIChatClient:
     def _url(self, target: Target) -> str:
         hit = self._urls.get(target.base_url)
         if hit is None:
-            hit = self._urls[target.base_url] = f"{(target.base_url or DEFAULT_BASE_URL).rstrip('/')}/chat/completions"
+            hit = self._urls[target.base_url] = f"{(target.base_url or DEFAULT_BASE_URL).rstrip('/')}{self.endpoint}"
         return hit
 
-    async def _post(self, target: Target, body: dict, cred: Credential, accept: str) -> UpstreamResponse:
+    async def _post(self, target: Target, body: dict, cred: Credential, accept: str,
+                    trace: Mapping[str, str] | None) -> UpstreamResponse:
         headers = {"content-type": "application/json", "accept": accept}
         if cred.key:
             headers["authorization"] = f"Bearer {cred.key}"
+        if trace:
+            headers.update(trace)
         return await self.transport.post(self._url(target), orjson.dumps(body), headers, target.provider)
 
-    async def complete(self, target: Target, body: dict, cred: Credential) -> dict:
-        resp = await self._post(target, body, cred, "application/json")
+    async def post_json(self, target: Target, body: dict, cred: Credential,
+                        trace: Mapping[str, str] | None = None) -> object:
+        """POST and the parsed JSON answer of a 200 (any other status raises the mapped error)."""
+        resp = await self._post(target, body, cred, "application/json", trace)
         if resp.status != 200:
             raise await error_from_response(resp, target.provider, cred)
         try:
-            raw = await read_all(resp, target.provider)
+            raw = await read_all(resp, target.provider, self.transport.max_body_bytes)
         except BaseException:
             resp.close()
             raise
         resp.release()
         try:
-            data = orjson.loads(raw)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise upstream_not_json(target.provider) from None
+
+    async def complete(self, target: Target, body: dict, cred: Credential,
+                       trace: Mapping[str, str] | None = None) -> dict:
+        data = await self.post_json(target, body, cred, trace)
         if not isinstance(data, dict) or data.get("error") is not None and not data.get("choices"):
             raise upstream_error(502, extract_message(data), provider=target.provider, secrets=[cred.key])
         return data
 
-    async def open_stream(self, target: Target, body: dict, cred: Credential) -> OpenAIChunks:
-        resp = await self._post(target, body, cred, "text/event-stream")
+    async def open_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> OpenAIChunks:
+        resp = await self._post(target, body, cred, "text/event-stream", trace)
         if resp.status != 200:
             raise await error_from_response(resp, target.provider, cred)
-        return OpenAIChunks(resp, target.provider, cred)
+        return OpenAIChunks(resp, target.provider, cred, self.transport.max_event_bytes)
 
 
 class OpenAIChatBackend(ChatBackend):
     """Backend kind `openai`: OpenAI, a LiteLLM gateway (`litellm_proxy/`), vLLM and other compatible servers."""
 
     kind = "openai"
+    client_class: type[OpenAIChatClient] = OpenAIChatClient
 
     def __init__(self, deps: BackendDeps) -> None:
-        self.client = OpenAIChatClient(deps.transport)
+        self.client = self.client_class(deps.transport)
 
-    async def chat_complete(self, target: Target, body: dict, cred: Credential) -> dict:
-        return await self.client.complete(target, body, cred)
+    async def chat_complete(self, target: Target, body: dict, cred: Credential,
+                            trace: Mapping[str, str] | None = None) -> dict:
+        return await self.client.complete(target, body, cred, trace)
 
-    async def chat_stream(self, target: Target, body: dict, cred: Credential) -> OpenAIChunks:
-        return await self.client.open_stream(target, body, cred)
+    async def chat_stream(self, target: Target, body: dict, cred: Credential,
+                          trace: Mapping[str, str] | None = None) -> OpenAIChunks:
+        return await self.client.open_stream(target, body, cred, trace)

@@ -10,6 +10,7 @@ from translator.backends.anthropic_messages import AnthropicBackend
 from translator.backends.base import Backend, BackendDeps
 from translator.backends.litellm_sdk import LiteLLMBackend
 from translator.backends.openai_chat import OpenAIChatBackend
+from translator.backends.openai_responses import ResponsesBackend
 from translator.backends.transport import Transport
 from translator.errors import ApiError
 from translator.routing import Target
@@ -17,6 +18,7 @@ from translator.settings import Settings
 
 BACKENDS: Mapping[str, Callable[[BackendDeps], Backend]] = {
     "openai": OpenAIChatBackend,
+    "responses": ResponsesBackend,
     "anthropic": AnthropicBackend,
     "litellm": LiteLLMBackend,
 }
@@ -33,10 +35,8 @@ class Backends:
         self._by_kind: dict[str, Backend] = {}
 
     def start(self) -> None:
-        s = self.settings
-        self.transport = Transport(connect_timeout_s=s.connect_timeout_s, read_timeout_s=s.read_timeout_s,
-                                   max_connections=s.max_connections)
-        deps = BackendDeps(settings=s, transport=self.transport)
+        self.transport = Transport.from_settings(self.settings)
+        deps = BackendDeps(settings=self.settings, transport=self.transport)
         self._by_kind = {kind: factory(deps) for kind, factory in self.registry.items()}
 
     def for_target(self, target: Target) -> Backend:

@@ -1,7 +1,7 @@
 """Pure helpers for Anthropic-format bodies forwarded to an Anthropic backend (the passthrough path).
 
-Thinking blocks that this translator made from an OpenAI-style backend's reasoning carry the synthetic
-signature `SYNTHETIC_SIGNATURE`. When a conversation that started on such a backend continues on an Anthropic
+Thinking blocks that this translator made from an OpenAI-style backend's reasoning carry a signature of its
+own (`keyrelay-` prefix: `SYNTHETIC_SIGNATURE`, or a Responses reasoning item's carrier). When a conversation that started on such a backend continues on an Anthropic
 backend, Anthropic rejects those signatures ("Invalid signature in thinking block"), so the passthrough drops
 exactly those blocks (and an assistant message left empty by that) and leaves everything else (including real
 signed thinking) untouched.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from translator.convert.openai_response import SYNTHETIC_SIGNATURE
+from translator.convert.openai_response import is_synthetic_signature
 
 
 def drop_synthetic_thinking(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -29,7 +29,7 @@ def drop_synthetic_thinking(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
         kept = [
             b
             for b in content
-            if not (isinstance(b, dict) and b.get("type") == "thinking" and b.get("signature") == SYNTHETIC_SIGNATURE)
+            if not (isinstance(b, dict) and b.get("type") == "thinking" and is_synthetic_signature(b.get("signature")))
         ]
         if len(kept) != len(content):
             dropped += len(content) - len(kept)

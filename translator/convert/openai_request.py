@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from translator.convert.call_ids import signature_of, upstream_call
 from translator.convert.schema_clean import clean_schema_for_gemini
 from translator.schemas.anthropic import (
     Base64Source,
@@ -76,6 +77,10 @@ class BackendCaps:
     # Longest function name the backend takes (OpenAI: 64; Anthropic allows longer names, e.g. MCP tools).
     # Longer names are shortened deterministically; `tool_name_map` gives the way back for the response.
     max_tool_name_length: int | None = 64
+    # Where the backend wants a Gemini thought signature back on an assistant tool call: LiteLLM reads
+    # `provider_specific_fields.thought_signature`, Gemini's OpenAI-compatible endpoint
+    # `extra_content.google.thought_signature`. None: signatures are not sent (the backend's own call id is).
+    thought_signature_field: Literal["provider_specific_fields", "extra_content"] | None = None
 
 
 # Thinking budget -> reasoning effort. Claude Code asks budgets of about 4k ("think"), 10k ("think hard") and
@@ -158,11 +163,31 @@ class _Converter:
         self._counts: dict[str, int] = {}
 
     def call_id(self, tool_id: str) -> str:
+        """The backend's own id for a tool_use id the client sent back (see call_ids)."""
+        tool_id = upstream_call(tool_id)[0]
         limit = self.caps.max_tool_call_id_length
         if limit is not None and len(tool_id) > limit:
             self.note("shortened tool call ids longer than the backend takes")
             return _stable_short(tool_id, "toolu_", limit)
         return tool_id
+
+    def max_tokens(self, req: MessagesRequest) -> int:
+        """The request's max_tokens, capped at the model's output limit."""
+        limit = self.caps.max_output_tokens
+        if limit is not None and req.max_tokens > limit:
+            self.note("capped max_tokens to the model's output limit")
+            return limit
+        return req.max_tokens
+
+    def sampling(self, req: MessagesRequest, body: dict[str, Any]) -> None:
+        """temperature and top_p into `body`, unless the backend rejects sampling parameters."""
+        if self.caps.sampling_params:
+            if req.temperature is not None:
+                body["temperature"] = req.temperature
+            if req.top_p is not None:
+                body["top_p"] = req.top_p
+        elif req.temperature is not None or req.top_p is not None:
+            self.note("dropped temperature/top_p (backend rejects sampling parameters)")
 
     def note(self, what: str) -> None:
         self._counts[what] = self._counts.get(what, 0) + 1
@@ -344,13 +369,21 @@ class _Converter:
             if isinstance(b, TextBlock):
                 texts.append(b.text)
             elif isinstance(b, ToolUseBlock):
-                calls.append(
-                    {
-                        "id": self.call_id(b.id),
-                        "type": "function",
-                        "function": {"name": backend_tool_name(b.name, self.caps), "arguments": _dumps(b.input)},
-                    }
-                )
+                call: dict[str, Any] = {
+                    "id": self.call_id(b.id),
+                    "type": "function",
+                    "function": {"name": backend_tool_name(b.name, self.caps), "arguments": _dumps(b.input)},
+                }
+                sig = signature_of(*upstream_call(b.id))
+                if sig is not None:
+                    field = self.caps.thought_signature_field
+                    if field == "provider_specific_fields":
+                        call["provider_specific_fields"] = {"thought_signature": sig}
+                    elif field == "extra_content":
+                        call["extra_content"] = {"google": {"thought_signature": sig}}
+                    else:
+                        self.note("dropped thought signatures (backend takes none)")
+                calls.append(call)
             elif isinstance(b, ThinkingBlock):
                 if self.caps.reasoning_content_input:
                     reasoning.append(b.thinking)
@@ -402,11 +435,16 @@ class _Converter:
 
     # ------------------------------------------------------------------ tools
 
+    def server_tool(self, tool: Any) -> None:
+        """An Anthropic-defined tool (web search, web fetch, code execution, bash, text editor, computer,
+        memory, ...): Anthropic runs it or defines its schema; a chat completions backend has no equivalent."""
+        self.note(f"dropped server tool {tool.name!r} (type {tool.type!r}): the backend has no equivalent")
+
     def tools(self, req: MessagesRequest) -> list[dict]:
         tools: list[dict] = []
         for t in req.tools or ():
             if not t.is_custom:
-                self.note(f"dropped Anthropic-defined tool type {t.type!r}")
+                self.server_tool(t)
                 continue
             params = t.input_schema or {"type": "object", "properties": {}}
             if self.caps.gemini_schema:
@@ -432,11 +470,7 @@ def anthropic_to_openai(
     conv = _Converter(caps, notes)
     body: dict[str, Any] = {"model": model, "messages": conv.messages(req)}
 
-    max_tokens = req.max_tokens
-    if caps.max_output_tokens is not None and max_tokens > caps.max_output_tokens:
-        max_tokens = caps.max_output_tokens
-        conv.note("capped max_tokens to the model's output limit")
-    body["max_completion_tokens" if caps.use_max_completion_tokens else "max_tokens"] = max_tokens
+    body["max_completion_tokens" if caps.use_max_completion_tokens else "max_tokens"] = conv.max_tokens(req)
 
     if req.stop_sequences:
         stops = req.stop_sequences
@@ -445,13 +479,7 @@ def anthropic_to_openai(
             conv.note("dropped stop sequences beyond the backend's limit")
         body["stop"] = list(stops)
 
-    if caps.sampling_params:
-        if req.temperature is not None:
-            body["temperature"] = req.temperature
-        if req.top_p is not None:
-            body["top_p"] = req.top_p
-    elif req.temperature is not None or req.top_p is not None:
-        conv.note("dropped temperature/top_p (backend rejects sampling parameters)")
+    conv.sampling(req, body)
     if req.top_k is not None:
         if caps.top_k:
             body["top_k"] = req.top_k

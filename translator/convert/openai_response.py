@@ -7,13 +7,17 @@ from typing import Any, Mapping
 
 from pydantic_core import from_json
 
+from translator.convert.call_ids import client_id_for_call
 from translator.ids import new_message_id, new_tool_use_id
+from translator.usage import Usage, from_openai
 
 __all__ = [
     "openai_to_anthropic",
     "map_finish_reason",
     "map_usage",
     "parse_tool_arguments",
+    "tool_use_block",
+    "anthropic_message",
     "SYNTHETIC_SIGNATURE",
     "is_synthetic_signature",
 ]
@@ -38,7 +42,9 @@ _FINISH = {
 
 
 def is_synthetic_signature(signature: str | None) -> bool:
-    return signature == SYNTHETIC_SIGNATURE
+    """A signature this translator made (the unsigned marker, or a Responses reasoning item's carrier, see
+    responses_request.reasoning_signature): never Anthropic's, so never sent to Anthropic."""
+    return isinstance(signature, str) and signature.startswith("keyrelay-")
 
 
 def map_finish_reason(finish_reason: str | None, *, has_tool_calls: bool) -> str:
@@ -71,27 +77,9 @@ def matched_stop_sequence(
 
 
 def map_usage(usage: dict[str, Any] | None) -> dict[str, int]:
-    """OpenAI usage -> Anthropic usage.
-
-    OpenAI's prompt_tokens include cached tokens; Anthropic's input_tokens exclude both cache reads and cache
-    writes. Cache reads come as prompt_tokens_details.cached_tokens (OpenAI) or cache_read_input_tokens
-    (LiteLLM); cache writes as cache_creation_input_tokens (LiteLLM, for Anthropic/Bedrock/Gemini backends).
-    """
-    if not usage:
-        return {"input_tokens": 0, "output_tokens": 0}
-    prompt = usage.get("prompt_tokens") or 0
-    details = usage.get("prompt_tokens_details") or {}
-    cache_read = usage.get("cache_read_input_tokens") or details.get("cached_tokens") or 0
-    cache_write = usage.get("cache_creation_input_tokens") or details.get("cache_creation_tokens") or 0
-    out = {
-        "input_tokens": max(0, prompt - cache_read - cache_write),
-        "output_tokens": usage.get("completion_tokens") or 0,
-    }
-    if cache_read:
-        out["cache_read_input_tokens"] = cache_read
-    if cache_write:
-        out["cache_creation_input_tokens"] = cache_write
-    return out
+    """OpenAI usage -> Anthropic usage (translator.usage: OpenAI's prompt_tokens include cache reads and writes,
+    Anthropic's input_tokens exclude both)."""
+    return (from_openai(usage) or Usage()).to_anthropic()
 
 
 def _repair_truncated(raw: str) -> Any:
@@ -173,6 +161,31 @@ def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+def tool_use_block(client_id: str | None, name: Any, arguments: Any,
+                   tool_names: Mapping[str, str] | None) -> dict[str, Any]:
+    """A complete tool_use block: a generated id when the backend gave none, the name the client sent (a
+    shortened backend name mapped back), the input from `parse_tool_arguments`."""
+    name = name if isinstance(name, str) else ""
+    if tool_names:
+        name = tool_names.get(name, name)
+    return {"type": "tool_use", "id": client_id or new_tool_use_id(), "name": name,
+            "input": parse_tool_arguments(arguments)}
+
+
+def anthropic_message(content: list[dict[str, Any]], *, model: str, stop_reason: str, stop_sequence: str | None,
+                      usage: dict[str, int], message_id: str | None) -> dict[str, Any]:
+    return {
+        "id": message_id or new_message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": usage,
+    }
+
+
 def openai_to_anthropic(
     resp: dict[str, Any],
     *,
@@ -202,17 +215,8 @@ def openai_to_anthropic(
         content.append({"type": "text", "text": str(refusal)})
     for call in calls:
         fn = call.get("function") or {}
-        name = fn.get("name") or ""
-        if tool_names:
-            name = tool_names.get(name, name)
-        content.append(
-            {
-                "type": "tool_use",
-                "id": call.get("id") or new_tool_use_id(),
-                "name": name,
-                "input": parse_tool_arguments(fn.get("arguments")),
-            }
-        )
+        cid = client_id_for_call(call["id"], call) if call.get("id") else None
+        content.append(tool_use_block(cid, fn.get("name"), fn.get("arguments"), tool_names))
 
     stop_reason = map_finish_reason(choice.get("finish_reason"), has_tool_calls=bool(calls))
     if refusal and not text and not calls:
@@ -222,13 +226,5 @@ def openai_to_anthropic(
     else:
         stop_sequence = None
 
-    return {
-        "id": message_id or new_message_id(),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": stop_sequence,
-        "usage": map_usage(resp.get("usage")),
-    }
+    return anthropic_message(content, model=model, stop_reason=stop_reason, stop_sequence=stop_sequence,
+                             usage=map_usage(resp.get("usage")), message_id=message_id)

@@ -8,12 +8,18 @@ message_stop.
 
 Ordering and tool calls:
 - Text and reasoning stream live (text_delta / thinking_delta), each kind in its own block.
-- Tool calls are buffered per OpenAI `index` and emitted, each as start + one input_json_delta + stop, when the
-  choice finishes (finish_reason) or at `finish()`. That is what makes every case below lossless: name and
-  arguments in one chunk, arguments of parallel calls interleaved, the id arriving late, arguments arriving
-  before the name, and invalid or truncated JSON (repaired or wrapped, see `parse_tool_arguments`) that an SDK
-  accumulator would otherwise fail on. It also spares the client re-parsing a growing JSON buffer per delta.
-- Text or reasoning that arrives after the first tool call is kept in order behind the calls (a new block).
+- A tool call streams live: its block starts as soon as its id and name are known (and no lower OpenAI `index`
+  can still come first), and its arguments go out as input_json_delta while they arrive, each piece checked
+  by `json_prefix.ObjectPrefix` so the client never receives bytes that cannot become a JSON object. The block
+  closes when the object is complete. Anything that arrives meanwhile for another call, or text, waits in
+  arrival order and follows as soon as the open call completes: calls that really interleave are buffered,
+  calls that come one after another (the common case) are not, and text between two calls keeps its place.
+- A call whose arguments do not start as a JSON object is held until the choice finishes and normalized like a
+  non-streamed response (`parse_tool_arguments`); a live call cut short (length limit, invalid continuation)
+  is completed with the shortest closing text (`ObjectPrefix.closing`), so every tool block holds a JSON object.
+- Stop sequences: with `stop_sequences`, text that could be the start of one is held back (at most the longest
+  sequence's length) until it is known not to be; a sequence found in the text ends the output there
+  (stop_reason stop_sequence), whether or not the backend named it.
 
 Hot path: a text delta while a text block is open costs a few dict lookups and one small dict per event; no
 pydantic, no copies.
@@ -24,6 +30,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from translator.convert.call_ids import client_id_for_call
+from translator.convert.json_prefix import ObjectPrefix
 from translator.convert.openai_response import (
     SYNTHETIC_SIGNATURE,
     map_finish_reason,
@@ -34,17 +42,27 @@ from translator.ids import new_message_id, new_tool_use_id
 
 Event = tuple[str, dict[str, Any]]
 
-_NONE, _TEXT, _THINKING = 0, 1, 2
+_NONE, _TEXT, _THINKING, _TOOL = 0, 1, 2, 3
 
 
 class _Tool:
-    __slots__ = ("id", "name", "args", "order")
+    __slots__ = ("id", "name", "args", "order", "call", "json", "sent", "index")
 
     def __init__(self, order: tuple[int, int]) -> None:
         self.order = order  # (OpenAI index, arrival): tool blocks are emitted in this order
         self.id: str | None = None
         self.name: str | None = None
         self.args: list[str] = []
+        self.call: dict[str, Any] = {}  # the first chunk's call object (thought signature fields)
+        self.json: ObjectPrefix | None = None  # set while the call streams live
+        self.sent = False  # an input_json_delta went out
+        self.index = -1  # its block index once started
+
+    def complete(self) -> bool:
+        """The live block can close: the object is complete, or it broke after some input was sent (what
+        follows is not forwarded). A call broken before sending anything waits for the end of the choice."""
+        j = self.json
+        return j is not None and (j.done or (j.broken and self.sent))
 
 
 def _tool_input_json(raw: str) -> str:
@@ -72,9 +90,13 @@ class OpenAIStreamConverter:
         "_done",
         "_index",
         "_open",
-        "_deferring",
+        "_live",
+        "_next_index",
         "_tools",
         "_segments",
+        "_stops",
+        "_held",
+        "_cut",
         "_finish_reason",
         "_matched_stop",
         "_usage",
@@ -83,6 +105,7 @@ class OpenAIStreamConverter:
         "_tool_blocks",
         "_tool_names",
         "_refused",
+        "_arrivals",
     )
 
     def __init__(
@@ -102,10 +125,14 @@ class OpenAIStreamConverter:
         self._started = False
         self._done = False
         self._index = -1  # index of the last block started
-        self._open = _NONE  # kind of the block currently open (text / thinking); tool blocks never stay open
-        self._deferring = False  # a tool call appeared: later text/reasoning queue behind it
+        self._open = _NONE  # kind of the block currently open (text / thinking / tool)
+        self._live: _Tool | None = None  # the tool call whose block is open
+        self._next_index = 0  # a call with a higher OpenAI index waits (a lower one may still come)
         self._tools: dict[int, _Tool] = {}
-        self._segments: list[Any] = []  # pending, in arrival order: _Tool or [kind, [pieces]]
+        self._segments: list[Any] = []  # waiting, in arrival order: _Tool or [kind, [pieces]]
+        self._stops = [s for s in stop_sequences if s] if stop_sequences else None
+        self._held = ""  # text held back: it may be the start of a stop sequence
+        self._cut = False  # a stop sequence was found in the text: the output ends there
         self._finish_reason: str | None = None
         self._matched_stop: str | None = None
         self._usage: dict[str, Any] | None = None
@@ -113,8 +140,24 @@ class OpenAIStreamConverter:
         self._signature: str | None = None
         self._tool_blocks = 0
         self._refused = False
+        self._arrivals = 0
 
     # ------------------------------------------------------------------ public
+
+    @property
+    def upstream_usage(self) -> dict[str, Any] | None:
+        """The last `usage` object the upstream sent (OpenAI streams send it in their final chunk), or None."""
+        return self._usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The upstream's finish_reason (`stop`, `length`, `tool_calls`, ...), once a chunk carried one."""
+        return self._finish_reason
+
+    @property
+    def output_chars(self) -> int:
+        """Characters of text, reasoning and tool arguments seen so far (for an estimate without usage)."""
+        return self._chars
 
     def start(self) -> list[Event]:
         """message_start (once). `feed` calls it; the server may call it early (e.g. as soon as the upstream
@@ -153,13 +196,18 @@ class OpenAIStreamConverter:
             return out
         choice = choices[0]
         delta = choice.get("delta")
-        if delta:  # (a dict; a malformed non-dict chunk is the caller's 502, see the server's stream reader)
+        if delta and not self._cut:  # (a dict; a malformed non-dict chunk is the caller's 502, see the server)
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning and isinstance(reasoning, str):
                 self._chars += len(reasoning)
                 self._piece(_THINKING, reasoning, out)
             text = delta.get("content")
-            if text:
+            if text and self._stops is not None:
+                self._chars += len(text)
+                text = self._hold_back(text)
+                if text:
+                    self._piece(_TEXT, text, out)
+            elif text:
                 self._chars += len(text)
                 if self._open == _TEXT:
                     out.append(
@@ -212,7 +260,9 @@ class OpenAIStreamConverter:
         if self._refused and stop_reason == "end_turn":
             stop_reason = "refusal"
         stop_sequence = None
-        if (
+        if self._cut:
+            stop_reason, stop_sequence = "stop_sequence", self._matched_stop
+        elif (
             stop_reason == "end_turn"
             and self._matched_stop is not None
             and self.stop_sequences
@@ -236,6 +286,12 @@ class OpenAIStreamConverter:
         out.append(("message_stop", {"type": "message_stop"}))
         return out
 
+    @property
+    def stopped(self) -> bool:
+        """A stop sequence was found in the text: nothing after it will be emitted (the caller may stop
+        reading the upstream)."""
+        return self._cut
+
     def error(self, type: str, message: str) -> Event:
         """An `error` event for a failure after the stream started (never a made-up stop_reason)."""
         self._done = True
@@ -244,6 +300,9 @@ class OpenAIStreamConverter:
     # ------------------------------------------------------------------ blocks
 
     def _close(self, out: list[Event]) -> None:
+        if self._open == _TOOL:
+            self._close_tool(out)
+            return
         if self._open == _THINKING:
             out.append(
                 (
@@ -272,14 +331,43 @@ class OpenAIStreamConverter:
         )
         return self._index
 
+    def _hold_back(self, text: str) -> str:
+        """The part of `text` that can go out now: up to a stop sequence found in it (the output ends there),
+        else all but a tail that may be the start of a stop sequence (held for the next piece)."""
+        s = self._held + text
+        stops = self._stops
+        assert stops is not None
+        first = -1
+        for seq in stops:
+            at = s.find(seq)
+            if at != -1 and (first == -1 or at < first):
+                first, self._matched_stop = at, seq
+        if first != -1:
+            self._cut = True
+            self._held = ""
+            return s[:first]
+        keep = 0  # the longest tail of s that is a proper prefix of a sequence
+        n = len(s)
+        for seq in stops:
+            first_char = seq[0]
+            i = s.find(first_char, max(0, n - len(seq) + 1))
+            while i != -1 and n - i > keep:  # leftmost candidate first: the longest tail
+                if seq.startswith(s[i:]):
+                    keep = n - i
+                    break
+                i = s.find(first_char, i + 1)
+        self._held = s[n - keep:] if keep else ""
+        return s[: len(s) - keep]
+
     def _piece(self, kind: int, text: str, out: list[Event]) -> None:
         """Text or reasoning that does not continue the open block."""
-        if self._deferring:
+        if self._segments or self._open == _TOOL:
             last = self._segments[-1] if self._segments else None
             if isinstance(last, list) and last[0] == kind:
                 last[1].append(text)
             else:
                 self._segments.append([kind, [text]])
+            self._advance(out)
             return
         if self._open == kind:
             self._delta(kind, text, out)
@@ -301,10 +389,6 @@ class OpenAIStreamConverter:
         out.append(("content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": d}))
 
     def _tool_calls(self, calls: list[dict[str, Any]], out: list[Event]) -> None:
-        if not self._deferring:
-            self._deferring = True
-            if self._open != _NONE:
-                self._close(out)
         tools = self._tools
         for call in calls:
             if not isinstance(call, dict):
@@ -324,10 +408,12 @@ class OpenAIStreamConverter:
                 # every parallel call at index 0); the same id repeated is the same call.
                 cid and tool.id and cid != tool.id and fn and fn.get("name")
             ):
-                tool = tools[i] = _Tool((i if isinstance(i, int) else 1 << 30, len(self._segments)))
+                self._arrivals += 1
+                tool = tools[i] = _Tool((i if isinstance(i, int) else 1 << 30, self._arrivals))
                 self._segments.append(tool)
             if cid and not tool.id:
                 tool.id = cid
+                tool.call = call
             if fn:
                 name = fn.get("name")
                 if name and not tool.name:
@@ -338,26 +424,121 @@ class OpenAIStreamConverter:
                         args = json.dumps(args, ensure_ascii=False)
                     tool.args.append(args)
                     self._chars += len(args)
+                    if tool is self._live:
+                        self._send_args(tool, args, out)
+        self._advance(out)
+
+    def _advance(self, out: list[Event]) -> None:
+        """Close the live call once complete, then emit what waits, in arrival order, until something must
+        wait again (a call still receiving arguments, or one whose id/name is unknown or whose lower-index
+        sibling may still come)."""
+        while True:
+            live = self._live
+            if live is not None:
+                if not live.complete():
+                    return
+                self._close_tool(out)
+            segments = self._segments
+            if not segments:
+                return
+            head = segments[0]
+            if isinstance(head, _Tool):
+                tool = min((t for t in segments if isinstance(t, _Tool)), key=_order)
+                if tool.id is None or tool.name is None or tool.order[0] > self._next_index:
+                    return
+                segments.remove(tool)
+                self._open_tool(tool, out)
+            else:
+                segments.pop(0)
+                kind, pieces = head
+                self._piece(kind, "".join(pieces), out)
+
+    def _open_tool(self, tool: _Tool, out: list[Event]) -> None:
+        if self._open != _NONE:
+            self._close(out)
+        self._next_index = max(self._next_index, tool.order[0] + 1)
+        tool.index = self._start_block(self._tool_block(tool), out)
+        self._open = _TOOL
+        self._live = tool
+        tool.json = ObjectPrefix()
+        if tool.args:
+            self._send_args(tool, "".join(tool.args), out)
+
+    def _send_args(self, tool: _Tool, args: str, out: list[Event]) -> None:
+        j = tool.json
+        assert j is not None
+        if j.broken:
+            return
+        n = j.feed(args)
+        if n and j.started:
+            piece = args[:n] if n < len(args) else args
+            if not tool.sent:
+                piece = piece.lstrip()
+            if piece:
+                tool.sent = True
+                out.append(
+                    (
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": tool.index,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
+                        },
+                    )
+                )
+
+    def _close_tool(self, out: list[Event]) -> None:
+        tool = self._live
+        assert tool is not None and tool.json is not None
+        if tool.sent:
+            tail = tool.json.closing()
+        else:  # nothing usable streamed: the whole arguments, normalized like a non-streamed response
+            tail = _tool_input_json("".join(tool.args))
+        if tail:
+            out.append(
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": tool.index,
+                        "delta": {"type": "input_json_delta", "partial_json": tail},
+                    },
+                )
+            )
+        out.append(("content_block_stop", {"type": "content_block_stop", "index": tool.index}))
+        self._live = None
+        self._open = _NONE
+        self._tool_blocks += 1
+
+    def _tool_block(self, tool: _Tool) -> dict[str, Any]:
+        name = tool.name or ""
+        if self._tool_names:
+            name = self._tool_names.get(name, name)
+        return {
+            "type": "tool_use",
+            "id": client_id_for_call(tool.id, tool.call) if tool.id else new_tool_use_id(),
+            "name": name,
+            "input": {},
+        }
 
     def _flush(self, out: list[Event]) -> None:
-        """Close the open block and emit everything pending, in arrival order."""
+        """The choice ended: emit held text, close the open block and emit everything waiting, in arrival
+        order; calls that waited fill their places in OpenAI index order."""
+        if self._held:
+            held, self._held = self._held, ""
+            self._piece(_TEXT, held, out)
         if self._open != _NONE:
             self._close(out)
         segments, self._segments = self._segments, []
-        self._deferring = False
         self._tools = {}
-        tools_done = False
+        self._next_index = 0
+        tools = sorted((t for t in segments if isinstance(t, _Tool)), key=_order)
         for seg in segments:
             if isinstance(seg, _Tool):
-                # All calls of the turn together, in OpenAI index order (what a non-streamed response lists),
-                # where the first one arrived; text that came after a call follows them.
-                if tools_done:
+                tool = tools.pop(0)
+                if tool.name is None and tool.id is None and not tool.args:
                     continue
-                tools_done = True
-                for tool in sorted((t for t in segments if isinstance(t, _Tool)), key=lambda t: t.order):
-                    if tool.name is None and tool.id is None and not tool.args:
-                        continue
-                    self._emit_tool(tool, out)
+                self._emit_tool(tool, out)
             else:
                 kind, pieces = seg
                 self._piece(kind, "".join(pieces), out)
@@ -365,18 +546,8 @@ class OpenAIStreamConverter:
             self._close(out)
 
     def _emit_tool(self, tool: _Tool, out: list[Event]) -> None:
-        name = tool.name or ""
-        if self._tool_names:
-            name = self._tool_names.get(name, name)
-        index = self._start_block(
-            {
-                "type": "tool_use",
-                "id": tool.id or new_tool_use_id(),
-                "name": name,
-                "input": {},
-            },
-            out,
-        )
+        """A call that never streamed live: start, its whole (normalized) arguments, stop."""
+        index = self._start_block(self._tool_block(tool), out)
         partial = _tool_input_json("".join(tool.args))
         if partial:
             out.append(
@@ -391,3 +562,7 @@ class OpenAIStreamConverter:
             )
         out.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
         self._tool_blocks += 1
+
+
+def _order(tool: _Tool) -> tuple[int, int]:
+    return tool.order

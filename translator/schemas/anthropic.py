@@ -13,6 +13,7 @@ Policy for what we do not model (see docs/conversion.md):
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -117,10 +118,22 @@ class TextBlock(_Model):
     cache_control: CacheControl | None = None
 
 
+# Counts the image blocks of one validation when set (translator.request_body's image cap): a validator that
+# runs only for image blocks, so a request without images pays nothing for the count.
+IMAGE_COUNT: ContextVar[list[int] | None] = ContextVar("image_count", default=None)
+
+
 class ImageBlock(_Model):
     type: Literal["image"] = "image"
     source: ImageSource
     cache_control: CacheControl | None = None
+
+    @model_validator(mode="after")
+    def _count(self) -> "ImageBlock":
+        count = IMAGE_COUNT.get()
+        if count is not None:
+            count[0] += 1
+        return self
 
 
 class DocumentBlock(_Model):
@@ -246,6 +259,10 @@ class Tool(_Model):
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     cache_control: CacheControl | None = None
+    # Web search server tool options (mapped to the Responses API's web_search tool; ignored elsewhere).
+    allowed_domains: list[str] | None = None
+    blocked_domains: list[str] | None = None
+    user_location: dict[str, Any] | None = None
 
     @property
     def is_custom(self) -> bool:
@@ -290,12 +307,19 @@ class _RequestBase(BaseModel):
         return sorted(self.model_extra or ())
 
 
+# Stop sequences are searched in every streamed text piece (the translator finds them itself, see
+# docs/conversion.md): their number and length bound that work per piece. Crossing either is a 400.
+MAX_STOP_SEQUENCES = 32
+MAX_STOP_SEQUENCE_CHARS = 256
+
+
 class MessagesRequest(_RequestBase):
     """POST /v1/messages body."""
 
     max_tokens: int = Field(ge=1)
     metadata: Metadata | None = None
-    stop_sequences: list[str] | None = None
+    stop_sequences: list[Annotated[str, Field(max_length=MAX_STOP_SEQUENCE_CHARS)]] | None = Field(
+        default=None, max_length=MAX_STOP_SEQUENCES)
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, ge=0, le=1)
