@@ -10,11 +10,13 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from keyrelay_budgets import REDIS_URL_ENV, check_url
 from keyrelay_stack.version import add_version_flag
 
+from .budgets import DEFAULT_REFRESH_SECONDS
 from .policy import Policy, PolicyError, builtin_policy, load_policy, parse_policy
 from .reload import LOOSEN_QUIET_SECONDS
 from .settings import EnvOverrides, SettingsError, apply_overrides, env_overrides, join_hostport, parse_addr
@@ -38,6 +40,8 @@ class Config:
     threads: int = 4
     check_handler: str = "direct"
     overrides: EnvOverrides = EnvOverrides()
+    redis_url: str | None = field(default=None, repr=False)
+    budget_refresh_seconds: float = DEFAULT_REFRESH_SECONDS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(EXT_AUTHZ_LOOSEN_QUIET_SECONDS; default 5)")
     p.add_argument("--drain-seconds", help="grace period for in-flight checks on SIGTERM (EXT_AUTHZ_DRAIN_SECONDS; "
                                            "default 5)")
+    p.add_argument("--redis-url", help="Redis holding the budget counters, redis://[:password@]host:port/db "
+                                       "(KEYRELAY_REDIS_URL; default: none, budgets follow on_redis_error)")
+    p.add_argument("--budget-refresh-seconds", help="seconds between refreshes of the local budget counters "
+                                                    "from Redis (KEYRELAY_BUDGET_REFRESH_SECONDS; default 0.25)")
     return add_version_flag(p)
 
 
@@ -113,7 +121,20 @@ def resolve_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Co
         drain_seconds=_number("--drain-seconds", _pick(args.drain_seconds, environ, "EXT_AUTHZ_DRAIN_SECONDS"),
                               5.0, float, 0, 600),
         overrides=env_overrides(environ),
+        redis_url=_redis_url(_pick(args.redis_url, environ, REDIS_URL_ENV)),
+        budget_refresh_seconds=_number("--budget-refresh-seconds", _pick(args.budget_refresh_seconds, environ,
+                                                                         "KEYRELAY_BUDGET_REFRESH_SECONDS"),
+                                       DEFAULT_REFRESH_SECONDS, float, 0.01, 10),
     )
+
+
+def _redis_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_url(value)
+    except ValueError as exc:
+        raise SettingsError(f"--redis-url: {exc}") from None
 
 
 def initial_policy(cfg: Config) -> Policy:
@@ -141,7 +162,8 @@ def build_worker(cfg: Config, policy: Policy, port: int, *, reuse_port: bool, re
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=reuse_port, drain_seconds=cfg.drain_seconds,
                                    reload_interval=cfg.reload_interval, loosen_quiet_seconds=cfg.loosen_quiet_seconds,
                                    threads=cfg.threads,
-                                   check_handler=cfg.check_handler),
+                                   check_handler=cfg.check_handler, redis_url=cfg.redis_url,
+                                   budget_refresh_seconds=cfg.budget_refresh_seconds),
                         store, metrics, cfg.policy, policy_builder(cfg.overrides))
     return worker, store
 

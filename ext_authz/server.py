@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import grpc
@@ -22,8 +22,9 @@ import keyrelay_tracing
 
 from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from .budgets import BUDGETED_ROUTE, DEFAULT_REFRESH_SECONDS, BudgetTracker
 from .check_loop import CheckLoop, CheckLoopError
-from .decide import decide, internal_error
+from .decide import budget_denial, decide, internal_error
 from .decision_log import DecisionLog
 from .extract import headers_from_header_map, headers_from_map, route_of
 from .logs import request_id
@@ -40,8 +41,10 @@ SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
 class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, store: PolicyStore, metrics: Metrics, decision_log: DecisionLog | None = None,
-                 tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED) -> None:
+                 tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED,
+                 budgets: BudgetTracker | None = None) -> None:
         self.store = store
+        self.budgets = budgets
         self.metrics = metrics
         self.decision_log = decision_log or DecisionLog()
         self.tracing = tracing
@@ -66,6 +69,13 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
             else:
                 headers = headers_from_map(http.headers)
             decision = decide(policy, route, headers)
+            budget_dry = ""
+            if decision.allowed and policy.budgets is not None and route == BUDGETED_ROUTE \
+                    and self.budgets is not None:
+                deny, dry = self.budgets.check(policy.budgets, decision.tenant, decision.key_id)
+                budget_dry = dry.reason
+                if deny.reason:
+                    decision = budget_denial(decision, deny.reason, deny.retry_after)
             response = build_response(decision, headers.authz_headers)
         except Exception:
             return self._fail_closed(route, start, http, policy)
@@ -73,6 +83,12 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         # Dry-run rules and the decision log: one attribute test each when the policy has none.
         dry_run = self._dry_run(policy, route, label, headers, http, decision) \
             if decision.allowed and policy.shadow is not None else ""
+        if budget_dry:
+            self.metrics.dry_run_denial(budget_dry, label)
+            log.info("dry-run deny", extra={"reason": budget_dry, "status": 429, "route": route,
+                                            "key_id": decision.key_id, "tenant": decision.tenant,
+                                            "request_id": request_id(http)})
+            dry_run = dry_run or budget_dry
         if decision.allowed:
             self.metrics.decision("allow", decision.reason, label)
             if self._debug:
@@ -82,7 +98,9 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         else:
             self.metrics.decision("deny", decision.reason, label)
             log.info("deny", extra={"reason": decision.reason, "status": decision.status, "route": route,
-                                    "key_id": decision.key_id, "request_id": request_id(http)})
+                                    "key_id": decision.key_id, "request_id": request_id(http),
+                                    **({"tenant": decision.tenant, "retry_after": decision.retry_after}
+                                       if decision.retry_after else {})})
         if policy.decision_log is not None:
             self._log_decision(policy, decision, "allow" if decision.allowed else "deny", http, dry_run)
         self._observe(time.perf_counter() - start)
@@ -199,6 +217,10 @@ class GrpcConfig:
     # "direct": Check answered by CheckLoop straight off the completion queue; "pool": grpc's public
     # thread-pool handler (also the automatic fallback when the direct handler cannot attach).
     check_handler: str = "direct"
+    # Budgets (ext_authz/budgets.py): the counters' Redis (None: budgets of the policy follow on_redis_error)
+    # and how often the local view is refreshed.
+    redis_url: str | None = field(default=None, repr=False)
+    budget_refresh_seconds: float = DEFAULT_REFRESH_SECONDS
 
 
 class GrpcWorker:
@@ -223,6 +245,8 @@ class GrpcWorker:
         self.tracing = keyrelay_tracing.DISABLED
         self._started = False
         self._stop = threading.Event()
+        self.budgets = BudgetTracker(cfg.redis_url, lambda: self.store.policy.budgets, metrics,
+                                     refresh_seconds=cfg.budget_refresh_seconds)
 
     def _on_reload(self, policy: Policy) -> None:
         self.metrics.reloads.labels("success").inc()
@@ -250,6 +274,7 @@ class GrpcWorker:
             signal.signal(sig, lambda signum, frame: self.request_stop())
         # Tracing (off unless OTEL_EXPORTER_OTLP_ENDPOINT is set) is set up here, once in each serving process.
         self.tracing = keyrelay_tracing.from_env("keyrelay-ext-authz", os.environ)
+        self.budgets.start(self._stop)  # a first refresh before the first Check
         try:
             self._serve(direct=self.cfg.check_handler == "direct")
         except CheckLoopError as exc:
@@ -268,7 +293,7 @@ class GrpcWorker:
                    ("grpc.max_receive_message_length", 8 * 1024 * 1024)]
         self.server = grpc.server(ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="ext_authz-check"),
                                   options=options)
-        authorizer = Authorizer(self.store, self.metrics, tracing=self.tracing)
+        authorizer = Authorizer(self.store, self.metrics, tracing=self.tracing, budgets=self.budgets)
         self.check_loop = CheckLoop.attach(self.server, authorizer.check_bytes) if direct \
             else None
         if self.check_loop is None:
