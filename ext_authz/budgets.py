@@ -34,7 +34,8 @@ from .policy import Budget, Budgets
 log = logging.getLogger("ext_authz.budgets")
 
 DEFAULT_REFRESH_SECONDS = 0.25
-# Subjects (tenants and keys) tracked per process; a key beyond it is not budgeted until others go idle.
+# Keys tracked per process (beyond the policy's budgeted tenants, which are always tracked); a key beyond it is
+# not budgeted until others go idle.
 MAX_SUBJECTS = 20_000
 # A subject not seen on the Check path for this long is dropped from the cache (re-read when it returns).
 IDLE_SECONDS = 300.0
@@ -149,7 +150,7 @@ class BudgetTracker:
             for ident, budget in pairs:
                 s = self._subjects.get(ident)
                 if s is None:
-                    if len(self._subjects) >= self.max_subjects:
+                    if len(self._subjects) >= self.max_subjects + len(budgets.tenants):
                         continue
                     s = self._subjects[ident] = Subject()
                 s.seen = mono
@@ -208,8 +209,14 @@ class BudgetTracker:
             return False
         mono = time.monotonic()
         with self._lock:
-            for ident in [i for i, s in self._subjects.items() if mono - s.seen > IDLE_SECONDS]:
+            # Tenants with a budget are always tracked (so a replica knows them before their first request);
+            # keys only while they are in use.
+            for ident in [i for i, s in self._subjects.items() if mono - s.seen > IDLE_SECONDS
+                          and (i[0] != "tenant" or i[1] not in budgets.tenants)]:
                 del self._subjects[ident]
+            for tenant in budgets.tenants:
+                if ("tenant", tenant) not in self._subjects:
+                    self._subjects[("tenant", tenant)] = Subject(seen=mono)
             taken = [(ident, s.pending) for ident, s in self._subjects.items()]
             for _, s in self._subjects.items():
                 s.pending = 0

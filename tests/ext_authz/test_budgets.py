@@ -323,6 +323,18 @@ def test_without_a_redis_url_budgets_follow_their_mode() -> None:
     assert send(auth, KEY_B).WhichOneof("http_response") == "ok_response"  # team-b has no budget
 
 
+def test_budgeted_tenants_are_known_before_their_first_request(redis_url) -> None:
+    pol = policy("budgets: {tenants: {team-a: {requests_per_minute: 2}}}")
+    one, t1 = authorizer(pol, redis_url)
+    two, t2 = authorizer(pol, redis_url)
+    t1.refresh()
+    t2.refresh()
+    assert [send(one, KEY_A).WhichOneof("http_response") for _ in range(2)] == ["ok_response"] * 2
+    t1.refresh()
+    t2.refresh()
+    assert send(two, KEY_C).WhichOneof("http_response") == "denied_response"  # never saw team-a before
+
+
 def test_tracked_subjects_are_bounded(redis_url) -> None:
     pol = policy("budgets: {per_key: {requests_per_minute: 1}}")
     auth, tracker = authorizer(pol, redis_url, max_subjects=2)
