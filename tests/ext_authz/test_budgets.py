@@ -370,3 +370,61 @@ def test_usage_writer_drops_and_counts_when_redis_is_down() -> None:
         return metrics.registry.get_sample_value("keyrelay_translator_budget_usage_writes_total",
                                                  {"result": "dropped"})
     assert asyncio.run(run()) == 2
+
+
+# ---------------------------------------------------------------------- keyrelay-usage
+
+def run_usage_tool(*args: str, env: dict | None = None):
+    import subprocess
+
+    from tests.support.procs import base_env, script
+
+    return subprocess.run([script("keyrelay-usage"), *args], capture_output=True, text=True, timeout=60,
+                          env=base_env(**(env or {})))
+
+
+def test_usage_tool_prints_usage_and_remaining_budget(redis_url, tmp_path) -> None:
+    pol_text = BASE + """\
+budgets:
+  weights: {output: 2}
+  per_key: {requests_per_minute: 100}
+  tenants:
+    team-a: {tokens_per_minute: 1000, tokens_per_day: 5000}
+    team-b: {requests_per_minute: 10, dry_run: true}
+"""
+    path = tmp_path / "policy.yaml"
+    path.write_text(pol_text)
+    pol = parse_policy(pol_text)
+    auth, tracker = authorizer(pol, redis_url)
+    tracker.refresh()
+    for _ in range(3):
+        send(auth, KEY_A)
+    tracker.refresh()
+    kid = key_digest(KEY_A)[:16]
+    write_usage(redis_url, [("team-a", kid, Usage(input=100, output=50)), ("team-z", None, Usage(input=7))])
+    result = run_usage_tool("--policy", str(path), env={kb.REDIS_URL_ENV: redis_url})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["SCOPE", "ID", "REQ/WIN", "RPM", "REQ", "LEFT", "TOK/WIN", "TPM", "TOK", "LEFT",
+                                "TOK/DAY", "TPD", "DAY", "LEFT", "MODE"]
+    rows = {line.split()[1]: line.split() for line in lines[1:-1]}
+    # team-a: 3 requests, 100 + 2 * 50 = 200 weighted tokens of 1000 per window and 5000 per day
+    assert rows["team-a"][:11] == ["tenant", "team-a", "3", "-", "-", "200", "1000", "800", "200", "5000", "4800"]
+    assert rows["team-b"][2] == "0" and "dry-run," in rows["team-b"]
+    assert rows["team-z"][:6] == ["tenant", "team-z", "0", "-", "-", "7"]  # counters, no budget
+    assert kid not in result.stdout
+    with_keys = run_usage_tool("--policy", str(path), "--keys", "--json", "--redis-url", redis_url)
+    records = [json.loads(line) for line in with_keys.stdout.splitlines()]
+    key_row = next(r for r in records if r["scope"] == "key")
+    assert key_row["id"] == kid and key_row["requests_window"] == 3 and key_row["requests_left"] == 97
+
+
+@pytest.mark.parametrize("args, env, code, message", [
+    ((), {}, 2, "no Redis URL"),
+    (("--redis-url", "http://x"), {}, 2, "must start with"),
+    (("--redis-url", "redis://:s3cret@127.0.0.1:1/0"), {}, 1, "cannot read redis://***@127.0.0.1:1/0"),
+])
+def test_usage_tool_errors(args, env, code, message) -> None:
+    result = run_usage_tool(*args, env=env)
+    assert result.returncode == code and message in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
