@@ -54,6 +54,7 @@ test: $(VENV)/.test
 # Benchmark (docs/bench.md): needs wrk, installed from Debian when running as root. ARGS=--quick for a short run.
 bench: $(VENV)/.test
 	$(call debian_tool,wrk,wrk,make bench needs wrk: run 'sudo apt-get install -y wrk' (Debian/Ubuntu) or 'brew install wrk' then retry,exit 1)
+	$(call debian_tool,redis-server,redis-server,redis-server is missing: the budgets-on authz variant will be skipped,true)
 	$(PY) -m bench $(ARGS)
 
 # Regenerate the committed gRPC/protobuf code from protos/ (tests fail when it drifts).

@@ -428,3 +428,33 @@ def test_usage_tool_errors(args, env, code, message) -> None:
     result = run_usage_tool(*args, env=env)
     assert result.returncode == code and message in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+# ---------------------------------------------------------------------- policy diff (reload and review)
+
+@pytest.mark.parametrize("old, new, effect_", [
+    ("", "budgets: {per_key: {requests_per_minute: 5}}", "tightens"),
+    ("budgets: {per_key: {requests_per_minute: 5}}", "", "loosens"),
+    ("budgets: {per_key: {requests_per_minute: 5}}", "budgets: {per_key: {requests_per_minute: 6}}", "loosens"),
+    ("budgets: {per_key: {requests_per_minute: 5}}", "budgets: {per_key: {requests_per_minute: 4}}", "tightens"),
+    ("budgets: {per_key: {requests_per_minute: 5, tokens_per_day: 9}}", "budgets: {per_key: {requests_per_minute: 5}}",
+     "loosens"),
+    ("budgets: {per_key: {requests_per_minute: 5}}", "budgets: {per_key: {requests_per_minute: 5, dry_run: true}}",
+     "loosens"),
+    ("budgets: {per_key: {tokens_per_day: 5, dry_run: true}}", "budgets: {per_key: {tokens_per_day: 1, dry_run: true}}",
+     "neutral"),
+    ("budgets: {per_key: {tokens_per_day: 5, on_redis_error: closed}}", "budgets: {per_key: {tokens_per_day: 5}}",
+     "loosens"),
+    ("budgets: {per_key: {tokens_per_day: 5}}", "budgets: {weights: {output: 0.5}, per_key: {tokens_per_day: 5}}",
+     "loosens"),
+    ("budgets: {per_key: {tokens_per_day: 5}}", "budgets: {window_seconds: 10, per_key: {tokens_per_day: 5}}",
+     "loosens"),
+    ("budgets: {tenants: {team-a: {tokens_per_day: 5}}}", "budgets: {tenants: {team-a: {tokens_per_day: 4}}}",
+     "tightens"),
+])
+def test_budget_changes_are_classified(old, new, effect_) -> None:
+    from ext_authz.policy_diff import compare, effect
+
+    changes = compare(policy(old), policy(new))
+    assert changes and all(c.area == "budgets" for c in changes)
+    assert effect(changes) == effect_
