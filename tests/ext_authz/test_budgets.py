@@ -458,3 +458,47 @@ def test_budget_changes_are_classified(old, new, effect_) -> None:
     changes = compare(policy(old), policy(new))
     assert changes and all(c.area == "budgets" for c in changes)
     assert effect(changes) == effect_
+
+
+# ---------------------------------------------------------------------- configuration of both services
+
+@pytest.mark.parametrize("argv, env, url, refresh", [
+    ([], {}, None, 0.25),
+    ([], {"KEYRELAY_REDIS_URL": "redis://:pw@r:6379/0"}, "redis://:pw@r:6379/0", 0.25),
+    (["--redis-url", "redis://a:1/0"], {"KEYRELAY_REDIS_URL": "redis://b:2/0"}, "redis://a:1/0", 0.25),
+    (["--budget-refresh-seconds", "0.05"], {}, None, 0.05),
+    ([], {"KEYRELAY_BUDGET_REFRESH_SECONDS": "2"}, None, 2.0),
+])
+def test_ext_authz_budget_settings(argv, env, url, refresh) -> None:
+    from ext_authz.cli import resolve_config
+
+    cfg = resolve_config(argv, env)
+    assert (cfg.redis_url, cfg.budget_refresh_seconds) == (url, refresh)
+    assert "pw" not in repr(cfg)
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--redis-url", "http://:s3cret@r/0"], "must start with redis://"),
+    (["--budget-refresh-seconds", "0"], "between 0.01 and 10"),
+    (["--budget-refresh-seconds", "11"], "between 0.01 and 10"),
+])
+def test_ext_authz_bad_budget_settings(argv, problem) -> None:
+    from ext_authz.cli import resolve_config
+    from ext_authz.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=problem) as info:
+        resolve_config(argv, {})
+    assert "s3cret" not in str(info.value)
+
+
+def test_translator_redis_url_setting() -> None:
+    from translator.settings import ConfigError, load_settings
+
+    s = load_settings([], {"KEYRELAY_REDIS_URL": "redis://:s3cret@r:6379/0"})
+    assert s.redis_url == "redis://:s3cret@r:6379/0"
+    assert "s3cret" not in repr(s) and s.public_dict()["redis_url"] == "redis://***@r:6379/0"
+    assert load_settings(["--redis-url", "redis://x:1/0"], {}).redis_url == "redis://x:1/0"
+    assert load_settings([], {}).redis_url is None
+    with pytest.raises(ConfigError, match="must start with") as info:
+        load_settings([], {"KEYRELAY_REDIS_URL": "http://:s3cret@r"})
+    assert "s3cret" not in str(info.value)
