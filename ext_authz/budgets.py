@@ -24,7 +24,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import keyrelay_budgets as kb
@@ -46,6 +46,9 @@ BUDGETED_ROUTE = "messages"
 REASON_REQUESTS = "budget_requests_per_minute"
 REASON_TOKENS_MINUTE = "budget_tokens_per_minute"
 REASON_TOKENS_DAY = "budget_tokens_per_day"
+REASON_CONCURRENT = "budget_concurrent_requests"
+# Request ids per subject waiting for the next refresh; beyond it a request is still counted but not tracked.
+MAX_STARTS = 10_000
 REASON_UNAVAILABLE = "budget_unavailable"
 
 
@@ -61,6 +64,8 @@ class Subject:
     day_tokens: float = 0.0
     pending: int = 0
     seen: float = 0.0  # monotonic time of the last Check that used it
+    inflight: int = 0  # requests in flight across replicas, as of the last refresh
+    starts: list[str] = field(default_factory=list)  # request ids allowed here since (concurrent budgets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,8 @@ def over_budget(budget: Budget, s: Subject, now: float, window: int) -> Verdict:
     if budget.tokens_per_day is not None and int(now // kb.DAY_SECONDS) == s.day_bucket \
             and s.day_tokens >= budget.tokens_per_day:
         return Verdict(REASON_TOKENS_DAY, _retry(now, kb.DAY_SECONDS), budget.dry_run)
+    if budget.concurrent_requests is not None and s.inflight + len(s.starts) >= budget.concurrent_requests:
+        return Verdict(REASON_CONCURRENT, 1, budget.dry_run)
     return ALLOW
 
 
@@ -128,9 +135,9 @@ class BudgetTracker:
 
     # ------------------------------------------------------------------ the Check path
 
-    def check(self, budgets: Budgets, tenant: str, key_id: str) -> tuple[Verdict, Verdict]:
+    def check(self, budgets: Budgets, tenant: str, key_id: str, request_id: str = "") -> tuple[Verdict, Verdict]:
         """(enforced verdict, dry-run verdict) for one allowed `messages` request. Counts the request locally
-        unless it is denied."""
+        unless it is denied (and, for a concurrent_requests budget, adds `request_id` to the in-flight set)."""
         pairs = []
         if tenant:
             b = budgets.tenants.get(tenant)
@@ -154,7 +161,7 @@ class BudgetTracker:
                         continue
                     s = self._subjects[ident] = Subject()
                 s.seen = mono
-                subjects.append(s)
+                subjects.append((s, budget.concurrent_requests is not None))
                 if not healthy:
                     if budget.on_redis_error == "closed":
                         verdict = Verdict(REASON_UNAVAILABLE, 1, budget.dry_run)
@@ -169,8 +176,11 @@ class BudgetTracker:
                 elif not deny.reason:
                     deny = verdict
             if not deny.reason:
-                for s in subjects:
+                track = kb.trackable_request_id(request_id)
+                for s, concurrent in subjects:
                     s.pending += 1
+                    if concurrent and track and len(s.starts) < MAX_STARTS:
+                        s.starts.append(request_id)
         if not healthy and not deny.reason and self.metrics is not None:
             self.metrics.budget_fail_open.inc()
         return deny, dry
@@ -217,22 +227,23 @@ class BudgetTracker:
             for tenant in budgets.tenants:
                 if ("tenant", tenant) not in self._subjects:
                     self._subjects[("tenant", tenant)] = Subject(seen=mono)
-            taken = [(ident, s.pending) for ident, s in self._subjects.items()]
+            taken = [(ident, s.pending, s.starts) for ident, s in self._subjects.items()]
             for _, s in self._subjects.items():
-                s.pending = 0
+                s.pending, s.starts = 0, []
         try:
-            replies = self._call(budgets.window_seconds, taken)
+            replies = self._call(budgets, taken)
         except Exception as exc:  # noqa: BLE001 - any store failure is an outage, handled per budget
             with self._lock:  # give the counts back: they are flushed by the next refresh that works
-                for ident, n in taken:
+                for ident, n, starts in taken:
                     s = self._subjects.get(ident)
                     if s is not None:
                         s.pending += n
+                        s.starts[:0] = starts[:max(0, MAX_STARTS - len(s.starts))]
             self._store_down(f"{type(exc).__name__}: {exc}")
             return False
         local = time.time()
         with self._lock:
-            for (ident, _), (sec, mb, db, values) in zip(taken, replies):
+            for (ident, _, _), (sec, mb, db, values) in zip(taken, replies):
                 s = self._subjects.get(ident)
                 if s is None:
                     continue
@@ -240,6 +251,7 @@ class BudgetTracker:
                 s.minute_requests = int(values[0] or 0)
                 s.minute_tokens = weighted(values[1:5], budgets.weights)
                 s.day_tokens = weighted(values[6:10], budgets.weights)
+                s.inflight = int(values[10] or 0)
             if replies:
                 self._offset = replies[0][0] - local
         self._window = budgets.window_seconds
@@ -251,7 +263,7 @@ class BudgetTracker:
             log.warning("budget store reachable again", extra={"redis": kb.redact_url(self.redis_url)})
         return True
 
-    def _call(self, window: int, taken: list) -> list[tuple[float, int, int, list]]:
+    def _call(self, budgets: Budgets, taken: list) -> list[tuple[float, int, int, list]]:
         if self._client is None:
             import redis  # imported only when budgets are configured
 
@@ -261,9 +273,11 @@ class BudgetTracker:
         chunks = [taken[i:i + BATCH] for i in range(0, len(taken), BATCH)] or [[]]
         pipe = self._client.pipeline(transaction=False)
         for chunk in chunks:
-            args = [window]
-            for (scope, ident), n in chunk:
-                args += [scope, ident, n]
+            args: list = [budgets.window_seconds]
+            for (scope, ident), n, starts in chunk:
+                budget = budgets.tenants.get(ident) if scope == "tenant" else budgets.per_key
+                concurrent = int(budget is not None and budget.concurrent_requests is not None)
+                args += [scope, ident, n, concurrent, len(starts), *starts]
             self._script(keys=[kb.WINDOW_KEY], args=args, client=pipe)
         results = pipe.execute()
         out = []
@@ -272,8 +286,8 @@ class BudgetTracker:
             w = int(result[2])
             mb, db = int(sec // w), int(sec // kb.DAY_SECONDS)
             rest = result[3:]
-            for i in range(0, len(rest), 10):
-                out.append((sec, mb, db, rest[i:i + 10]))
+            for i in range(0, len(rest), 11):
+                out.append((sec, mb, db, rest[i:i + 11]))
         return out
 
     def _store_down(self, problem: str) -> None:

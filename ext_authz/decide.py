@@ -28,12 +28,14 @@ DENIALS = {
     "budget_requests_per_minute": (429, "rate_limit_error"),
     "budget_tokens_per_minute": (429, "rate_limit_error"),
     "budget_tokens_per_day": (429, "rate_limit_error"),
+    "budget_concurrent_requests": (429, "rate_limit_error"),
     "budget_unavailable": (503, "api_error"),
 }
 BUDGET_MESSAGES = {
     "budget_requests_per_minute": "request budget per minute exhausted",
     "budget_tokens_per_minute": "token budget per minute exhausted",
     "budget_tokens_per_day": "token budget per day exhausted",
+    "budget_concurrent_requests": "too many requests in flight",
     "budget_unavailable": "the budget store is unreachable and this budget fails closed",
 }
 # Allow reasons: passthrough (key forwarded), no_key (fallback, key not required), passthrough_off (key

@@ -36,7 +36,7 @@ _TENANT = TENANT_ID
 # dry-run hits, plus `sample_rate` of the allows).
 DECISION_LOG_MODES = ("off", "all", "denials", "sampled")
 # budgets (docs/ext_authz.md#budgets): limits per tenant and a default per key, counted in Redis.
-BUDGET_LIMITS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day")
+BUDGET_LIMITS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "concurrent_requests")
 BUDGET_FIELDS = {*BUDGET_LIMITS, "dry_run", "on_redis_error"}
 REDIS_ERROR_MODES = ("open", "closed")
 MAX_BUDGET_LIMIT = 10 ** 12
@@ -104,6 +104,7 @@ class Budget:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None  # weighted tokens (Budgets.weights)
     tokens_per_day: int | None = None     # weighted tokens per UTC day
+    concurrent_requests: int | None = None  # messages requests in flight (allowed, not yet finished)
     dry_run: bool = False                 # would-be denials are logged and counted, nothing is denied
     on_redis_error: str = "open"          # open: allow while Redis is unreachable; closed: deny with 503
 
@@ -116,6 +117,8 @@ class Budgets:
     window_seconds: int = DEFAULT_WINDOW_SECONDS
     per_key: Budget | None = None
     tenants: Mapping[str, Budget] = field(default_factory=dict)
+    # Some budget limits requests in flight: the Check path then passes the request id along.
+    concurrent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +372,8 @@ class _Loader:
                 if not _TENANT.match(name):
                     raise self.error(key_node, "tenant must be 1-128 characters of letters, digits and _ . : @ / -")
                 tenants[name] = self.budget(value_node, f"budgets.tenants.{name}")
-        return Budgets(tuple(weights), window, per_key, tenants)  # type: ignore[arg-type]
+        concurrent = any(b.concurrent_requests is not None for b in (per_key, *tenants.values()) if b is not None)
+        return Budgets(tuple(weights), window, per_key, tenants, concurrent)  # type: ignore[arg-type]
 
     def budget(self, node: yaml.Node, where: str) -> Budget:
         fields = self.mapping(node, where, BUDGET_FIELDS)

@@ -72,7 +72,8 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
             budget_dry = ""
             if decision.allowed and policy.budgets is not None and route == BUDGETED_ROUTE \
                     and self.budgets is not None:
-                deny, dry = self.budgets.check(policy.budgets, decision.tenant, decision.key_id)
+                deny, dry = self.budgets.check(policy.budgets, decision.tenant, decision.key_id,
+                                               request_id(http) if policy.budgets.concurrent else "")
                 budget_dry = dry.reason
                 if deny.reason:
                     decision = budget_denial(decision, deny.reason, deny.retry_after)

@@ -67,23 +67,25 @@ def collect(client, budgets: Budgets | None, keys: bool) -> tuple[list[dict], in
     for scope, ident in idents:
         pipe.hmget(kb.window_key(scope, ident, "m", mb), *kb.FIELDS)
         pipe.hmget(kb.window_key(scope, ident, "d", db), *kb.FIELDS)
+        pipe.zcount(f"{kb.KEY_PREFIX}:{scope}:{ident}:inflight", now, "+inf")
     replies = pipe.execute()
     rows = []
     for n, (scope, ident) in enumerate(idents):
-        minute, day = replies[2 * n], replies[2 * n + 1]
+        minute, day, inflight = replies[3 * n:3 * n + 3]
         budget = (budgets.tenants.get(ident) if scope == "tenant" else budgets.per_key) if budgets else None
-        rows.append(row(scope, ident, minute, day, weights, budget, window, now))
+        rows.append(row(scope, ident, minute, day, weights, budget, window, now, inflight))
     return rows, left_out
 
 
 def row(scope: str, ident: str, minute: list, day: list, weights, budget: Budget | None, window: int,
-        now: float) -> dict:
+        now: float, inflight: int = 0) -> dict:
     b = budget or Budget()
     out = {"scope": scope, "id": ident, "window_seconds": window,
            "requests_window": int(minute[0] or 0), "tokens_window": round(weighted(minute[1:], weights)),
            "tokens_day": round(weighted(day[1:], weights)), "requests_day": int(day[0] or 0),
            "requests_per_minute": b.requests_per_minute, "tokens_per_minute": b.tokens_per_minute,
-           "tokens_per_day": b.tokens_per_day,
+           "tokens_per_day": b.tokens_per_day, "in_flight": int(inflight),
+           "concurrent_requests": b.concurrent_requests,
            "mode": "" if budget is None else ("dry-run" if b.dry_run else "enforced") + f", {b.on_redis_error}",
            "window_resets_in": max(1, int((now // window + 1) * window - now + 0.999))}
     for used, limit, name in ((out["requests_window"], b.requests_per_minute, "requests_left"),
@@ -96,7 +98,8 @@ def row(scope: str, ident: str, minute: list, day: list, weights, budget: Budget
 COLUMNS = (("SCOPE", "scope"), ("ID", "id"), ("REQ/WIN", "requests_window"), ("RPM", "requests_per_minute"),
            ("REQ LEFT", "requests_left"), ("TOK/WIN", "tokens_window"), ("TPM", "tokens_per_minute"),
            ("TOK LEFT", "tokens_window_left"), ("TOK/DAY", "tokens_day"), ("TPD", "tokens_per_day"),
-           ("DAY LEFT", "tokens_day_left"), ("MODE", "mode"))
+           ("DAY LEFT", "tokens_day_left"), ("IN FLIGHT", "in_flight"), ("MAX", "concurrent_requests"),
+           ("MODE", "mode"))
 
 
 def table(rows: list[dict]) -> str:

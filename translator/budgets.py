@@ -35,19 +35,19 @@ class UsageRecorder:
         self.metrics = metrics
         self.max_pending = max_pending
         self.socket_timeout = socket_timeout
-        self._queue: deque[tuple[str, str, tuple[int, int, int, int]]] = deque()
+        self._queue: deque[tuple[str, str, tuple[int, int, int, int], str]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._client = None
         self._script = None
         self._down = False
 
-    def record(self, tenant: str | None, key_id: str | None, usage: Usage | None) -> None:
-        """Queue one request's usage for its tenant and its key (each only when ext_authz set it)."""
-        if usage is None:
-            return
-        counts = (usage.input, usage.output, usage.cache_read, usage.cache_write)
-        if not any(counts):
+    def record(self, tenant: str | None, key_id: str | None, usage: Usage | None, request_id: str | None = None) -> None:
+        """Queue one finished request for its tenant and its key (each only when ext_authz set it): its usage,
+        and its end (for concurrent_requests budgets; `request_id` is the x-request-id ext_authz saw)."""
+        counts = (usage.input, usage.output, usage.cache_read, usage.cache_write) if usage is not None else (0, 0, 0, 0)
+        rid = request_id if kb.trackable_request_id(request_id) else ""
+        if not any(counts) and not rid:
             return
         for scope, ident in (("tenant", tenant), ("key", key_id)):
             if not kb.valid_id(scope, ident):
@@ -55,7 +55,7 @@ class UsageRecorder:
             if len(self._queue) >= self.max_pending:
                 self.metrics.budget_usage.labels("dropped").inc()
                 continue
-            self._queue.append((scope, ident, counts))  # type: ignore[arg-type]
+            self._queue.append((scope, ident, counts, rid))  # type: ignore[arg-type]
         self._wake.set()
 
     async def start(self) -> None:
@@ -77,19 +77,23 @@ class UsageRecorder:
         if not self._queue:
             return
         sums: dict[tuple[str, str], list[int]] = {}
+        ended: dict[tuple[str, str], list[str]] = {}
         taken = 0
         while self._queue:
-            scope, ident, counts = self._queue.popleft()
+            scope, ident, counts, rid = self._queue.popleft()
             taken += 1
             acc = sums.setdefault((scope, ident), [0, 0, 0, 0])
             for i, n in enumerate(counts):
                 acc[i] += n
+            ids = ended.setdefault((scope, ident), [])
+            if rid:
+                ids.append(rid)
         items = list(sums.items())
         try:
             for i in range(0, len(items), BATCH):
                 args: list = []
-                for (scope, ident), acc in items[i:i + BATCH]:
-                    args += [scope, ident, *acc]
+                for subject, acc in items[i:i + BATCH]:
+                    args += [*subject, *acc, len(ended[subject]), *ended[subject]]
                 await self._script(keys=[kb.WINDOW_KEY], args=args)
         except Exception as exc:  # noqa: BLE001 - any store failure: drop, count, log once
             self.metrics.budget_usage.labels("dropped").inc(taken)

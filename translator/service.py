@@ -195,7 +195,8 @@ class MessagesService:
             m.observe_usage(ctx.headers.get("x-authz-tenant"), target.model if target else None, status, usage,
                             ctx.first_token_s)
             if self.budget_usage is not None:  # queued only; written off the response path
-                self.budget_usage.record(ctx.headers.get("x-authz-tenant"), ctx.headers.get("x-authz-key-id"), usage)
+                self.budget_usage.record(ctx.headers.get("x-authz-tenant"), ctx.headers.get("x-authz-key-id"), usage,
+                                         ctx.headers.get("x-request-id"))
         if log.isEnabledFor(logging.INFO):  # build the line only when it is written
             cred, headers = ctx.cred, ctx.headers
             logs.log_request(log, logs.RequestLine(

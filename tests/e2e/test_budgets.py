@@ -41,6 +41,7 @@ KEYS = {
     "open": "sk-e2e-budget-open-0004",
     "closed": "sk-e2e-budget-closed-0005",
     "stream": "sk-e2e-budget-stream-0006",
+    "conc": "sk-e2e-budget-conc-0007",
 }
 BUDGETS = {
     "weights": {"input": 1, "output": 1},
@@ -52,6 +53,7 @@ BUDGETS = {
         "team-open": {"tokens_per_day": 10 ** 9},        # on_redis_error: open (the default)
         "team-closed": {"tokens_per_day": 10 ** 9, "on_redis_error": "closed"},
         "team-stream": {"tokens_per_minute": 80},
+        "team-conc": {"concurrent_requests": 1},
     },
 }
 REFRESH = "0.1"
@@ -179,6 +181,30 @@ def test_a_stream_in_flight_is_not_cut_when_its_budget_is_spent(stacks: BudgetSt
     assert status(ask(stacks.envoys[1], "stream")) == 429
     t.join(10)
     assert texts and texts[0] == "".join(f"part {i} " for i in range(8))  # finished, not cut
+
+
+def test_concurrent_requests_limit_a_tenant_across_both_paths(stacks: BudgetStacks) -> None:
+    stacks.upstream.push(openai_stream([openai_chunk({"role": "assistant", "content": ""}),
+                                        *[openai_chunk({"content": "x"}) for _ in range(8)],
+                                        openai_chunk({}, finish_reason="stop"),
+                                        openai_usage_chunk(PROMPT, COMPLETION)], frame_delay_s=0.15))
+    done: list[str] = []
+
+    def stream() -> None:
+        with stacks.envoys[0].client(KEYS["conc"]).messages.stream(model=MODEL, max_tokens=64, messages=USER) as s:
+            done.append(s.get_final_text())
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(0.5)  # the stream is in flight and both ext_authz refreshed since
+    busy = ask(stacks.envoys[1], "conc")
+    assert status(busy) == 429 and busy.response.json()["error"]["type"] == "rate_limit_error"
+    assert busy.response.headers["retry-after"] == "1"
+    t.join(10)
+    assert done == ["x" * 8]
+    time.sleep(0.5)  # the translator recorded the end; the next refresh sees it
+    assert status(ask(stacks.envoys[1], "conc")) == 200
+    assert status(ask(stacks.envoys[0], "conc")) == 200  # sequential requests never overlap
 
 
 def test_dry_run_budget_denies_nothing_and_counts(stacks: BudgetStacks) -> None:

@@ -153,14 +153,14 @@ def redis_url(redis_server):
     return redis_server.url
 
 
-def write_usage(url: str, records: list[tuple[str | None, str | None, Usage]]) -> None:
-    """The translator's writer, as MessagesService.finish uses it."""
+def write_usage(url: str, records: list[tuple]) -> None:
+    """The translator's writer, as MessagesService.finish uses it: (tenant, key_id, usage[, request_id])."""
     async def run() -> None:
         metrics = build_metrics()
         recorder = UsageRecorder(url, metrics)
         await recorder.start()
-        for tenant, key_id, usage in records:
-            recorder.record(tenant, key_id, usage)
+        for record in records:
+            recorder.record(*record)
         await recorder.flush()
         await recorder.aclose()
         assert metrics.registry.get_sample_value("keyrelay_translator_budget_usage_writes_total",
@@ -335,6 +335,39 @@ def test_budgeted_tenants_are_known_before_their_first_request(redis_url) -> Non
     assert send(two, KEY_C).WhichOneof("http_response") == "denied_response"  # never saw team-a before
 
 
+def test_concurrent_requests_counted_from_allow_to_the_translators_end(redis_url) -> None:
+    pol = policy("budgets: {tenants: {team-a: {concurrent_requests: 2}}, per_key: {requests_per_minute: 100}}")
+    one, t1 = authorizer(pol, redis_url)
+    two, t2 = authorizer(pol, redis_url)
+    t1.refresh()
+    t2.refresh()
+
+    def send_id(auth, key, rid):
+        return auth.check(check_request({"x-api-key": key}, route="messages", request_id=rid)).WhichOneof(
+            "http_response")
+
+    assert [send_id(one, KEY_A, "rid-1"), send_id(one, KEY_C, "rid-2")] == ["ok_response"] * 2
+    assert send_id(one, KEY_A, "rid-3") == "denied_response"  # counted locally before any refresh
+    t1.refresh()
+    t2.refresh()
+    denied = two.check(check_request({"x-api-key": KEY_C}, route="messages", request_id="rid-4"))
+    assert denied.denied_response.status.code == 429
+    assert denied.dynamic_metadata.fields["reason"].string_value == "budget_concurrent_requests"
+    assert {h.header.key: h.header.value for h in denied.denied_response.headers}["retry-after"] == "1"
+    # The translator finishes rid-1 (and a request no replica added yet: rid-9, finished before the refresh).
+    write_usage(redis_url, [("team-a", key_digest(KEY_A)[:16], Usage(input=5), "rid-1"),
+                            ("team-a", None, None, "rid-9")])
+    t2.refresh()
+    assert send_id(two, KEY_A, "rid-9") == "ok_response"  # the refresh will not add rid-9: it already ended
+    t2.refresh()
+    assert t2._subjects[("tenant", "team-a")].inflight == 1  # rid-2 only
+    client = redis_client(redis_url)
+    assert {m.decode() for m in client.zrange("keyrelay:budget:tenant:team-a:inflight", 0, -1)} == {"rid-2"}
+    # Ends of subjects without a concurrent budget (the keys here) leave nothing behind.
+    assert not client.exists(f"keyrelay:budget:key:{key_digest(KEY_A)[:16]}:ended")
+    assert not client.exists(f"keyrelay:budget:key:{key_digest(KEY_A)[:16]}:inflight")
+
+
 def test_tracked_subjects_are_bounded(redis_url) -> None:
     pol = policy("budgets: {per_key: {requests_per_minute: 1}}")
     auth, tracker = authorizer(pol, redis_url, max_subjects=2)
@@ -406,7 +439,7 @@ budgets:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["SCOPE", "ID", "REQ/WIN", "RPM", "REQ", "LEFT", "TOK/WIN", "TPM", "TOK", "LEFT",
-                                "TOK/DAY", "TPD", "DAY", "LEFT", "MODE"]
+                                "TOK/DAY", "TPD", "DAY", "LEFT", "IN", "FLIGHT", "MAX", "MODE"]
     rows = {line.split()[1]: line.split() for line in lines[1:-1]}
     # team-a: 3 requests, 100 + 2 * 50 = 200 weighted tokens of 1000 per window and 5000 per day
     assert rows["team-a"][:11] == ["tenant", "team-a", "3", "-", "-", "200", "1000", "800", "200", "5000", "4800"]
