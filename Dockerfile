@@ -19,6 +19,7 @@ COPY pyproject.toml README.md ./
 COPY ext_authz ./ext_authz
 COPY translator ./translator
 COPY keyrelay_stack ./keyrelay_stack
+COPY keyrelay_common ./keyrelay_common
 COPY keyrelay_tracing ./keyrelay_tracing
 COPY keyrelay_budgets ./keyrelay_budgets
 # keyrelay_stack/data/ holds symlinks to these two files (one real copy each); the wheel build dereferences them.

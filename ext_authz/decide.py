@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
+
+from keyrelay_common.identity import KEY_ID_LENGTH, key_digest  # noqa: F401 - re-exported
 
 from .extract import Extracted, RequestHeaders, extract_key
 from .policy import Policy
-
-# x-authz-key-id is the first KEY_ID_LENGTH hex characters (64 bits) of sha256(key): enough to tell keys apart
-# in logs and quotas, far too short to help anyone guess a key.
-KEY_ID_LENGTH = 16
 
 PASSTHROUGH = "passthrough"
 FALLBACK = "fallback"
@@ -56,10 +53,6 @@ class Decision:
     # The key to forward as Authorization: Bearer (passthrough only). Never logged, never in repr.
     forward_key: str | None = field(default=None, repr=False)
     retry_after: int = 0  # seconds, sent as retry-after on a denial (budgets)
-
-
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def deny(reason: str, route: str, message: str, key_id: str = "") -> Decision:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
-from .policy import DEFAULT_ROUTE, RoutePolicy
+from keyrelay_common.identity import AUTHZ_PREFIX
+
+from .policy import RoutePolicy
 
 API_KEY = "x-api-key"
 AUTHORIZATION = "authorization"
-AUTHZ_PREFIX = "x-authz-"
-ROUTE_EXTENSION = "keyrelay_route"
 _EMPTY: tuple[str, ...] = ()
 
 
@@ -75,10 +75,6 @@ def _text(entry) -> str:
         # surrogateescape keeps invalid UTF-8 visible as non-ASCII, which key validation then rejects.
         return raw.decode("utf-8", "surrogateescape")
     return entry.value
-
-
-def route_of(context_extensions) -> str:
-    return context_extensions.get(ROUTE_EXTENSION) or DEFAULT_ROUTE
 
 
 def key_problem(key: str, max_length: int) -> str:

@@ -19,12 +19,11 @@ import yaml
 
 from keyrelay_budgets import DEFAULT_WINDOW_SECONDS, TENANT_ID, TOKEN_FIELDS
 
+from .routes import DEFAULT_ROUTE, KNOWN_ROUTES  # noqa: F401 - the route names live in routes.py
+
 SCHEMA_VERSION = 1
 KEY_SOURCES = ("x-api-key", "authorization")
 CONFLICT_MODES = ("reject", "first")
-DEFAULT_ROUTE = "default"
-# Route names Envoy sets through context_extensions `keyrelay_route` (docs/interfaces.md).
-KNOWN_ROUTES = ("messages", "count_tokens", "models", "root", "health", DEFAULT_ROUTE)
 DEFAULT_MAX_KEY_LENGTH = 1024
 MAX_KEY_LENGTH_LIMIT = 16384  # the highest max_key_length a policy may set
 # The largest policy file read (about 40,000 allowlist entries); a larger file is refused like an invalid one.

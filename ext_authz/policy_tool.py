@@ -26,9 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from keyrelay_common.identity import KEY_ID_LENGTH, key_digest
 from keyrelay_stack.version import add_version_flag
 
-from .decide import KEY_ID_LENGTH, key_digest
 from .extract import key_problem
 from .policy import DIGEST_PATTERN, MAX_KEY_LENGTH_LIMIT, PolicyError, load_policy, parse_policy
 from .policy_diff import LOOSENS, TIGHTENS, compare, effect

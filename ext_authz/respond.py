@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from keyrelay_common.identity import CREDENTIAL_HEADER, KEY_ID_HEADER, TENANT_HEADER
+
 from ._gen.envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse
 from ._gen.envoy.type.v3.http_status_pb2 import HttpStatus
@@ -16,9 +18,6 @@ from .decide import Decision
 from .extract import API_KEY, AUTHORIZATION
 
 OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-KEY_ID_HEADER = "x-authz-key-id"
-TENANT_HEADER = "x-authz-tenant"
-CREDENTIAL_HEADER = "x-authz-credential"
 SET_BY_US = frozenset({KEY_ID_HEADER, TENANT_HEADER, CREDENTIAL_HEADER})
 
 # google.rpc.Code values

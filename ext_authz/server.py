@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,20 +20,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import keyrelay_tracing
+from keyrelay_common.identity import TENANT_HEADER
 
 from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
-from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from .budgets import BUDGETED_ROUTE, DEFAULT_REFRESH_SECONDS, BudgetTracker
-from .check_loop import CheckLoop, CheckLoopError
+from .check_loop import CHECK_METHOD, DEFAULT_FAILURE_LIMIT, CheckLoop, CheckLoopError, LoopFaults
 from .decide import budget_denial, decide, internal_error
 from .decision_log import DecisionLog
-from .extract import headers_from_header_map, headers_from_map, route_of
+from .extract import headers_from_header_map, headers_from_map
 from .logs import request_id
 from .metrics import Metrics
-from .policy import DEFAULT_ROUTE, KNOWN_ROUTES, Policy, PolicyError
+from .policy import Policy, PolicyError
 from .policy_diff import LOOSENS, Change
 from .reload import LOOSEN_QUIET_SECONDS, PolicyStore, PolicyWatcher
 from .respond import build_response, deny_response
+from .routes import DEFAULT_ROUTE, KNOWN_ROUTES, ROUTE_EXTENSION, route_of
 from .settings import join_hostport
 
 log = logging.getLogger("ext_authz.check")
@@ -50,6 +53,9 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         self.tracing = tracing
         self._observe = metrics.check_seconds.observe
         self._debug = log.isEnabledFor(logging.DEBUG)
+        # Set only while the start-up self-check runs: a Check with this http.id (Envoy sets a numeric stream id
+        # there, clients cannot) is answered but not counted or logged: it is not a request.
+        self.quiet_id: str | None = None
 
     def _route_label(self, route: str, policy: Policy) -> str:
         return route if route in KNOWN_ROUTES or route in policy.routes else "other"
@@ -62,8 +68,8 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         http = None
         try:
             attributes = request.attributes
-            route = route_of(attributes.context_extensions)
             http = attributes.request.http
+            route = route_of(attributes.context_extensions, http)
             if http.HasField("header_map"):
                 headers = headers_from_header_map(http.header_map.headers)
             else:
@@ -80,6 +86,8 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
             response = build_response(decision, headers.authz_headers)
         except Exception:
             return self._fail_closed(route, start, http, policy)
+        if self.quiet_id is not None and http.id == self.quiet_id:
+            return response
         label = self._route_label(route, policy)
         # Dry-run rules and the decision log: one attribute test each when the policy has none.
         dry_run = self._dry_run(policy, route, label, headers, http, decision) \
@@ -187,7 +195,7 @@ def _check_attributes(request, response) -> dict:
     """Span attributes of one Check: route, decision, deny status and reason, Envoy's request id (never a key or
     a credential header)."""
     out = {"keyrelay.request_id": request_id(request.attributes.request.http),
-           "keyrelay.route": route_of(request.attributes.context_extensions)}
+           "keyrelay.route": route_of(request.attributes.context_extensions, request.attributes.request.http)}
     if response.HasField("denied_response"):
         out["keyrelay.decision"] = "deny"
         out["http.response.status_code"] = int(response.denied_response.status.code)
@@ -216,12 +224,54 @@ class GrpcConfig:
     loosen_quiet_seconds: float = LOOSEN_QUIET_SECONDS
     threads: int = 4
     # "direct": Check answered by CheckLoop straight off the completion queue; "pool": grpc's public
-    # thread-pool handler (also the automatic fallback when the direct handler cannot attach).
+    # thread-pool handler (also the automatic fallback when the direct handler cannot attach, fails its
+    # self-check, or fails at runtime).
     check_handler: str = "direct"
+    # Calls in a row failing inside gRPC before the direct handler is given up (check_loop.py).
+    direct_failure_limit: int = DEFAULT_FAILURE_LIMIT
+    # Test-only fault injection into the direct handler (None in production).
+    loop_faults: LoopFaults | None = None
     # Budgets (ext_authz/budgets.py): the counters' Redis (None: budgets of the policy follow on_redis_error)
     # and how often the local view is refreshed.
     redis_url: str | None = field(default=None, repr=False)
     budget_refresh_seconds: float = DEFAULT_REFRESH_SECONDS
+
+
+# The self-check: one Check like Envoy sends for a probe (no key; a forged x-authz-* header to remove), answered
+# by the direct loop over loopback and compared with the pool handler's answer for the same request. Not counted
+# or logged as a decision (Authorizer.quiet_id).
+SELF_CHECK_TIMEOUT_S = 5.0
+SELF_CHECK_ID = "keyrelay-self-check"
+
+
+def self_check_request() -> CheckRequest:
+    request = CheckRequest()
+    request.attributes.context_extensions[ROUTE_EXTENSION] = "health"
+    http = request.attributes.request.http
+    http.id = SELF_CHECK_ID
+    http.method = "GET"
+    http.path = "/readyz"
+    http.host = "localhost"
+    http.protocol = "HTTP/1.1"
+    for name, value in ((":path", b"/readyz"), ("user-agent", b"keyrelay-self-check"), (TENANT_HEADER, b"x")):
+        http.header_map.headers.add(key=name, raw_value=value)
+    return request
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on host:port (bound without SO_REUSEPORT, as a second server on the port would be)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return True  # let grpc report the bad address
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError:
+                return False
+    return True
 
 
 class GrpcWorker:
@@ -229,10 +279,15 @@ class GrpcWorker:
 
     grpc's synchronous server (C-core completion queue + a small thread pool) serves health and anything else;
     Check is answered by CheckLoop on the same server and port (see check_loop.py for why and what it costs).
-    grpc.aio and grpclib were measured through Envoy too and cost more CPU per check than either."""
+    grpc.aio and grpclib were measured through Envoy too and cost more CPU per check than either.
+
+    Falling back from the direct handler to the pool handler at runtime needs a second server on the same port
+    while the first drains, so a server with the direct handler binds with SO_REUSEPORT; with one worker the port
+    is first checked to be free without it, so a second ext_authz on the same port still fails to start."""
 
     def __init__(self, cfg: GrpcConfig, store: PolicyStore, metrics: Metrics, policy_path: str | None,
-                 build: Callable[[bytes, str], Policy]) -> None:
+                 build: Callable[[bytes, str], Policy],
+                 on_serving_change: Callable[[bool], None] | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.metrics = metrics
@@ -244,10 +299,16 @@ class GrpcWorker:
         self.health = health.HealthServicer()
         self.check_loop: CheckLoop | None = None
         self.tracing = keyrelay_tracing.DISABLED
-        self._started = False
-        self._stop = threading.Event()
         self.budgets = BudgetTracker(cfg.redis_url, lambda: self.store.policy.budgets, metrics,
                                      refresh_seconds=cfg.budget_refresh_seconds)
+        self.authorizer = Authorizer(store, metrics, budgets=self.budgets)   # with tracing once started
+        self._on_serving_change = on_serving_change
+        self._probe_port = 0
+        self._started = False
+        self._switching = False
+        self._switch_lock = threading.Lock()
+        self._switch_thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def _on_reload(self, policy: Policy) -> None:
         self.metrics.reloads.labels("success").inc()
@@ -273,48 +334,135 @@ class GrpcWorker:
         # Signal handlers first: a SIGTERM right after the ready line must already drain, not kill.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: self.request_stop())
+        direct = self.cfg.check_handler == "direct"
+        if direct and not self.cfg.reuse_port and self.cfg.port and not _port_is_free(self.cfg.host, self.cfg.port):
+            raise RuntimeError("address already in use")
         # Tracing (off unless OTEL_EXPORTER_OTLP_ENDPOINT is set) is set up here, once in each serving process.
         self.tracing = keyrelay_tracing.from_env("keyrelay-ext-authz", os.environ)
         self.budgets.start(self._stop)  # a first refresh before the first Check
+        self.authorizer = Authorizer(self.store, self.metrics, tracing=self.tracing, budgets=self.budgets)
         try:
-            self._serve(direct=self.cfg.check_handler == "direct")
+            self.server, self.check_loop, self.port = self._serve(direct, self.cfg.port)
         except CheckLoopError as exc:
             # The server already stopped again; serve with the public handler instead (same answers, slower).
             logging.getLogger("ext_authz").warning("direct Check handler did not start; using grpc's thread-pool "
                                                    "handler", extra={"problem": str(exc)})
-            self._serve(direct=False)
+            self.server, self.check_loop, self.port = self._serve(False, self.cfg.port)
+        if self.check_loop is not None:
+            problem = self._self_check()
+            if problem:
+                self._fall_back(f"self-check: {problem}", at_start=True)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.metrics.policy_live(self.store.policy.short_digest, self.store.policy.source)
         self._started = True
         return self.port
 
-    def _serve(self, direct: bool) -> None:
-        options = [("grpc.so_reuseport", 1 if self.cfg.reuse_port else 0),
+    def _serve(self, direct: bool, port: int) -> tuple[grpc.Server, CheckLoop | None, int]:
+        """A started server on host:port with the direct handler (when `direct` and it attaches) or the pool one."""
+        reuse = self.cfg.reuse_port or direct or self.check_loop is not None
+        options = [("grpc.so_reuseport", 1 if reuse else 0),
                    ("grpc.max_receive_message_length", 8 * 1024 * 1024)]
-        self.server = grpc.server(ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="ext_authz-check"),
-                                  options=options)
-        authorizer = Authorizer(self.store, self.metrics, tracing=self.tracing, budgets=self.budgets)
-        self.check_loop = CheckLoop.attach(self.server, authorizer.check_bytes) if direct \
-            else None
-        if self.check_loop is None:
-            external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorizer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(join_hostport(self.cfg.host, self.cfg.port))  # RuntimeError if not
-        self.server.start()
-        if self.check_loop is not None:
+        server = grpc.server(ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="ext_authz-check"),
+                             options=options)
+        loop = CheckLoop.attach(server, self.authorizer.check_bytes, on_fault=self._on_loop_fault,
+                                failure_limit=self.cfg.direct_failure_limit,
+                                faults=self.cfg.loop_faults) if direct else None
+        if loop is None:
+            external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.authorizer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        bound = server.add_insecure_port(join_hostport(self.cfg.host, port))  # RuntimeError if not
+        if loop is not None:
+            # A loopback port of this server alone for the self-check (with SO_REUSEPORT and several workers,
+            # a connection to the shared port could reach another worker).
             try:
-                self.check_loop.start()
+                self._probe_port = server.add_insecure_port("127.0.0.1:0")
+            except RuntimeError:
+                self._probe_port = 0
+        server.start()
+        if loop is not None:
+            try:
+                loop.start()
             except CheckLoopError:
-                self.server.stop(0).wait()
-                self.check_loop.stop(1.0)
-                self.check_loop = None
+                server.stop(0).wait()
+                loop.stop(1.0)
                 raise
+        return server, loop, bound
+
+    def _self_check(self) -> str:
+        """One real Check through the direct loop over loopback, compared with the pool handler's answer for the
+        same request; "" when they agree, else what went wrong."""
+        loop = self.check_loop
+        assert loop is not None
+        if not self._probe_port:
+            return "no loopback port for the self-check"
+        raw = self_check_request().SerializeToString()
+        answered_before = loop.answered
+        self.authorizer.quiet_id = SELF_CHECK_ID
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{self._probe_port}") as channel:
+                got = channel.unary_unary(CHECK_METHOD)(raw, timeout=SELF_CHECK_TIMEOUT_S)
+            direct = CheckResponse.FromString(got)
+            pool = self.authorizer.check(CheckRequest.FromString(raw))  # what the pool handler answers
+        except grpc.RpcError as exc:
+            return f"the Check failed ({exc.code()})"
+        except Exception as exc:  # noqa: BLE001 - any failure means: do not use the direct loop
+            return f"the Check failed ({exc.__class__.__name__})"
+        finally:
+            self.authorizer.quiet_id = None
+        if loop.answered != answered_before + 1:
+            return "the answer did not come from the direct loop"
+        if direct != pool:
+            return "its answer differs from the pool handler's"
+        return ""
+
+    def _on_loop_fault(self, reason: str) -> None:
+        """Called once from the loop thread: switch handlers in another thread (the loop keeps serving)."""
+        with self._switch_lock:
+            if self._switching or self.draining:
+                return
+            self._switching = True
+            self._switch_thread = threading.Thread(target=self._fall_back, args=(reason,),
+                                                   name="ext_authz-fallback", daemon=True)
+        self._switch_thread.start()
+
+    def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+        if self._on_serving_change is not None:
+            self._on_serving_change(serving)
+
+    def _fall_back(self, reason: str, at_start: bool = False) -> None:
+        """Replace the direct handler by the pool handler without a gap: not ready, the pool server up on the same
+        port (SO_REUSEPORT), the direct server drained (its in-flight calls answered), then ready again."""
+        self._switching = True
+        log = logging.getLogger("ext_authz")
+        log.error("direct Check handler failed; switching to grpc's thread-pool handler",
+                  extra={"problem": reason, "at_start": at_start})
+        if not at_start:
+            self._set_serving(False)
+        old_server, old_loop = self.server, self.check_loop
+        assert old_server is not None and old_loop is not None
+        try:
+            new_server, _, _ = self._serve(False, self.port)
+        except Exception as exc:  # noqa: BLE001 - keep the direct handler serving what it can; stay not ready
+            log.error("could not start grpc's thread-pool handler; staying on the direct handler, not ready",
+                      extra={"error": f"{exc.__class__.__name__}: {exc}"})
+            return
+        self.server, self.check_loop = new_server, None
+        old_loop.closing()
+        old_server.stop(self.cfg.drain_seconds).wait()
+        old_loop.stop()
+        self._switching = False
+        if not at_start and not self.draining:
+            self._set_serving(True)
 
     @property
     def serving(self) -> bool:
-        """Ready for checks: not draining, and the direct handler (when used) is running."""
-        return self._started and not self.draining and (self.check_loop is None or self.check_loop.alive)
+        """Ready for checks: not draining or switching handlers, and the direct handler (when used) is healthy."""
+        return (self._started and not self.draining and not self._switching
+                and (self.check_loop is None or self.check_loop.healthy))
 
     @property
     def check_handler(self) -> str:
@@ -331,13 +479,24 @@ class GrpcWorker:
             watcher.start_thread(self.cfg.reload_interval, self._stop)
         while not self._stop.wait(0.5):  # a timed wait keeps the main thread responsive to signals
             pass
-        self.draining = True
+        self.stop()
+
+    def stop(self) -> None:
+        """Drain in-flight checks (grace: drain_seconds) and stop."""
+        with self._switch_lock:
+            self.draining = True
+            switch = self._switch_thread
         logging.getLogger("ext_authz").info("stopping: draining in-flight checks",
                                             extra={"grace_seconds": self.cfg.drain_seconds})
         self.health.enter_graceful_shutdown()
+        if switch is not None:  # a handler switch finishes first (it drains the old server)
+            switch.join(self.cfg.drain_seconds + 5)
         assert self.server is not None
+        loop = self.check_loop
+        if loop is not None:
+            loop.closing()
         self.server.stop(self.cfg.drain_seconds).wait()
-        if self.check_loop is not None:  # after the server: its calls are finished by now
-            self.check_loop.stop()
+        if loop is not None:  # after the server: its calls are finished by now
+            loop.stop()
         self.tracing.shutdown()
         logging.getLogger("ext_authz").info("stopped")

@@ -15,8 +15,9 @@ import tempfile
 import threading
 import time
 
-from .cli import Config, SettingsError, build_worker, initial_policy, ready_line, start_http
 from .policy import Policy, PolicyError
+from .settings import Config, SettingsError
+from .startup import build_worker, initial_policy, ready_line, start_http
 
 log = logging.getLogger("ext_authz.workers")
 READY_TIMEOUT = 60.0
@@ -31,7 +32,10 @@ def _worker_main(cfg: Config, port: int, index: int, events) -> None:
     except PolicyError as exc:
         events.put(("failed", index, os.getpid(), str(exc)))
         raise SystemExit(2) from None
-    worker, _ = build_worker(cfg, policy, port, reuse_port=True)
+    def serving_changed(serving: bool) -> None:  # a handler switch: the parent's /readyz follows
+        events.put(("ready" if serving else "not_ready", index, os.getpid(), ""))
+
+    worker, _ = build_worker(cfg, policy, port, reuse_port=True, on_serving_change=serving_changed)
     try:
         worker.start()
     except (OSError, RuntimeError) as exc:
@@ -92,6 +96,9 @@ def run_workers(cfg: Config, policy: Policy) -> int:
             with lock:
                 if kind == "ready":
                     ready[index] = pid
+                elif kind == "not_ready":  # switching Check handlers; "ready" follows
+                    ready.pop(index, None)
+                    log.warning("worker not ready", extra={"worker": index, "worker_pid": pid})
                 else:
                     failures.append(detail)
 

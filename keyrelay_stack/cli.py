@@ -29,6 +29,7 @@ import yaml
 
 import keyrelay_tracing
 from keyrelay_budgets import REDIS_URL_ENV, redact_url
+from keyrelay_common.settings import TRUE_WORDS
 
 from .envoy_config import (DATA, ENVOY_YAML, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
                            load_source, otlp_target, render)
@@ -63,7 +64,8 @@ class Ports:
 
 
 def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether the services will read `value` as true (an invalid value stops them with their own message)."""
+    return (value or "").strip().lower() in TRUE_WORDS
 
 
 def provider_configured(env: Mapping[str, str]) -> bool:

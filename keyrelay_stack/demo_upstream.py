@@ -36,13 +36,11 @@ from typing import Any, Callable
 
 import httptools
 
+from keyrelay_common.identity import key_id
+
 DEMO_TEXT = ("Hello from the keyrelay demo upstream. This is a fixed reply, no model is involved: configure "
              "OPENAI_BASE_URL and OPENAI_API_KEY (or another provider) to reach a real model.")
-KEY_ID_LENGTH = 16
-
-
-def fingerprint(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:KEY_ID_LENGTH]
+fingerprint = key_id  # the x-authz-key-id construction (keyrelay_common.identity)
 
 
 def request_key(headers: dict[str, str]) -> str | None:

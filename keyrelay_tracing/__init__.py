@@ -21,10 +21,12 @@ import atexit
 import logging
 from typing import Any, Mapping, MutableMapping
 
+from keyrelay_common.settings import TRUE_WORDS
+
 log = logging.getLogger("keyrelay.tracing")
 
 TRACE_HEADERS = ("traceparent", "tracestate")
-_TRUE = ("1", "true", "yes", "on")
+_TRUE = TRUE_WORDS  # keyrelay_common.settings: the words every keyrelay setting reads as true
 
 
 class Tracing:

@@ -50,11 +50,31 @@ class TranslatorApp:
         self._messages = messages
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and not canonical_path(scope):
+            # A route is chosen by the path as the client spelled it, never by a decoding of it: Envoy's route
+            # and ext_authz see the raw bytes, so `/v1%2Fmessages` or `/v1/./messages` must not reach a route
+            # here that they did not decide on.
+            await error_response(ApiError(404, "not_found_error", "no route for this path (it is not in "
+                                                                  "canonical form)"))(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/messages":
             response = await self._messages(scope, receive)
             await response(scope, receive, send)
             return
         await self.api(scope, receive, send)
+
+
+def canonical_path(scope: dict) -> bool:
+    """Whether the request's raw path is the canonical spelling of its path: no percent-encoding, no empty,
+    `.` or `..` segments, and the same bytes as the decoded path."""
+    raw = scope.get("raw_path")
+    if raw is None:
+        return True
+    if b"%" in raw or b"//" in raw or b"\\" in raw or not raw.startswith(b"/"):
+        return False
+    if b"/." in raw and any(seg in (b".", b"..") for seg in raw.split(b"/")):
+        return False
+    return raw == scope["path"].encode("utf-8", "surrogateescape")
 
 
 def _model_entry(model_id: str, display: str) -> dict:

@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -72,6 +73,20 @@ def _announce_when_ready(host: str, port: int, stop: threading.Event, timeout: f
         stop.wait(0.05)
 
 
+def raise_fd_limit(max_connections: int) -> int:
+    """Raise the soft limit of open files towards the hard limit so that a worker can hold `max_connections`
+    upstream connections plus as many client connections (a container's soft limit may be 1024, which would cap
+    a worker at a few hundred concurrent streams whatever the pool allows). Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+    return soft
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -102,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"keyrelay-translator: configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
     logs.configure(settings.log_level)
-    common = uvicorn_options()
+    raise_fd_limit(settings.max_connections)  # worker processes inherit it
+    common = uvicorn_options(settings.shutdown_grace_s)
     stop = threading.Event()
     cleanup: list[str] = []
     try:

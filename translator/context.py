@@ -28,6 +28,7 @@ class RequestContext:
     headers: dict[str, str]  # the client's request headers, lower-case names
     started: float = field(default_factory=time.perf_counter)
     # Known after parsing and routing.
+    size: int = 0  # of the request body in bytes
     body: dict | None = None  # the request's JSON object as the client sent it
     request: Any = None  # the validated request (MessagesRequest / CountTokensRequest)
     target: Target | None = None

@@ -8,10 +8,10 @@ the client's `x-api-key` (configurable); otherwise the provider's static key fro
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
+from keyrelay_common.identity import KEY_ID_HEADER, key_id
 from translator.errors import ApiError
 from translator.routing import Target
 from translator.settings import Settings
@@ -26,9 +26,7 @@ class Credential:
     key_id: str | None  # fingerprint for logs; never the key
 
 
-def fingerprint(key: str) -> str:
-    """Hex prefix of SHA-256 of the key (same construction as ext_authz's x-authz-key-id)."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+fingerprint = key_id  # the x-authz-key-id construction (keyrelay_common.identity)
 
 
 def client_key(headers: Mapping[str, str], *, accept_x_api_key: bool) -> tuple[str | None, Source]:
@@ -57,7 +55,7 @@ def static_key(settings: Settings, provider: str) -> str | None:
 def resolve(headers: Mapping[str, str], target: Target, settings: Settings) -> Credential:
     """Pick the upstream credential for a request to `target`; raise 401 when one is needed and none exists."""
     key, source = client_key(headers, accept_x_api_key=settings.accept_x_api_key)
-    forwarded_id = headers.get("x-authz-key-id") or None
+    forwarded_id = headers.get(KEY_ID_HEADER) or None
     if target.key_mode == "none":
         return Credential(None, "none", forwarded_id or (fingerprint(key) if key else None))
     if key:

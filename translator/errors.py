@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, Iterable, Mapping
 
 import orjson
@@ -59,12 +60,44 @@ def type_for_status(status: int) -> str:
     return "api_error" if status >= 500 else "invalid_request_error"
 
 
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    """A pattern for `secret` in every form it may come back in: any letter case, and each character as it is
+    or percent-encoded (a key quoted in a URL or a form body, wholly or partly encoded; `+` for a space)."""
+    parts = []
+    for ch in secret:
+        forms = [re.escape(ch)] + ["".join(f"%{b:02x}" for b in ch.encode("utf-8"))]
+        if ch == " ":
+            forms.append(r"\+")
+        parts.append("(?:" + "|".join(forms) + ")")
+    return re.compile("".join(parts), re.IGNORECASE)
+
+
 def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """Remove the given secrets and anything key-shaped from text quoted back to a client or a log."""
+    """Remove the given secrets (in any letter case, also URL-encoded) and anything key-shaped from text quoted
+    back to a client or a log."""
     for s in secrets:
         if s and len(s) >= 4:
-            text = text.replace(s, "[redacted]")
+            text = _secret_pattern(s).sub("[redacted]", text)
     return _SECRET_PATTERNS.sub("[redacted]", text)
+
+
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
+
+
+def valid_retry_after(value: str) -> str | None:
+    """`value` when it is a valid Retry-After (delta-seconds or an HTTP-date, RFC 9110 10.2.3), else None: an
+    upstream header is passed on only in a shape a client can act on (and never as text that could carry a
+    key or anything else)."""
+    v = value.strip()
+    if _DELTA_SECONDS.fullmatch(v):
+        return v
+    if len(v) <= 40 and v.isascii():
+        try:
+            parsedate_to_datetime(v)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return v
+    return None
 
 
 def _is_overloaded(status: int, text: str) -> bool:
@@ -76,7 +109,8 @@ def upstream_error(status: int, message: str, *, provider: str, headers: Mapping
     """Map an upstream HTTP failure onto the Anthropic status and error type.
 
     400/422 -> 400 invalid_request_error, 401 -> 401, 403 -> 403, 404 -> 404, 413 -> 413,
-    429 -> 429 rate_limit_error (retry-after passed through), 408 -> 504, 500/502/503/504 -> same status
+    429 -> 429 rate_limit_error (retry-after passed on when it is delta-seconds or an HTTP-date), 408 -> 504,
+    500/502/503/504 -> same status
     api_error, 529 or an upstream "overloaded" -> 529 overloaded_error, other 4xx -> same status
     invalid_request_error, other 5xx -> 502 api_error.
     """
@@ -96,9 +130,12 @@ def upstream_error(status: int, message: str, *, provider: str, headers: Mapping
     out_headers: dict[str, str] = {}
     if headers:
         lower = {k.lower(): v for k, v in headers.items()}
-        for name in ("retry-after", "retry-after-ms"):
-            if name in lower:
-                out_headers[name] = lower[name]
+        retry = valid_retry_after(str(lower.get("retry-after", "")))
+        if retry is not None:
+            out_headers["retry-after"] = retry
+        retry_ms = str(lower.get("retry-after-ms", "")).strip()
+        if _DELTA_SECONDS.fullmatch(retry_ms):
+            out_headers["retry-after-ms"] = retry_ms
     detail = f": {text}" if text else ""
     return ApiError(out_status, type_for_status(out_status),
                     f"upstream {provider} returned HTTP {status}{detail}", out_headers, upstream=True)

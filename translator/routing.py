@@ -9,6 +9,12 @@ Order of resolution for a requested name:
 The resulting model spec is then split into provider and model: an explicit prefix wins; unprefixed
 `gemini-*` names go to Gemini (Vertex AI when USE_VERTEX_AUTH), unprefixed `claude-*` names to Anthropic when
 it is the preferred provider, everything else to the OpenAI-compatible backend (OPENAI_BASE_URL).
+
+The provider set is closed: a name the client chose reaches only a provider the operator enabled
+(`enabled_providers`: the OpenAI-compatible backend, the providers the settings configure, those named by the
+routing file's targets and BIG_MODEL/SMALL_MODEL, and TRANSLATOR_PROVIDERS). Any other provider prefix is a 400
+naming the model, decided here, before any connection, LiteLLM import or credential lookup; an unprefixed
+`gemini-*` name goes to Gemini only when Gemini is enabled (otherwise to the OpenAI-compatible backend as-is).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from translator.errors import ApiError
 from translator.settings import ConfigError, Settings
 
 # The kind of backend that serves a target: which implementation in `translator.backends` handles it.
@@ -89,6 +96,35 @@ class RoutesFile(BaseModel):
     rules: list[RuleModel] = Field(default_factory=list)
 
 
+KNOWN_PROVIDERS = OPENAI_NATIVE | {"anthropic"} | LITELLM_PROVIDERS
+
+
+def enabled_providers(settings: Settings, routes: "RoutesFile") -> frozenset[str]:
+    """The providers a client's model name may reach (see the module docstring)."""
+    s = settings
+    out = set(OPENAI_NATIVE)
+    if (s.preferred_provider == "anthropic" or s.anthropic_api_key
+            or s.anthropic_base_url != Settings.anthropic_base_url):
+        out.add("anthropic")
+    if s.gemini_api_key or s.gemini_base_url:
+        out.add("gemini")
+    if s.preferred_provider == "google":
+        out.add("vertex_ai" if s.use_vertex_auth else "gemini")
+    if s.use_vertex_auth:
+        out.update(("vertex_ai", "vertex_ai_beta"))
+    for spec in [s.big_model, s.small_model] + [r.target for r in routes.rules]:
+        provider, model = split_spec(spec)
+        if provider is None and model.startswith("gemini-"):
+            provider = "vertex_ai" if s.use_vertex_auth else "gemini"
+        if provider is not None:
+            out.add(provider)
+    for name in filter(None, s.providers.split(",")):
+        if name not in KNOWN_PROVIDERS:
+            raise ConfigError(f"TRANSLATOR_PROVIDERS: unknown provider {name!r}")
+        out.add(name)
+    return frozenset(out)
+
+
 def split_spec(spec: str) -> tuple[str | None, str]:
     """`provider/model` -> (provider, model) when the prefix is a known provider, else (None, spec)."""
     prefix, sep, rest = spec.partition("/")
@@ -108,6 +144,7 @@ class Router:
             if rule.base_url is not None and not rule.base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"routing rule {rule.match!r}: base_url must be an http(s) URL")
         self._resolved: dict[str, Target] = {}
+        self.enabled = enabled_providers(settings, self.routes)
 
     # -- public
     def resolve(self, requested: str) -> Target:
@@ -127,6 +164,10 @@ class Router:
         s = self.settings
         provider, _ = split_spec(requested)
         if provider is not None:
+            if provider not in self.enabled:
+                shown = requested if len(requested) <= 200 else requested[:200] + "..."
+                raise ApiError(400, "invalid_request_error",
+                               f"model {shown!r}: provider {provider!r} is not enabled on this translator")
             return self._target(requested, rule="prefix")
         lowered = requested.lower()
         if s.preferred_provider == "anthropic":
@@ -135,6 +176,8 @@ class Router:
             return self._target(s.small_model, rule="small")
         if "sonnet" in lowered or "opus" in lowered:
             return self._target(s.big_model, rule="big")
+        if requested.startswith("gemini-") and not self.enabled & {"gemini", "vertex_ai"}:
+            return self._target(f"openai/{requested}", rule="as-is")  # Gemini is not enabled: the default backend
         return self._target(requested, rule="as-is")
 
     def claude_models(self) -> list[tuple[str, str]]:

@@ -6,15 +6,17 @@ surface (`translator.app`) only wires it. Every request has one `RequestContext`
 in `finish` exactly once: for a non-streaming answer when the response is built, for a stream when the relay
 closes it (its status, duration, chunk count and stream error are known then).
 
-Request bodies are read and parsed here (size-limited, orjson, then pydantic) rather than by FastAPI's body
-binding, so malformed JSON and validation failures are 400 invalid_request_error in the Anthropic shape
-(never FastAPI's 422), and so the body limit is enforced while reading.
+Request bodies are read and decoded by `translator.request_body` (size-limited, structural caps, pydantic; large
+bodies off the event loop) rather than by FastAPI's body binding, so malformed JSON and validation failures are
+400 invalid_request_error in the Anthropic shape (never FastAPI's 422).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -22,6 +24,7 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 
 import keyrelay_tracing
+from keyrelay_common.identity import CREDENTIAL_HEADER, KEY_ID_HEADER, TENANT_HEADER
 from translator import credentials, litellm_loader, logs
 from translator.backends.registry import Backends
 from translator.budgets import UsageRecorder
@@ -29,9 +32,11 @@ from translator.context import RequestContext
 from translator.errors import ApiError
 from translator.ids import new_request_id
 from translator.metrics import Metrics
-from translator.relay import relay
+from translator.relay import Drain, relay
 from translator.routing import Router
-from translator.schemas.anthropic import CountTokensRequest, MessagesRequest, validate_or_400
+from translator.request_body import (OFFLOAD_BYTES, ClientGone, RequestLimits, decode_request, lower_headers,
+                                     read_body, release_stepwise)
+from translator.schemas.anthropic import CountTokensRequest, MessagesRequest
 from translator.settings import Settings
 from translator.usage import estimate
 
@@ -67,61 +72,6 @@ def error_response(err: ApiError, request_id: str | None = None) -> Response:
     return json_response(err.body(), err.status, headers)
 
 
-class ClientGone(Exception):
-    """The client disconnected before its request body was complete (nothing to answer)."""
-
-
-async def read_body(headers: Mapping[str, str], receive: Callable[[], Awaitable[dict]], limit: int) -> bytes:
-    """The raw request body from the ASGI `receive`; 413 over `limit` (checked on content-length and while
-    reading, for chunked bodies). `headers` has lower-case names."""
-    declared = headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise ApiError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
-        except ValueError:
-            raise ApiError(400, "invalid_request_error", "invalid content-length header") from None
-    first = b""
-    parts: list[bytes] | None = None
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientGone()
-        part = message.get("body", b"")
-        if part:
-            size += len(part)
-            if size > limit:
-                raise ApiError(413, "request_too_large", f"request body exceeds the {limit} byte limit")
-            if not first:
-                first = part
-            else:
-                if parts is None:
-                    parts = [first]
-                parts.append(part)
-        if not message.get("more_body", False):
-            break
-    return b"".join(parts) if parts is not None else first
-
-
-def parse_json_object(raw: bytes) -> dict:
-    """The body as a JSON object, or 400 invalid_request_error saying what is wrong with it."""
-    if not raw.strip():
-        raise ApiError(400, "invalid_request_error", "request body is empty; expected a JSON object")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_request_error", f"request body is not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_request_error", "request body must be a JSON object")
-    return data
-
-
-def lower_headers(scope: Mapping[str, Any]) -> dict[str, str]:
-    # Starlette's Headers are already case-insensitive; a plain dict is cheaper for repeated lookups.
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-
-
 class MessagesService:
     """Serves the messages routes. `start()` in the lifespan (inside the event loop), `aclose()` at shutdown;
     `ready` says whether every configured route can be served (LiteLLM imported when a route needs it)."""
@@ -134,9 +84,12 @@ class MessagesService:
         self.router = router
         self.metrics = metrics
         self.backends = backends
+        self.limits = RequestLimits.from_settings(settings)
         self.tracing = tracing
         self.ready = False
+        self.drain = Drain()
         self._preload: asyncio.Task | None = None
+        self._signals: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -144,6 +97,7 @@ class MessagesService:
         self.backends.start()
         if self.budget_usage is not None:
             await self.budget_usage.start()
+        self._chain_signals()
         if self.settings.preload_litellm or self.router.needs_litellm():
             self._preload = asyncio.create_task(self._preload_litellm())
         else:
@@ -161,7 +115,38 @@ class MessagesService:
         log.info("litellm imported in %.2fs", seconds)
         self.ready = True
 
+    def _chain_signals(self) -> None:
+        """Start the streams' drain (`begin_drain`) when the process is told to stop, before the server's own
+        handler (uvicorn's, installed before the app starts) stops accepting and waits for the requests in
+        flight. Only in the main thread (where signal handlers live); the server must wait longer than the
+        grace (`translator.serving.uvicorn_options`)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue
+
+            def handler(signum: int, frame: Any, previous: Callable = previous) -> None:
+                loop.call_soon_threadsafe(self.begin_drain)
+                previous(signum, frame)
+
+            self._signals[sig] = previous
+            signal.signal(sig, handler)
+
+    def begin_drain(self) -> None:
+        """Streams in flight (and any that still start) get `shutdown_grace_s`, then end with an
+        overloaded_error event; /readyz answers 503 from now on."""
+        if not self.drain.draining:
+            log.info("stopping: streams in flight get %.0f s to finish", self.settings.shutdown_grace_s)
+        self.ready = False
+        self.drain.begin(self.settings.shutdown_grace_s)
+
     async def aclose(self) -> None:
+        for sig, previous in self._signals.items():
+            signal.signal(sig, previous)
+        self._signals.clear()
         self.ready = False
         if self._preload is not None and not self._preload.done():
             self._preload.cancel()
@@ -192,18 +177,18 @@ class MessagesService:
         if ctx.route == "messages":
             if usage is None and status == 200:  # answered, but the upstream reported no usage
                 usage = ctx.usage = estimate(ctx.input_chars, ctx.output_chars)
-            m.observe_usage(ctx.headers.get("x-authz-tenant"), target.model if target else None, status, usage,
+            m.observe_usage(ctx.headers.get(TENANT_HEADER), target.model if target else None, status, usage,
                             ctx.first_token_s)
             if self.budget_usage is not None:  # queued only; written off the response path
-                self.budget_usage.record(ctx.headers.get("x-authz-tenant"), ctx.headers.get("x-authz-key-id"), usage,
+                self.budget_usage.record(ctx.headers.get(TENANT_HEADER), ctx.headers.get(KEY_ID_HEADER), usage,
                                          ctx.headers.get("x-request-id"))
         if log.isEnabledFor(logging.INFO):  # build the line only when it is written
             cred, headers = ctx.cred, ctx.headers
             logs.log_request(log, logs.RequestLine(
                 route=ctx.route, method=ctx.method, path=ctx.path, status=status, duration_s=elapsed,
                 request_id=headers.get("x-request-id") or ctx.request_id,
-                key_id=cred.key_id if cred else headers.get("x-authz-key-id"),
-                tenant=headers.get("x-authz-tenant"), credential=headers.get("x-authz-credential"),
+                key_id=cred.key_id if cred else headers.get(KEY_ID_HEADER),
+                tenant=headers.get(TENANT_HEADER), credential=headers.get(CREDENTIAL_HEADER),
                 credential_source=cred.source if cred else None,
                 requested_model=ctx.request.model if ctx.request is not None else None,
                 model=target.model if target else None, backend=target.backend if target else None,
@@ -212,6 +197,16 @@ class MessagesService:
                 chunks=ctx.chunks if ctx.stream else None))
         if ctx.span is not None:
             end_span(ctx)
+        # Nothing of a finished request may wait for the cycle collector (the serving process freezes the GC
+        # and collects its oldest generation rarely): the body goes now (a large one a slice per loop
+        # iteration), and the error keeps no traceback (whose frames would refer back to this context).
+        if ctx.size > OFFLOAD_BYTES:
+            release_stepwise(ctx.body.get("messages") if isinstance(ctx.body, dict) else None,
+                             getattr(ctx.request, "messages", None))
+        ctx.body = ctx.request = None
+        if ctx.error is not None:
+            ctx.error.__traceback__ = None
+            ctx.error.__context__ = None
 
     def _stream_closed(self, ctx: RequestContext) -> None:
         self.metrics.inflight.dec()
@@ -228,10 +223,11 @@ class MessagesService:
         if self.tracing.enabled:
             start_span(self.tracing, ctx)
         try:
-            raw = await read_body(ctx.headers, receive, self.settings.max_body_bytes)
-            ctx.input_chars = len(raw)
-            ctx.body = parse_json_object(raw)
-            req = ctx.request = validate_or_400(MessagesRequest, ctx.body)
+            raw = await read_body(ctx.headers, receive, self.limits.max_body_bytes)
+            ctx.size = ctx.input_chars = len(raw)
+            ctx.body, req = await decode_request(raw, MessagesRequest, self.limits)
+            del raw
+            ctx.request = req
             ctx.target = self.router.resolve(req.model)
             ctx.cred = credentials.resolve(ctx.headers, ctx.target, self.settings)
             backend = self.backends.for_target(ctx.target)
@@ -246,7 +242,8 @@ class MessagesService:
             stream = await backend.open_stream(ctx)
             ctx.first_byte_s = time.perf_counter() - t0
             m.observe_first_byte(ctx.provider, ctx.first_byte_s)
-            gen = relay(stream, ctx, ping_interval=self.settings.ping_interval_s, on_close=self._stream_closed)
+            gen = relay(stream, ctx, ping_interval=self.settings.ping_interval_s, on_close=self._stream_closed,
+                        drain=self.drain)
             handed_off = True
             return StreamingResponse(gen, media_type="text/event-stream",
                                      headers={**SSE_HEADERS, "request-id": ctx.request_id})
@@ -275,8 +272,11 @@ class MessagesService:
         ctx = RequestContext("count_tokens", scope["method"], scope["path"], new_request_id(),
                              lower_headers(scope))
         try:
-            ctx.body = parse_json_object(await read_body(ctx.headers, receive, self.settings.max_body_bytes))
-            req = ctx.request = validate_or_400(CountTokensRequest, ctx.body)
+            raw = await read_body(ctx.headers, receive, self.limits.max_body_bytes)
+            ctx.size = len(raw)
+            ctx.body, req = await decode_request(raw, CountTokensRequest, self.limits)
+            del raw
+            ctx.request = req
             ctx.target = self.router.resolve(req.model)
             backend = self.backends.for_target(ctx.target)
             if backend.counts_upstream:  # the upstream counts: the request needs the caller's credential
@@ -332,7 +332,7 @@ def end_span(ctx: RequestContext) -> None:
             attrs["gen_ai.response.finish_reasons"] = [logs.clean(ctx.finish_reason, 64)]
         if ctx.first_token_s is not None:
             attrs["keyrelay.time_to_first_token_s"] = round(ctx.first_token_s, 6)
-        tenant = ctx.headers.get("x-authz-tenant")
+        tenant = ctx.headers.get(TENANT_HEADER)
         if tenant:
             attrs["keyrelay.tenant"] = logs.clean(tenant, 128)
         if ctx.error is not None:

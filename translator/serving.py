@@ -63,9 +63,12 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(HeadCoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
 
-def uvicorn_options() -> dict[str, Any]:
+def uvicorn_options(shutdown_grace_s: float = 100.0) -> dict[str, Any]:
     """uvicorn.Config options of a serving translator: httptools + uvloop, no access log (the app logs one
-    line per request itself), no server header, no websockets, lifespan on."""
-    return dict(log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+    line per request itself), no server header, no websockets, lifespan on. uvicorn waits for the requests in
+    flight 5 s longer than the streams' grace (`shutdown_grace_s`), so that a stream ended at the grace still
+    gets its error event out before the server gives up on it."""
+    return dict(log_level="warning", access_log=False, lifespan="on",
+                timeout_graceful_shutdown=shutdown_grace_s + 5,
                 server_header=False, date_header=True, proxy_headers=False, http=HttpProtocol, loop="uvloop",
                 ws="none")

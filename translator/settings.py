@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Sequence
 
 from keyrelay_budgets import REDIS_URL_ENV, check_url, redact_url
+from keyrelay_common.settings import parse_bool
 from keyrelay_stack.version import add_version_flag
 
 PROVIDERS = ("openai", "google", "anthropic")
@@ -26,6 +27,7 @@ DEFAULT_MODELS = {
 }
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+MiB = 1024 * 1024
 # Tenant names the usage metrics label by (the policy's tenants); more would make the metrics unbounded in practice.
 MAX_TENANTS = 1000
 # The same names ext_authz's policy accepts for a tenant.
@@ -64,7 +66,25 @@ class Settings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     max_body_bytes: int = MAX_BODY_BYTES
-    max_connections: int = 512
+    # Upstream connections per worker: one long stream holds one, so this is how many concurrent streams a
+    # worker can carry; a request that finds every slot busy waits at most pool_wait_s, then 529.
+    max_connections: int = 4096
+    pool_wait_s: float = 5.0
+    # What an upstream may send (docs/translator.md, "Limits").
+    max_response_head_bytes: int = 64 * 1024
+    max_response_head_lines: int = 100
+    max_response_body_bytes: int = 16 * MiB  # a non-streaming answer, after decompression
+    max_sse_event_bytes: int = 4 * MiB  # one server-sent event of a streamed answer
+    # What a client may send beyond the body size (Anthropic's documented limits where it has them).
+    max_messages: int = 100_000
+    max_content_blocks: int = 100_000
+    max_images: int = 600
+    # Streams in flight at SIGTERM get this long, then end with an overloaded_error event. Keep it below the
+    # pod's terminationGracePeriodSeconds minus its preStop sleep (k8s/base/translator/deployment.yaml).
+    shutdown_grace_s: float = 100.0
+    # Providers a client's `provider/model` name may reach, besides those the settings and the routing file
+    # configure (comma-separated LiteLLM provider names).
+    providers: str = ""
     preload_litellm: bool = False
     # Accept a client's x-api-key as the upstream credential when no bearer credential is present
     # (direct use without Envoy; behind Envoy ext_authz always removes x-api-key).
@@ -119,14 +139,21 @@ _SOURCES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "read_timeout_s": (("TRANSLATOR_READ_TIMEOUT",), "--read-timeout"),
     "max_body_bytes": (("TRANSLATOR_MAX_BODY_BYTES",), "--max-body-bytes"),
     "max_connections": (("TRANSLATOR_MAX_CONNECTIONS",), "--max-connections"),
+    "pool_wait_s": (("TRANSLATOR_POOL_WAIT",), "--pool-wait"),
+    "max_response_head_bytes": (("TRANSLATOR_MAX_RESPONSE_HEAD_BYTES",), "--max-response-head-bytes"),
+    "max_response_head_lines": (("TRANSLATOR_MAX_RESPONSE_HEAD_LINES",), "--max-response-head-lines"),
+    "max_response_body_bytes": (("TRANSLATOR_MAX_RESPONSE_BODY_BYTES",), "--max-response-body-bytes"),
+    "max_sse_event_bytes": (("TRANSLATOR_MAX_SSE_EVENT_BYTES",), "--max-sse-event-bytes"),
+    "max_messages": (("TRANSLATOR_MAX_MESSAGES",), "--max-messages"),
+    "max_content_blocks": (("TRANSLATOR_MAX_CONTENT_BLOCKS",), "--max-content-blocks"),
+    "max_images": (("TRANSLATOR_MAX_IMAGES",), "--max-images"),
+    "shutdown_grace_s": (("TRANSLATOR_SHUTDOWN_GRACE",), "--shutdown-grace"),
+    "providers": (("TRANSLATOR_PROVIDERS",), "--providers"),
     "preload_litellm": (("TRANSLATOR_PRELOAD_LITELLM",), "--preload-litellm"),
     "accept_x_api_key": (("TRANSLATOR_ACCEPT_X_API_KEY",), "--accept-x-api-key"),
     "tenants": (("TRANSLATOR_TENANTS",), "--tenants"),
     "redis_url": ((REDIS_URL_ENV,), "--redis-url"),
 }
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,12 +168,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bool(name: str, raw: str) -> bool:
-    v = raw.strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+    return False if not raw.strip() else parse_bool(name, raw, ConfigError)  # empty: false
 
 
 def _number(name: str, raw: str, kind: type, low: float, high: float) -> int | float:
@@ -223,6 +245,14 @@ def _build(raw: dict[str, tuple[str, str]]) -> Settings:
             values[name] = _number(label, value, int, 1024, 1 << 31)
         elif name == "max_connections":
             values[name] = _number(label, value, int, 1, 100000)
+        elif name in ("pool_wait_s", "shutdown_grace_s"):
+            values[name] = _number(label, value, float, 0, 3600)
+        elif name in ("max_response_head_bytes", "max_response_body_bytes", "max_sse_event_bytes"):
+            values[name] = _number(label, value, int, 1024, 1 << 31)
+        elif name in ("max_response_head_lines", "max_messages", "max_content_blocks", "max_images"):
+            values[name] = _number(label, value, int, 1, 10_000_000)
+        elif name == "providers":
+            values[name] = ",".join(p.strip().lower() for p in value.split(",") if p.strip())
         elif name in ("use_vertex_auth", "preload_litellm", "accept_x_api_key"):
             values[name] = _bool(label, value)
         elif name in ("openai_base_url", "anthropic_base_url", "gemini_base_url"):

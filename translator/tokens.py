@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import orjson
 
@@ -18,7 +19,7 @@ from translator.caps import caps_for
 from translator.convert.openai_request import anthropic_to_openai
 from translator.litellm_loader import get_litellm
 from translator.routing import Target
-from translator.schemas.anthropic import MessagesRequest, validate_or_400
+from translator.schemas.anthropic import MessagesRequest
 
 log = logging.getLogger("keyrelay.translator")
 
@@ -44,8 +45,19 @@ def _count(litellm, model: str, body: dict) -> int:
         return int(litellm.token_counter(model=model, text=orjson.dumps(body).decode()))
 
 
-async def count_tokens_locally(data: dict, target: Target) -> int:
-    req = validate_or_400(MessagesRequest, {**data, "max_tokens": 1, "stream": False})
-    body = anthropic_to_openai(req, model=target.model, caps=caps_for(target))
+def _prepare(req: Any, target: Target) -> dict:
+    # The validated count_tokens request as a messages request (no second validation: it has every field the
+    # conversion reads).
+    as_messages = MessagesRequest.model_construct(**dict(req), max_tokens=1, stream=False)
+    return anthropic_to_openai(as_messages, model=target.model, caps=caps_for(target))
+
+
+async def count_tokens_locally(req: Any, target: Target, *, offload: bool = False) -> int:
+    """`req`: the validated CountTokensRequest. `offload`: convert in the worker thread too (a large request,
+    see translator.request_body)."""
+    if offload:
+        litellm = await get_litellm()
+        return await asyncio.to_thread(lambda: _count(litellm, target.model, _prepare(req, target)))
+    body = _prepare(req, target)
     litellm = await get_litellm()
     return await asyncio.to_thread(_count, litellm, target.model, body)  # LiteLLM's counter takes bare OpenAI names and prefixed others

@@ -503,7 +503,7 @@ def test_budget_changes_are_classified(old, new, effect_) -> None:
     ([], {"KEYRELAY_BUDGET_REFRESH_SECONDS": "2"}, None, 2.0),
 ])
 def test_ext_authz_budget_settings(argv, env, url, refresh) -> None:
-    from ext_authz.cli import resolve_config
+    from ext_authz.settings import resolve_config
 
     cfg = resolve_config(argv, env)
     assert (cfg.redis_url, cfg.budget_refresh_seconds) == (url, refresh)
@@ -516,7 +516,7 @@ def test_ext_authz_budget_settings(argv, env, url, refresh) -> None:
     (["--budget-refresh-seconds", "11"], "between 0.01 and 10"),
 ])
 def test_ext_authz_bad_budget_settings(argv, problem) -> None:
-    from ext_authz.cli import resolve_config
+    from ext_authz.settings import resolve_config
     from ext_authz.settings import SettingsError
 
     with pytest.raises(SettingsError, match=problem) as info:

@@ -81,17 +81,6 @@ def test_cancelled_checks_leave_the_loop_serving(service: Service) -> None:
     assert service.check({"x-api-key": KEY}, route="messages").status.code == 0
 
 
-@pytest.fixture
-def keep_signal_handlers():
-    """GrpcWorker.start installs SIGTERM/SIGINT handlers; in-process tests put pytest's back afterwards."""
-    import signal
-
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 class _NotAGrpcServer:
     pass
 
@@ -103,7 +92,7 @@ def test_attach_falls_back_when_grpc_internals_differ(caplog) -> None:
 
 
 def test_check_handler_setting(tmp_path: Path) -> None:
-    from ext_authz.cli import SettingsError, resolve_config
+    from ext_authz.settings import SettingsError, resolve_config
 
     assert resolve_config([], {}).check_handler == "direct"
     assert resolve_config([], {"EXT_AUTHZ_CHECK_HANDLER": "POOL"}).check_handler == "pool"
@@ -134,9 +123,9 @@ def test_readiness_follows_the_loop_thread(keep_signal_handlers) -> None:
             stub = external_auth_pb2_grpc.AuthorizationStub(ch)
             assert stub.Check(check_request({"x-api-key": KEY}, route="messages"), timeout=10).status.code == 0
     finally:
-        worker.server.stop(0).wait()
-        worker.check_loop.stop()
-    assert not worker.check_loop.alive and not worker.serving
+        loop = worker.check_loop
+        worker.stop()
+    assert not loop.alive and not worker.serving
 
 
 def test_worker_falls_back_when_the_loop_cannot_start(monkeypatch, caplog, keep_signal_handlers) -> None:
@@ -167,4 +156,4 @@ def test_worker_falls_back_when_the_loop_cannot_start(monkeypatch, caplog, keep_
             stub = external_auth_pb2_grpc.AuthorizationStub(ch)
             assert stub.Check(check_request({"x-api-key": KEY}, route="messages"), timeout=10).status.code == 0
     finally:
-        worker.server.stop(0).wait()
+        worker.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ext_authz.cli import resolve_config
+from ext_authz.settings import resolve_config
 from ext_authz.settings import SettingsError
 from tests.support.procs import base_env, free_port, script
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 
-from ext_authz.cli import policy_builder
+from ext_authz.startup import policy_builder
 from ext_authz.decide import key_digest
 from ext_authz.policy import MAX_POLICY_BYTES, PolicyError, load_policy
 from ext_authz.reload import LOOSEN_QUIET_SECONDS, PolicyStore, PolicyWatcher

@@ -176,3 +176,23 @@ def test_service_path_is_envoys() -> None:
     assert method.output_type.full_name == "envoy.service.auth.v3.CheckResponse"
     import inspect
     assert "/envoy.service.auth.v3.Authorization/Check" in inspect.getsource(external_auth_pb2_grpc)
+
+
+def test_envoy_request_without_route_and_with_raw_bytes_is_judged_by_path_and_bytes() -> None:
+    """What Istio's sidecar sends (no context extensions, raw header bytes): the route comes from the path, and a
+    key that is not UTF-8 is malformed, not replaced."""
+    from ext_authz.decide import decide
+    from ext_authz.extract import headers_from_header_map
+    from ext_authz.policy import parse_policy
+    from ext_authz.routes import route_of
+
+    original = oracle_request(True)
+    original.attributes.context_extensions = {}
+    original.attributes.request.http.header_map.headers[0].raw_value = b"\xff\xfe\xfd"
+    decoded = ours.CheckRequest.FromString(bytes(original))
+    http = decoded.attributes.request.http
+    route = route_of(decoded.attributes.context_extensions, http)
+    assert route == "messages"
+    decision = decide(parse_policy(b"version: 1\nrequire_key: true\n", "p.yaml"), route,
+                      headers_from_header_map(http.header_map.headers))
+    assert (decision.reason, decision.status) == ("malformed_key", 400)

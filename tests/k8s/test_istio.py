@@ -96,8 +96,8 @@ def test_custom_policy_names_the_provider_and_selects_the_translator(objs, mesh_
 
 
 def test_custom_policy_exempts_exactly_the_open_routes_of_envoy_yaml(objs, rendered, tmp_path):
-    """Under Istio every checked request is the policy's `default` route. The paths the standalone envoy.yaml
-    sends to routes the policy opens (require_key false) are the ones kept out of the check, nothing more."""
+    """The paths the standalone envoy.yaml sends to routes the policy opens (require_key false) are the ones kept
+    out of the mesh's check, nothing more (checked paths get their route from ext_authz/routes.py)."""
     from ext_authz.policy import load_policy
 
     cm = one(objs, "ConfigMap", "keyrelay-policy")

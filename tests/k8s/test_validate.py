@@ -22,7 +22,7 @@ EXPECTED_KINDS = {
     "base": {"Namespace", "ConfigMap", "ServiceAccount", "Deployment", "Service", "PodDisruptionBudget",
              "HorizontalPodAutoscaler"},
     "istio": {"Namespace", "ConfigMap", "ServiceAccount", "Deployment", "Service", "PodDisruptionBudget",
-              "HorizontalPodAutoscaler", "AuthorizationPolicy", "PeerAuthentication", "NetworkPolicy"},
+              "HorizontalPodAutoscaler", "AuthorizationPolicy", "PeerAuthentication", "NetworkPolicy", "EnvoyFilter"},
     "standalone": {"Namespace", "ConfigMap", "ServiceAccount", "Deployment", "Service", "PodDisruptionBudget",
                    "HorizontalPodAutoscaler"},
 }
@@ -106,7 +106,7 @@ def test_core_objects_validate(rendered, layout, version):
 def test_istio_objects_validate(rendered, istio_crds, layout):
     istio = [o for o in rendered[layout] if is_istio(o)]
     if layout == "istio":
-        assert {o["kind"] for o in istio} == {"AuthorizationPolicy", "PeerAuthentication"}
+        assert {o["kind"] for o in istio} == {"AuthorizationPolicy", "PeerAuthentication", "EnvoyFilter"}
     else:
         assert not istio, f"{layout} must not depend on Istio CRDs"
     failures = [f"{o['kind']}/{o['metadata']['name']}: {err}" for o in istio for err in validate_istio(istio_crds, o)]

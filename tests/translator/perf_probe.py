@@ -1,6 +1,7 @@
 """Bounded measurement of the translator's own CPU cost (not a test; numbers go to docs/translator.md).
 
     .venv/bin/python -m tests.translator.perf_probe
+    .venv/bin/python -m tests.translator.perf_probe --stall   # /healthz latency during one 32 MB request
 
 Runs the console script as a real process in front of the scripted loopback upstream and reads the process's
 CPU time from /proc before and after: per non-streaming request, per streamed chunk, on the native OpenAI
@@ -16,6 +17,7 @@ import tempfile
 import time
 
 import httpx
+import orjson
 
 from tests.support.procs import Proc, base_env, free_port, script
 from tests.support.upstream import ScriptedUpstream, openai_completion, openai_stream_text
@@ -69,8 +71,56 @@ def measure(url: str, pid: int, model: str, upstream: ScriptedUpstream, requests
             "cpu_ms_per_stream": stream_cpu * 1000, "cpu_ms_per_chunk": per_chunk * 1000}
 
 
+def healthz_stall(url: str, upstream: ScriptedUpstream, messages: int = 30_000, text_bytes: int = 1000,
+                  blocks: int = 1) -> dict:
+    """/healthz latency (max and p50, polled back to back) while one large accepted request (~32 MB: `messages`
+    messages of `text_bytes` each) is read, decoded, converted and sent upstream."""
+    import threading
+
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant",
+             "content": [{"type": "text", "text": "x" * text_bytes}] * blocks} for i in range(messages)]
+    body = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": msgs})
+    upstream.push(openai_completion("big"))
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(timeout=30) as c:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                c.get(f"{url}/healthz").raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    r = httpx.post(f"{url}/v1/messages", content=body, headers={"x-api-key": KEY, "content-type": "application/json"},
+                   timeout=120)
+    wall = time.perf_counter() - t0
+    done.set()
+    poller.join()
+    latencies.sort()
+    return {"request_mb": round(len(body) / 1e6, 1), "status": r.status_code, "request_s": round(wall, 2),
+            "healthz_max_ms": round(latencies[-1] * 1000, 1),
+            "healthz_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1), "polls": len(latencies)}
+
+
 def main() -> None:
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    if "--stall" in os.sys.argv:
+        with ScriptedUpstream() as up:
+            proc, url, _ = start(up)
+            try:
+                for _ in range(2):
+                    print("healthz during one 32 MB request:", healthz_stall(url, up))
+                    print("healthz during 90,000 messages of 300 bytes:",
+                          healthz_stall(url, up, messages=90_000, text_bytes=300))
+                    print("healthz during a 29.7 MB request of 1.1M content blocks (refused, 413):",
+                          healthz_stall(url, up, messages=1100, text_bytes=1, blocks=1000))
+            finally:
+                proc.stop()
+        return
     with ScriptedUpstream() as up, tempfile.TemporaryDirectory() as tmp:
         proc, url, cold = start(up)
         try:

@@ -106,3 +106,18 @@ def test_litellm_path_keeps_keys_out_of_output_even_at_debug(upstream):
     assert rc == 0
     assert "litellm imported" in proc.output
     assert KEY not in proc.output and STATIC not in proc.output
+
+
+def test_the_open_files_limit_is_raised_for_the_connection_pool():
+    import resource
+
+    from translator.cli import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        expected = 2 * 4096 + 256 if hard == resource.RLIM_INFINITY else min(2 * 4096 + 256, hard)
+        assert raise_fd_limit(4096) == expected == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert raise_fd_limit(10) == expected  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

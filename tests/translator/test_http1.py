@@ -221,11 +221,11 @@ async def test_an_idle_connection_the_upstream_closed_is_not_reused():
     assert up.connections == 2
 
 
-async def test_the_pool_limit_queues_requests_up_to_the_connect_timeout():
+async def test_the_pool_limit_queues_requests_up_to_the_pool_wait():
     async with RawUpstream(answers=[Answer(ok(b"one")), Answer(ok(b"two"))]) as up:
-        p = pool(max_connections=1, connect_timeout_s=0.2)
+        p = pool(max_connections=1, pool_wait_s=0.2)
         first = await p.post(up.url, b"", {})
-        with pytest.raises(http1.ConnectTimeout):
+        with pytest.raises(http1.PoolExhausted):
             await p.post(up.url, b"", {})  # the only slot is taken by `first`
         waiting = asyncio.ensure_future(p.post(up.url, b"", {}))
         await asyncio.sleep(0.05)

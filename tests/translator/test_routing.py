@@ -8,7 +8,7 @@ import pytest
 
 from translator import credentials
 from translator.caps import caps_for
-from translator.errors import scrub, upstream_error
+from translator.errors import ApiError, scrub, upstream_error
 from translator.routing import Router, load_routes
 from translator.settings import ConfigError, load_settings
 
@@ -19,7 +19,11 @@ def settings(**env):
 
 # ------------------------------------------------------------------ routing
 
+ENABLED = {"TRANSLATOR_PROVIDERS": "anthropic,gemini,vertex_ai,bedrock,azure"}
+
 ROUTES = [
+    ({}, "gemini-2.5-flash", ("openai", "openai", "gemini-2.5-flash")),  # Gemini not enabled: the default backend
+    ({"GEMINI_API_KEY": "k"}, "gemini/gemini-2.5-pro", ("litellm", "gemini", "gemini/gemini-2.5-pro")),
     # env, requested model, (path, provider, upstream model)
     ({}, "claude-sonnet-4-5-20250929", ("openai", "openai", "gpt-4.1")),
     ({}, "claude-opus-4-1", ("openai", "openai", "gpt-4.1")),
@@ -28,13 +32,13 @@ ROUTES = [
     ({}, "gpt-4o", ("openai", "openai", "gpt-4o")),
     ({}, "openai/o3", ("openai", "openai", "o3")),
     ({}, "litellm_proxy/team-model", ("openai", "litellm_proxy", "team-model")),
-    ({}, "anthropic/claude-sonnet-4-5", ("anthropic", "anthropic", "claude-sonnet-4-5")),
-    ({}, "gemini/gemini-2.5-pro", ("litellm", "gemini", "gemini/gemini-2.5-pro")),
-    ({}, "vertex_ai/gemini-2.5-pro", ("litellm", "vertex_ai", "vertex_ai/gemini-2.5-pro")),
-    ({}, "bedrock/anthropic.claude-3", ("litellm", "bedrock", "bedrock/anthropic.claude-3")),
-    ({}, "azure/my-deployment", ("litellm", "azure", "azure/my-deployment")),
+    (ENABLED, "anthropic/claude-sonnet-4-5", ("anthropic", "anthropic", "claude-sonnet-4-5")),
+    (ENABLED, "gemini/gemini-2.5-pro", ("litellm", "gemini", "gemini/gemini-2.5-pro")),
+    (ENABLED, "vertex_ai/gemini-2.5-pro", ("litellm", "vertex_ai", "vertex_ai/gemini-2.5-pro")),
+    (ENABLED, "bedrock/anthropic.claude-3", ("litellm", "bedrock", "bedrock/anthropic.claude-3")),
+    (ENABLED, "azure/my-deployment", ("litellm", "azure", "azure/my-deployment")),
     ({}, "Qwen/Qwen2.5-Coder-32B", ("openai", "openai", "Qwen/Qwen2.5-Coder-32B")),  # HF name on vLLM
-    ({}, "gemini-2.5-flash", ("litellm", "gemini", "gemini/gemini-2.5-flash")),
+    (ENABLED, "gemini-2.5-flash", ("litellm", "gemini", "gemini/gemini-2.5-flash")),
     ({"BIG_MODEL": "o4-mini", "SMALL_MODEL": "gpt-4o-mini"}, "claude-sonnet-4-5", ("openai", "openai", "o4-mini")),
     ({"BIG_MODEL": "litellm_proxy/big"}, "claude-opus-4", ("openai", "litellm_proxy", "big")),
     ({"PREFERRED_PROVIDER": "google"}, "claude-sonnet-4-5", ("litellm", "gemini", "gemini/gemini-2.5-pro")),
@@ -53,9 +57,36 @@ def test_routing_table(env, requested, expected):
     assert (t.backend, t.provider, t.model) == expected
 
 
+@pytest.mark.parametrize("env,requested", [
+    ({}, "groq/llama-3.3-70b"),
+    ({}, "bedrock/anthropic.claude-3"),  # the pod's ambient cloud credentials are never reached
+    ({}, "vertex_ai/gemini-2.5-pro"),
+    ({}, "anthropic/claude-sonnet-4-5"),
+    ({"PREFERRED_PROVIDER": "google"}, "azure/my-deployment"),
+    ({"TRANSLATOR_PROVIDERS": "groq"}, "mistral/large"),
+])
+def test_a_provider_the_operator_did_not_enable_is_a_400_naming_the_model(env, requested):
+    with pytest.raises(ApiError) as exc:
+        Router(settings(**env)).resolve(requested)
+    assert (exc.value.status, exc.value.type) == (400, "invalid_request_error")
+    assert repr(requested) in exc.value.message
+
+
+def test_providers_are_enabled_by_settings_rules_and_the_providers_list(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text("rules:\n  - match: fast\n    target: groq/llama-3.3-70b\n")
+    r = Router(settings(TRANSLATOR_PROVIDERS="mistral", BIG_MODEL="deepseek/chat"), load_routes(str(f)))
+    assert r.resolve("groq/other").provider == "groq"  # a provider the routing file uses
+    assert r.resolve("mistral/large").provider == "mistral"
+    assert r.resolve("deepseek/coder").provider == "deepseek"
+    with pytest.raises(ConfigError):
+        Router(settings(TRANSLATOR_PROVIDERS="no-such-provider"))
+
+
 def test_routing_base_urls_and_key_modes():
     s = settings(OPENAI_BASE_URL="http://gw.local:4000/v1/", ANTHROPIC_BASE_URL="http://a.local",
-                 GEMINI_BASE_URL="http://g.local", VERTEX_PROJECT="p1", VERTEX_LOCATION="europe-west4")
+                 GEMINI_BASE_URL="http://g.local", VERTEX_PROJECT="p1", VERTEX_LOCATION="europe-west4",
+                 TRANSLATOR_PROVIDERS="vertex_ai,ollama_chat")
     r = Router(s)
     assert r.resolve("claude-sonnet-4-5").base_url == "http://gw.local:4000/v1"
     assert r.resolve("anthropic/claude-x").base_url == "http://a.local"
@@ -108,7 +139,7 @@ def test_routing_file_errors_are_one_line(tmp_path, content, fragment):
 
 
 def test_caps_defaults_from_metadata_and_provider():
-    r = Router(settings())
+    r = Router(settings(TRANSLATOR_PROVIDERS="gemini,deepseek,bedrock,azure,vertex_ai"))
     assert caps_for(r.resolve("claude-sonnet-4-5")).max_output_tokens == 32768  # gpt-4.1
     o3 = caps_for(r.resolve("openai/o3"))
     assert o3.use_max_completion_tokens and o3.reasoning_effort and not o3.sampling_params
@@ -131,6 +162,22 @@ def test_caps_defaults_from_metadata_and_provider():
     ([], {"OPENAI_BASE_URL": "http://h:1/v1/"}, "openai_base_url", "http://h:1/v1"),
     (["--ping-interval", "2.5"], {}, "ping_interval_s", 2.5),
     ([], {}, "max_body_bytes", 32 * 1024 * 1024),
+    # limits: the documented defaults, and each one settable
+    ([], {}, "max_connections", 4096),
+    ([], {}, "pool_wait_s", 5.0),
+    ([], {}, "max_response_head_bytes", 65536),
+    ([], {}, "max_response_head_lines", 100),
+    ([], {}, "max_response_body_bytes", 16 * 1024 * 1024),
+    ([], {}, "max_sse_event_bytes", 4 * 1024 * 1024),
+    ([], {}, "max_messages", 100_000),
+    ([], {}, "max_content_blocks", 100_000),
+    ([], {}, "max_images", 600),
+    ([], {}, "shutdown_grace_s", 100.0),
+    ([], {"TRANSLATOR_POOL_WAIT": "0.5"}, "pool_wait_s", 0.5),
+    (["--max-response-head-lines", "20"], {}, "max_response_head_lines", 20),
+    ([], {"TRANSLATOR_MAX_SSE_EVENT_BYTES": "1048576"}, "max_sse_event_bytes", 1048576),
+    ([], {"TRANSLATOR_MAX_IMAGES": "100"}, "max_images", 100),
+    ([], {"TRANSLATOR_PROVIDERS": " Groq, bedrock ,"}, "providers", "groq,bedrock"),
 ])
 def test_settings_sources(argv, env, field, value):
     assert getattr(load_settings(argv, env), field) == value
@@ -144,6 +191,9 @@ def test_settings_sources(argv, env, field, value):
     ([], {"USE_VERTEX_AUTH": "maybe"}, "USE_VERTEX_AUTH"),
     ([], {"OPENAI_BASE_URL": "gw.local"}, "OPENAI_BASE_URL"),
     (["--routes", "/nonexistent/routes.yaml"], {}, "--routes"),
+    ([], {"TRANSLATOR_MAX_SSE_EVENT_BYTES": "10"}, "TRANSLATOR_MAX_SSE_EVENT_BYTES"),
+    ([], {"TRANSLATOR_MAX_MESSAGES": "0"}, "TRANSLATOR_MAX_MESSAGES"),
+    ([], {"TRANSLATOR_SHUTDOWN_GRACE": "-1"}, "TRANSLATOR_SHUTDOWN_GRACE"),
 ])
 def test_settings_errors(argv, env, fragment):
     with pytest.raises(ConfigError) as exc:
@@ -180,7 +230,7 @@ def test_credential_choice(headers, env, expected):
 
 
 def test_credential_per_provider_static_keys_and_401():
-    s = settings(ANTHROPIC_API_KEY="sk-ant-static", GEMINI_API_KEY="AIza-static")
+    s = settings(ANTHROPIC_API_KEY="sk-ant-static", GEMINI_API_KEY="AIza-static", USE_VERTEX_AUTH="true")
     r = Router(s)
     assert credentials.resolve({}, r.resolve("anthropic/claude-x"), s).key == "sk-ant-static"
     assert credentials.resolve({}, r.resolve("gemini/gemini-2.5-pro"), s).key == "AIza-static"
@@ -228,6 +278,33 @@ def test_upstream_error_table(status, message, out_status, out_type):
     assert (err.status, err.type) == (out_status, out_type)
     assert err.headers == {"retry-after": "5"}
     assert message.split()[0] in err.message
+
+
+@pytest.mark.parametrize("value,passed", [
+    ("5", "5"),
+    (" 120 ", "120"),
+    ("Wed, 21 Oct 2026 07:28:00 GMT", "Wed, 21 Oct 2026 07:28:00 GMT"),
+    ("sk-user-key-0001", None),  # a key (or anything else) in the header is never passed on
+    ("5; sk-user-key-0001", None),
+    ("-1", None),
+    ("1.5", None),
+    ("soon", None),
+    ("", None),
+])
+def test_retry_after_is_passed_only_as_delta_seconds_or_http_date(value, passed):
+    err = upstream_error(429, "slow down", provider="openai", headers={"Retry-After": value})
+    assert err.headers.get("retry-after") == passed
+
+
+@pytest.mark.parametrize("text", [
+    "Incorrect API key provided: CUSTOM+USERSECRET/KEY-0001",  # upper-cased by the upstream
+    "key=custom%2Busersecret%2Fkey-0001 rejected",  # URL-encoded
+    "in a form: custom%2busersecret%2fkey-0001",  # lower-case escapes
+    "as query: custom+usersecret%2Fkey-0001",
+])
+def test_scrub_covers_letter_case_and_url_encoding(text):
+    out = scrub(text, ["custom+usersecret/key-0001"])  # no key-shaped prefix: only the exact-key rule applies
+    assert "usersecret" not in out.lower() and "[redacted]" in out, out
 
 
 @pytest.mark.parametrize("text,secret", [

@@ -267,3 +267,85 @@ async def test_a_redirect_is_not_followed():
                 await b.complete(target(up.url + "/v1"), {"model": "gpt-test"}, CRED)
         assert [r.path for r in up.requests] == ["/v1/chat/completions"]
     assert exc.value.status == 502 and exc.value.upstream
+
+
+async def test_an_exhausted_pool_answers_overloaded_not_a_timeout():
+    async with MiniUpstream(frames=50, frame_delay_s=0.05) as up:
+        transport = Transport(connect_timeout_s=5, read_timeout_s=30, max_connections=1, pool_wait_s=0.2)
+        client = OpenAIChatClient(transport)
+        try:
+            held = await client.open_stream(target(up.url), {"stream": True}, CRED)  # the only slot
+            with pytest.raises(ApiError) as exc:
+                await client.open_stream(target(up.url), {"stream": True}, CRED)
+            assert (exc.value.status, exc.value.type) == (529, "overloaded_error")
+            await held.aclose()
+            await drain(await client.open_stream(target(up.url), {"stream": True}, CRED))  # the slot is back
+        finally:
+            await transport.aclose()
+
+
+async def test_a_failed_response_leaves_no_garbage_for_the_cycle_collector():
+    # The serving process freezes the GC and rarely collects its oldest generation: every object of a failed
+    # upstream exchange must be freed by reference counting alone.
+    import gc
+
+    from translator.backends import http1
+
+    async def endless_head(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"x-h: v\r\n" * 500)
+        await writer.drain()
+
+    server = await asyncio.start_server(endless_head, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+
+    def alive() -> int:
+        return sum(isinstance(o, (http1._Conn, http1.Response, http1.Body)) for o in gc.get_objects())
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = alive()
+        async with backend() as client:
+            for _ in range(3):
+                try:
+                    await client.complete(target(url), {"model": "gpt-test"}, CRED)
+                except ApiError as exc:
+                    assert exc.status == 502 and "header lines" in exc.message
+                    exc.__context__ = exc.__traceback__ = None  # what the service does when a request finishes
+                else:
+                    raise AssertionError("no error")
+            await asyncio.sleep(0.05)  # the transports' close callbacks
+            assert alive() == before
+    finally:
+        gc.enable()
+        server.close()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-h%d: v\r\n" % i for i in range(150)) + b"content-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 100_000 + b"\r\ncontent-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 2\r\n\r\n{}",
+])
+async def test_requests_through_a_proxy_have_the_same_head_limits_and_no_decompression(monkeypatch, answer):
+    seen: list[bytes] = []
+
+    async def proxy(reader, writer):
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        async with backend() as client:
+            with pytest.raises(ApiError) as exc:
+                await client.complete(target("http://upstream.invalid/v1"), {"model": "gpt-test"}, CRED)
+        assert exc.value.status == 502 and exc.value.upstream and "unreachable" not in exc.value.message
+        assert len(seen) == 1 and b"accept-encoding: identity" in seen[0].lower()
+    finally:
+        server.close()

@@ -16,12 +16,13 @@ from typing import Any, AsyncIterator, Mapping
 import orjson
 
 from translator.backends.base import BackendDeps
-from translator.backends.transport import (UpstreamResponse, end_response, error_from_response,
+from translator.backends.transport import (UpstreamResponse, end_response, error_from_response, event_too_large,
                                            is_transport_error, read_all, read_within, transport_error)
 from translator.context import RequestContext
 from translator.convert.anthropic_body import drop_synthetic_thinking
 from translator.credentials import Credential
 from translator.errors import ApiError, error_body, upstream_not_json
+from translator.request_body import OFFLOAD_BYTES
 from translator.routing import Target
 from translator.sse import EventSplitter, encode_event
 from translator.usage import anthropic_content_chars, from_anthropic, merge_anthropic_stream, sse_event_data
@@ -68,8 +69,9 @@ def _rename_model(event: bytes, model: str) -> tuple[bytes, Any]:
 class AnthropicStream:
     """A `Stream` (translator.backends.base) over an Anthropic upstream's SSE body."""
 
-    def __init__(self, resp: UpstreamResponse, provider: str, requested_model: str) -> None:
+    def __init__(self, resp: UpstreamResponse, provider: str, requested_model: str, max_event_bytes: int) -> None:
         self._resp = resp
+        self._max_event = max_event_bytes
         self._provider = provider
         self._model = requested_model
         self._splitter = EventSplitter()
@@ -98,6 +100,8 @@ class AnthropicStream:
                         last = loop.time()
                     continue
                 out = splitter.feed(raw)
+                if splitter.pending_bytes > self._max_event:
+                    raise event_too_large(self._provider, self._max_event)
                 if not out:
                     continue
                 if first:
@@ -152,19 +156,19 @@ class AnthropicBackend:
     def __init__(self, deps: BackendDeps) -> None:
         self.transport = deps.transport
 
-    async def _post(self, ctx: RequestContext, body: dict, suffix: str, stream: bool) -> UpstreamResponse:
+    async def _post(self, ctx: RequestContext, body: bytes, suffix: str, stream: bool) -> UpstreamResponse:
         target = ctx.target
-        return await self.transport.post(_url(target, suffix), orjson.dumps(body),
+        return await self.transport.post(_url(target, suffix), body,
                                          _headers(ctx.cred, ctx.headers, stream, ctx.trace_headers),
                                          target.provider)
 
-    async def _post_json(self, ctx: RequestContext, body: dict, suffix: str) -> Any:
+    async def _post_json(self, ctx: RequestContext, body: bytes, suffix: str) -> Any:
         provider = ctx.target.provider
         resp = await self._post(ctx, body, suffix, False)
         if resp.status != 200:
             raise await error_from_response(resp, provider, ctx.cred)
         try:
-            raw = await read_all(resp, provider)
+            raw = await read_all(resp, provider, self.transport.max_body_bytes)
         except BaseException:
             resp.close()
             raise
@@ -174,11 +178,17 @@ class AnthropicBackend:
         except orjson.JSONDecodeError:
             raise upstream_not_json(provider) from None
 
-    def _body(self, ctx: RequestContext, **extra: Any) -> dict:
-        return dict(drop_synthetic_thinking(ctx.body)[0], model=ctx.target.model, **extra)
+    @staticmethod
+    def _body_sync(ctx: RequestContext, extra: dict[str, Any]) -> bytes:
+        return orjson.dumps(dict(drop_synthetic_thinking(ctx.body)[0], model=ctx.target.model, **extra))
+
+    async def _body(self, ctx: RequestContext, **extra: Any) -> bytes:
+        if ctx.size > OFFLOAD_BYTES:  # a large request is prepared in a worker thread (translator.request_body)
+            return await asyncio.to_thread(self._body_sync, ctx, extra)
+        return self._body_sync(ctx, extra)
 
     async def complete(self, ctx: RequestContext) -> dict:
-        data = await self._post_json(ctx, self._body(ctx), "")
+        data = await self._post_json(ctx, await self._body(ctx), "")
         if isinstance(data, dict):
             if "model" in data:
                 data["model"] = ctx.request.model
@@ -190,14 +200,14 @@ class AnthropicBackend:
         return data
 
     async def count_tokens(self, ctx: RequestContext) -> dict:
-        return await self._post_json(ctx, self._body(ctx), "/count_tokens")
+        return await self._post_json(ctx, await self._body(ctx), "/count_tokens")
 
     async def open_stream(self, ctx: RequestContext) -> AnthropicStream:
         provider = ctx.target.provider
-        resp = await self._post(ctx, self._body(ctx, stream=True), "", True)
+        resp = await self._post(ctx, await self._body(ctx, stream=True), "", True)
         if resp.status != 200:
             raise await error_from_response(resp, provider, ctx.cred)
-        return AnthropicStream(resp, provider, ctx.request.model)
+        return AnthropicStream(resp, provider, ctx.request.model, self.transport.max_event_bytes)
 
     async def aclose(self) -> None:
         pass

@@ -20,6 +20,7 @@ from translator.convert.openai_stream import OpenAIStreamConverter
 from translator.credentials import Credential
 from translator.errors import ApiError
 from translator.ids import new_message_id
+from translator.request_body import OFFLOAD_BYTES, release_stepwise
 from translator.routing import Target
 from translator.sse import encode_event, encode_events
 from translator.tokens import count_tokens_locally
@@ -114,10 +115,19 @@ class ChatBackend:
         body = anthropic_to_openai(ctx.request, model=ctx.target.model, caps=caps)
         return body, tool_name_map(ctx.request, caps)  # tool names shortened for the backend, mapped back
 
+    async def _converted(self, ctx: RequestContext) -> tuple[dict, dict[str, str]]:
+        if ctx.size > OFFLOAD_BYTES:  # a large request converts in a worker thread (translator.request_body)
+            return await asyncio.to_thread(self._convert, ctx)
+        return self._convert(ctx)
+
     async def complete(self, ctx: RequestContext) -> dict:
-        body, tool_names = self._convert(ctx)
+        body, tool_names = await self._converted(ctx)
         req = ctx.request
-        raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
+        try:
+            raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
+        finally:
+            if ctx.size > OFFLOAD_BYTES:
+                release_stepwise(body.get("messages"))
         msg = openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
         ctx.usage = from_openai(raw.get("usage"))
         if ctx.usage is None:
@@ -128,15 +138,20 @@ class ChatBackend:
         return msg
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
-        body, tool_names = self._convert(ctx)
+        body, tool_names = await self._converted(ctx)
         req = ctx.request
-        source = await self.chat_stream(ctx.target, body, ctx.cred, ctx.trace_headers)
+        try:
+            source = await self.chat_stream(ctx.target, body, ctx.cred, ctx.trace_headers)
+        finally:
+            if ctx.size > OFFLOAD_BYTES:
+                release_stepwise(body.get("messages"))
         converter = OpenAIStreamConverter(model=req.model, message_id=new_message_id(),
                                           stop_sequences=req.stop_sequences, tool_names=tool_names)
         return ChatStream(source, converter)
 
     async def count_tokens(self, ctx: RequestContext) -> dict:
-        return {"input_tokens": await count_tokens_locally(ctx.body, ctx.target)}
+        offload = ctx.size > OFFLOAD_BYTES
+        return {"input_tokens": await count_tokens_locally(ctx.request, ctx.target, offload=offload)}
 
     async def aclose(self) -> None:
         pass

@@ -1,4 +1,4 @@
-"""A small pooled HTTP/1.1 client for the native OpenAI path: asyncio transports, httptools (llhttp) parsing.
+"""A small pooled HTTP/1.1 client for the HTTP backends: asyncio transports, httptools (llhttp) parsing.
 
 Why not aiohttp for every request: measured in one process against the bench's loopback upstream (uvloop,
 16 concurrent tiny POSTs, CPU time per request, two rounds): aiohttp 3.14 with a tuned pooled ClientSession
@@ -9,13 +9,17 @@ largest single cost. This module keeps only what one POST to an OpenAI-compatibl
 - parsing is httptools' (llhttp, the parser uvicorn and aiohttp use); TLS is asyncio's (`ssl` context with
   certificate and host name checks); nothing here parses HTTP by hand;
 - keep-alive connections pooled per origin (LIFO, dropped when the peer closed them or after `keepalive_s`),
-  at most `max_connections` requests in flight, waiting for a slot bounded by the connect timeout;
+  at most `max_connections` requests in flight, waiting for a slot at most `pool_wait_s` (then `PoolExhausted`);
+- the response head is bounded (`max_head_bytes` over all its bytes, `max_head_lines` header lines, 1xx heads
+  included): more is `HeadTooLarge`, checked as the bytes arrive, before anything accumulates;
 - `connect_timeout_s` covers waiting for a slot and connecting; `read_timeout_s` is the silence allowed while
   waiting for the response head and between body reads (a streamed answer may take longer than any total);
 - a body reader with the part of aiohttp's `StreamReader` interface the relay uses (`read_nowait`,
   `readany`, `at_eof`): a read cancelled by the caller's timer loses nothing, buffered bytes stay buffered;
   reading from the socket pauses while more than `_HIGH_WATER` bytes wait unread (slow client);
-- `accept-encoding: identity` is sent; gzip/deflate bodies are decoded anyway.
+- `accept-encoding: identity` is sent; gzip/deflate bodies are decoded anyway, on the reader's side and at most
+  `DECODE_STEP` bytes per read (a small compressed body cannot expand into memory all at once: a "gzip bomb"
+  is only ever as large in memory as what the reader keeps of it).
 
 What it does not do, on purpose: proxies (the backend sends requests that must go through a proxy over
 aiohttp), redirects (never followed: the request carries a user's key), cookies (one client serves every
@@ -37,6 +41,9 @@ from yarl import URL
 
 _HIGH_WATER = 256 * 1024  # unread body bytes at which reading from the socket pauses
 _LOW_WATER = 64 * 1024  # ... and resumes
+DECODE_STEP = 64 * 1024  # decoded bytes produced per read of a compressed body
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_LINES = 100
 
 
 class HttpError(Exception):
@@ -53,6 +60,18 @@ class ConnectTimeout(HttpError, TimeoutError):
 
 class ReadTimeout(HttpError, TimeoutError):
     """The upstream was silent for longer than the read timeout."""
+
+
+class _StopParsing(Exception):
+    """Raised inside a parser callback to stop httptools (never leaves this module)."""
+
+
+class PoolExhausted(HttpError):
+    """Every connection slot stayed busy for `pool_wait_s`."""
+
+
+class HeadTooLarge(HttpError):
+    """The response head exceeded `max_head_bytes` or `max_head_lines`."""
 
 
 class Disconnected(HttpError):
@@ -72,7 +91,7 @@ def _check_value(name: str, value: str) -> None:
 class Body:
     """The response body as it arrives; the read side of aiohttp's StreamReader that the relay uses."""
 
-    __slots__ = ("_conn", "_chunks", "_size", "_eof", "_exc", "_waiter", "_decoder", "_last")
+    __slots__ = ("_conn", "_chunks", "_size", "_eof", "_exc", "_waiter", "_decoder", "_last", "_flushed")
 
     def __init__(self, conn: "_Conn") -> None:
         self._conn = conn
@@ -82,20 +101,13 @@ class Body:
         self._eof = False
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future | None = None
-        self._decoder = None  # zlib decompressobj for a gzip/deflate body
+        self._decoder = None  # zlib decompressobj for a gzip/deflate body (decoded by the reader, in steps)
+        self._flushed = False
 
     # -- the connection's side
 
     def _feed(self, data: bytes) -> None:
         self._last = self._conn.loop.time()
-        if self._decoder is not None:
-            try:
-                data = self._decoder.decompress(data)
-            except zlib.error:
-                self._conn.abort(ProtocolError("upstream sent a corrupt compressed body"))
-                return
-            if not data:
-                return
         self._chunks.append(data)
         self._size += len(data)
         if self._size > _HIGH_WATER:
@@ -103,11 +115,6 @@ class Body:
         self._wake()
 
     def _finish(self) -> None:
-        if self._decoder is not None:
-            tail = self._decoder.flush()
-            if tail:
-                self._chunks.append(tail)
-                self._size += len(tail)
         self._eof = True
         self._wake()
 
@@ -123,49 +130,97 @@ class Body:
             if not w.done():
                 w.set_result(None)
 
+    def _take(self) -> bytes:
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        self._conn.resume()
+        return data
+
+    def _decoded(self) -> bytes:
+        """At most DECODE_STEP decoded bytes of a compressed body (b"" when nothing is ready)."""
+        d = self._decoder
+        src = d.unconsumed_tail
+        if not src:
+            if not self._chunks:
+                if self._exc is not None:
+                    raise self._exc
+                if self._eof and not self._flushed:
+                    self._flushed = True
+                    return d.flush(DECODE_STEP)
+                return b""
+            src = self._take()
+        try:
+            return d.decompress(src, DECODE_STEP)
+        except zlib.error:
+            exc = self._exc = ProtocolError("upstream sent a corrupt compressed body")
+            self._conn.abort(exc)
+            raise exc from None
+
+    def _ready(self) -> bool:
+        """Something to hand out (bytes, the end, or an error) without waiting."""
+        if self._chunks or self._eof or self._exc is not None:
+            return True
+        return self._decoder is not None and bool(self._decoder.unconsumed_tail)
+
     # -- the reader's side
 
     def at_eof(self) -> bool:
-        return self._eof and not self._chunks
+        if not self._eof or self._chunks:
+            return False
+        d = self._decoder
+        return d is None or (self._flushed and not d.unconsumed_tail)
 
     def read_nowait(self) -> bytes:
-        """Everything buffered (b"" when nothing is); raises the connection's error once the buffer is empty."""
+        """Everything buffered (b"" when nothing is; at most DECODE_STEP bytes of a compressed body); raises the
+        connection's error once the buffer is empty."""
+        if self._decoder is not None:
+            return self._decoded()
         if not self._chunks:
             if self._exc is not None:
                 raise self._exc
             return b""
-        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._size = 0
-        self._conn.resume()
-        return data
+        return self._take()
 
     async def readany(self) -> bytes:
         """The next bytes available; b"" at the end of the body. Raises ReadTimeout once the upstream has been
         silent for the read timeout, counted from the last bytes received (not from this call: a caller that
         waits in short slices, as the ping pacing does, still gets the timeout)."""
-        while not self._chunks and not self._eof and self._exc is None:
-            conn = self._conn
-            loop = conn.loop
-            left = self._last + conn.read_timeout_s - loop.time()
-            if left <= 0:
-                raise ReadTimeout("upstream read timed out")
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(left, _expire, waiter)
-            try:
-                await waiter  # a cancellation (the caller's own timer) leaves every buffered byte in place
-            finally:
-                timer.cancel()
-                self._waiter = None
-        return self.read_nowait()
+        while True:
+            while not self._ready():
+                conn = self._conn
+                loop = conn.loop
+                left = self._last + conn.read_timeout_s - loop.time()
+                if left <= 0:
+                    raise ReadTimeout("upstream read timed out")
+                waiter = self._waiter = loop.create_future()
+                timer = loop.call_later(left, _expire, waiter)
+                try:
+                    await waiter  # a cancellation (the caller's own timer) leaves every buffered byte in place
+                finally:
+                    timer.cancel()
+                    self._waiter = None
+            data = self.read_nowait()
+            if data or self.at_eof():
+                return data
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole (decoded) body; `BodyTooLarge` as soon as it exceeds `limit` bytes."""
         parts = []
+        size = 0
         while True:
             data = await self.readany()
             if not data:
                 return b"".join(parts)
+            size += len(data)
+            if limit is not None and size > limit:
+                raise BodyTooLarge(f"response body exceeds {limit} bytes")
             parts.append(data)
+
+
+class BodyTooLarge(HttpError):
+    """A body read with a limit exceeded it (after decoding)."""
 
 
 def _expire(waiter: asyncio.Future) -> None:
@@ -185,8 +240,8 @@ class Response:
         self._conn = conn
         self._done = False
 
-    async def read(self) -> bytes:
-        return await self.content.read()
+    async def read(self, limit: int | None = None) -> bytes:
+        return await self.content.read(limit)
 
     def release(self) -> None:
         """Done with the response: a completely read body returns the connection to the pool, else it closes."""
@@ -213,6 +268,9 @@ class _Conn(asyncio.Protocol):
         self.head: asyncio.Future | None = None  # resolves with the Response at the end of the head
         self.resp: Response | None = None
         self.hdrs: list[tuple[str, str]] = []
+        self.head_bytes = 0  # bytes received before the final response head completed
+        self.head_lines = 0
+        self.limit_exc: HttpError | None = None  # a limit crossed inside a parser callback
         self.complete = False  # the current response's message is complete
         self.until_close = False  # body delimited by the connection's end (no length, not chunked)
         self.reusable = False
@@ -229,12 +287,18 @@ class _Conn(asyncio.Protocol):
         if self.parser is None:  # bytes while idle: the connection is out of step, never reuse it
             self.abort(ProtocolError("upstream sent bytes outside a response"))
             return
+        if self.resp is None:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.abort(ProtocolError("upstream switched protocols"))
+            return
         except httptools.HttpParserError as exc:
-            self.abort(ProtocolError(f"upstream sent malformed HTTP ({type(exc).__name__})"))
+            self.abort(self.limit_exc or ProtocolError(f"upstream sent malformed HTTP ({type(exc).__name__})"))
+            return
+        if self.resp is None and self.head_bytes > self.pool.max_head_bytes and not self.closed:
+            self.abort(HeadTooLarge(f"response head exceeds {self.pool.max_head_bytes} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -251,6 +315,10 @@ class _Conn(asyncio.Protocol):
     # -- httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_lines += 1
+        if self.head_lines > self.pool.max_head_lines:
+            self.limit_exc = HeadTooLarge(f"response head exceeds {self.pool.max_head_lines} header lines")
+            raise _StopParsing()  # httptools stops parsing; data_received aborts with `limit_exc`
         self.hdrs.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -279,12 +347,12 @@ class _Conn(asyncio.Protocol):
             self.head.set_result(resp)
 
     def on_body(self, body: bytes) -> None:
-        if self.resp is not None:
+        if self.resp is not None and not self.complete:  # never the body of a response after this one
             self.resp.content._feed(body)
 
     def on_message_complete(self) -> None:
-        if self.resp is None:
-            return  # the end of a 1xx
+        if self.resp is None or self.complete:
+            return  # the end of a 1xx, or of a response after this one
         self.complete = True
         self.reusable = self.parser.should_keep_alive() and not self.until_close
         self.resp.content._finish()
@@ -295,6 +363,8 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.head = self.loop.create_future()
         self.resp = None
+        self.head_bytes = self.head_lines = 0
+        self.limit_exc = None
         self.complete = self.reusable = self.until_close = False
         self.transport.write(data)
         return self.head
@@ -317,14 +387,19 @@ class _Conn(asyncio.Protocol):
             self.resp.content._fail(exc)
             self.complete = True  # nothing more is read
         self.closed = True
+        self.hdrs = []
         if self.transport is not None:
             self.transport.close()
 
     def finish(self, *, reuse: bool) -> None:
         """The caller is done with the current response."""
+        # Drop every reference of this response (the parser refers back to this protocol, the response's body
+        # too): nothing of a finished request may wait for the cycle collector.
         self.head = None
         self.resp = None
         self.parser = None
+        self.hdrs = []
+        self.limit_exc = None
         self.pool._done(self, reuse and self.complete and self.reusable and not self.closed)
 
 
@@ -332,10 +407,14 @@ class Http1Pool:
     """Pooled keep-alive HTTP/1.1 connections; create it inside the running event loop, `close()` at shutdown."""
 
     def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int,
-                 keepalive_s: float = 60.0, user_agent: str = "keyrelay-translator/0.1",
-                 ssl_context: ssl_mod.SSLContext | None = None) -> None:
+                 pool_wait_s: float | None = None, max_head_bytes: int = MAX_HEAD_BYTES,
+                 max_head_lines: int = MAX_HEAD_LINES, keepalive_s: float = 60.0,
+                 user_agent: str = "keyrelay-translator/0.1", ssl_context: ssl_mod.SSLContext | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.connect_timeout_s = connect_timeout_s
+        self.pool_wait_s = connect_timeout_s if pool_wait_s is None else pool_wait_s
+        self.max_head_bytes = max_head_bytes
+        self.max_head_lines = max_head_lines
         self.read_timeout_s = read_timeout_s
         self.keepalive_s = keepalive_s
         self.user_agent = user_agent
@@ -394,10 +473,10 @@ class Http1Pool:
         slots = self._slots
         if slots.locked():
             try:
-                async with asyncio.timeout(self.connect_timeout_s):
+                async with asyncio.timeout(self.pool_wait_s):
                     await slots.acquire()
             except TimeoutError:
-                raise ConnectTimeout("no upstream connection free within the connect timeout") from None
+                raise PoolExhausted(f"no upstream connection slot free within {self.pool_wait_s} s") from None
         else:
             await slots.acquire()
         try:
@@ -419,9 +498,14 @@ class Http1Pool:
         except BaseException:
             conn.abort(Disconnected("request abandoned"))
             conn.finish(reuse=False)
+            # The exception's traceback keeps this frame: it must not keep the future that holds the exception
+            # (a reference cycle, freed only by the cycle collector, with everything the connection held).
+            timer.cancel()
+            head = timer = None
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
     def _done(self, conn: _Conn, reuse: bool) -> None:
         if conn in self._active:

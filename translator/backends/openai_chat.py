@@ -18,7 +18,8 @@ import orjson
 from translator.backends.base import BackendDeps
 from translator.backends.chat import ChatBackend
 from translator.backends.transport import (Transport, UpstreamResponse, end_response, error_from_response,
-                                           is_transport_error, read_all, read_within, transport_error)
+                                           event_too_large, is_transport_error, read_all, read_within,
+                                           transport_error)
 from translator.credentials import Credential
 from translator.errors import ApiError, extract_message, upstream_error, upstream_not_json
 from translator.routing import Target
@@ -38,8 +39,10 @@ class OpenAIChunks:
     """An open streaming response whose status was 200: its chunk dicts, read batch by batch (a
     `ChunkSource`). Always `aclose()`."""
 
-    def __init__(self, resp: UpstreamResponse, provider: str, cred: Credential) -> None:
+    def __init__(self, resp: UpstreamResponse, provider: str, cred: Credential,
+                 max_event_bytes: int = 4 << 20) -> None:
         self._resp = resp
+        self._max_event = max_event_bytes
         self._provider = provider
         self._cred = cred
         self._decoder = SSEDecoder()
@@ -81,7 +84,11 @@ class OpenAIChunks:
                     self._done = True
                     return self._chunks(self._decoder.flush())
                 return []
-            return self._chunks(self._decoder.feed(raw))
+            decoder = self._decoder
+            batch = self._chunks(decoder.feed(raw))
+            if decoder.pending_bytes > self._max_event:
+                raise event_too_large(self._provider, self._max_event)
+            return batch
         except ApiError:
             raise
         except Exception as exc:
@@ -142,7 +149,7 @@ class OpenAIChatClient:
         if resp.status != 200:
             raise await error_from_response(resp, target.provider, cred)
         try:
-            raw = await read_all(resp, target.provider)
+            raw = await read_all(resp, target.provider, self.transport.max_body_bytes)
         except BaseException:
             resp.close()
             raise
@@ -160,7 +167,7 @@ class OpenAIChatClient:
         resp = await self._post(target, body, cred, "text/event-stream", trace)
         if resp.status != 200:
             raise await error_from_response(resp, target.provider, cred)
-        return OpenAIChunks(resp, target.provider, cred)
+        return OpenAIChunks(resp, target.provider, cred, self.transport.max_event_bytes)
 
 
 class OpenAIChatBackend(ChatBackend):

@@ -33,10 +33,8 @@ class Backends:
         self._by_kind: dict[str, Backend] = {}
 
     def start(self) -> None:
-        s = self.settings
-        self.transport = Transport(connect_timeout_s=s.connect_timeout_s, read_timeout_s=s.read_timeout_s,
-                                   max_connections=s.max_connections)
-        deps = BackendDeps(settings=s, transport=self.transport)
+        self.transport = Transport.from_settings(self.settings)
+        deps = BackendDeps(settings=self.settings, transport=self.transport)
         self._by_kind = {kind: factory(deps) for kind, factory in self.registry.items()}
 
     def for_target(self, target: Target) -> Backend:

@@ -60,6 +60,10 @@ def env_proxy(url: URL) -> Endpoint:
     return Endpoint(url, proxy.with_user(None), proxy.user, proxy.password)
 
 
+def event_too_large(provider: str, limit: int) -> ApiError:
+    return ApiError(502, "api_error", f"upstream {provider} sent a stream event over {limit} bytes", upstream=True)
+
+
 def is_transport_error(exc: BaseException) -> bool:
     """Whether `exc` is a failure of either client (aiohttp is only consulted once it was imported)."""
     if isinstance(exc, (http1.HttpError, TimeoutError)):
@@ -72,6 +76,11 @@ def transport_error(exc: BaseException, provider: str) -> ApiError:
     """Transport failures of either client -> Anthropic-shaped errors (connection failed 502, timeouts 504)."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, http1.PoolExhausted):
+        return ApiError(529, "overloaded_error",
+                        "the translator has no free upstream connection; retry shortly")
+    if isinstance(exc, (http1.HeadTooLarge, http1.BodyTooLarge)):
+        return ApiError(502, "api_error", f"upstream {provider}: {exc}", upstream=True)
     if isinstance(exc, TimeoutError):  # both clients' connect and read timeouts subclass it
         return upstream_timeout(provider)
     if isinstance(exc, http1.ConnectError):  # refused, DNS, unreachable, TLS
@@ -92,12 +101,21 @@ class Transport:
     """POSTs to upstream URLs over the pooled http1 client, or over aiohttp when a proxy applies. Create it
     inside the running event loop; `aclose()` at shutdown."""
 
-    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int) -> None:
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int,
+                 pool_wait_s: float = 5.0, max_head_bytes: int = http1.MAX_HEAD_BYTES,
+                 max_head_lines: int = http1.MAX_HEAD_LINES, max_body_bytes: int = 16 << 20,
+                 max_event_bytes: int = 4 << 20) -> None:
+        self.max_body_bytes = max_body_bytes  # a non-streaming answer, decoded (`read_all`)
+        self.max_event_bytes = max_event_bytes  # one SSE event of a streamed answer (enforced by the streams)
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.max_connections = max_connections
+        self.max_head_bytes = max_head_bytes
+        self.max_head_lines = max_head_lines
         self.pool = http1.Http1Pool(connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s,
-                                    max_connections=max_connections, user_agent=USER_AGENT)
+                                    max_connections=max_connections, pool_wait_s=pool_wait_s,
+                                    max_head_bytes=max_head_bytes, max_head_lines=max_head_lines,
+                                    user_agent=USER_AGENT)
         self._session: Any = None  # aiohttp.ClientSession, for proxied requests only
         self._endpoints: dict[str, Endpoint] = {}
 
@@ -107,6 +125,13 @@ class Transport:
         if hit is None:
             hit = self._endpoints[url] = env_proxy(URL(url))
         return hit
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "Transport":
+        return cls(connect_timeout_s=s.connect_timeout_s, read_timeout_s=s.read_timeout_s,
+                   max_connections=s.max_connections, pool_wait_s=s.pool_wait_s,
+                   max_head_bytes=s.max_response_head_bytes, max_head_lines=s.max_response_head_lines,
+                   max_body_bytes=s.max_response_body_bytes, max_event_bytes=s.max_sse_event_bytes)
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], provider: str) -> UpstreamResponse:
         """POST `body`; returns once the response head arrived. Transport failures raise ApiError."""
@@ -138,11 +163,21 @@ class Transport:
                 # The proxy is resolved here once per URL (`env_proxy`); trust_env would read the proxy
                 # variables and ~/.netrc on every request.
                 trust_env=False,
-                auto_decompress=True,
+                # The same head limits as http1 (aiohttp's own are per line; one line may hold the whole head).
+                max_line_size=self.max_head_bytes, max_field_size=self.max_head_bytes,
+                max_headers=self.max_head_lines,
+                # Bodies are not decompressed here: aiohttp would expand a small gzip without bound. Identity is
+                # asked for, and an encoded answer is refused (`_proxied`).
+                auto_decompress=False,
             )
         auth = (aiohttp.BasicAuth(ep.proxy_user, ep.proxy_password or "") if ep.proxy_user is not None else None)
-        return await self._session.post(ep.url, data=body, proxy=ep.proxy, proxy_auth=auth, allow_redirects=False,
-                                        headers=dict(headers))
+        resp = await self._session.post(ep.url, data=body, proxy=ep.proxy, proxy_auth=auth, allow_redirects=False,
+                                        headers={**headers, "accept-encoding": "identity"})
+        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", ""):
+            resp.close()
+            raise http1.ProtocolError(f"upstream sent a {encoding!r} body through the proxy (identity was asked for)")
+        return resp
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -150,10 +185,20 @@ class Transport:
         await self.pool.close()
 
 
-async def read_all(resp: UpstreamResponse, provider: str) -> bytes:
-    """The whole body of a response; transport failures raise ApiError. Always release or close `resp`."""
+async def read_all(resp: UpstreamResponse, provider: str, limit: int) -> bytes:
+    """The whole (decoded) body of a response, at most `limit` bytes (more is a 502 naming the limit);
+    transport failures raise ApiError. Always release or close `resp`."""
+    parts: list[bytes] = []
+    size = 0
     try:
-        return await resp.content.read()
+        while True:
+            data = await resp.content.readany()
+            if not data:
+                return b"".join(parts)
+            size += len(data)
+            if size > limit:
+                raise http1.BodyTooLarge(f"response body exceeds {limit} bytes")
+            parts.append(data)
     except Exception as exc:
         if is_transport_error(exc):
             raise transport_error(exc, provider) from None

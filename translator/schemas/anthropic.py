@@ -13,6 +13,7 @@ Policy for what we do not model (see docs/conversion.md):
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -117,10 +118,22 @@ class TextBlock(_Model):
     cache_control: CacheControl | None = None
 
 
+# Counts the image blocks of one validation when set (translator.request_body's image cap): a validator that
+# runs only for image blocks, so a request without images pays nothing for the count.
+IMAGE_COUNT: ContextVar[list[int] | None] = ContextVar("image_count", default=None)
+
+
 class ImageBlock(_Model):
     type: Literal["image"] = "image"
     source: ImageSource
     cache_control: CacheControl | None = None
+
+    @model_validator(mode="after")
+    def _count(self) -> "ImageBlock":
+        count = IMAGE_COUNT.get()
+        if count is not None:
+            count[0] += 1
+        return self
 
 
 class DocumentBlock(_Model):
