@@ -175,6 +175,17 @@ def authorizer(pol, url: str | None, registry=None, **kw) -> tuple[Authorizer, B
     return Authorizer(store, metrics, budgets=tracker), tracker
 
 
+def two_replicas(pol, url: str):
+    """Two Authorizers with their own trackers on one Redis (two ext_authz processes), and a refresh of both."""
+    (one, t1), (two, t2) = authorizer(pol, url), authorizer(pol, url)
+
+    def refresh() -> None:
+        t1.refresh()
+        t2.refresh()
+    refresh()
+    return one, two, t2, refresh
+
+
 def send(auth: Authorizer, key: str, route: str = "messages"):
     return auth.check(check_request({"x-api-key": key}, route=route))
 
@@ -219,14 +230,11 @@ def redis_client(url: str):
 
 
 def test_two_replicas_share_one_request_budget(redis_url) -> None:
-    pol = policy("budgets: {per_key: {requests_per_minute: 6}}")
-    one, t1 = authorizer(pol, redis_url)
-    two, t2 = authorizer(pol, redis_url)
+    one, two, _, refresh = two_replicas(policy("budgets: {per_key: {requests_per_minute: 6}}"), redis_url)
     results = []
     for i in range(10):
         results.append(send(one if i % 2 else two, KEY_B).WhichOneof("http_response"))
-        t1.refresh()
-        t2.refresh()
+        refresh()
     assert results.count("ok_response") == 6 and results[6:] == ["denied_response"] * 4
 
 
@@ -324,23 +332,15 @@ def test_without_a_redis_url_budgets_follow_their_mode() -> None:
 
 
 def test_budgeted_tenants_are_known_before_their_first_request(redis_url) -> None:
-    pol = policy("budgets: {tenants: {team-a: {requests_per_minute: 2}}}")
-    one, t1 = authorizer(pol, redis_url)
-    two, t2 = authorizer(pol, redis_url)
-    t1.refresh()
-    t2.refresh()
+    one, two, _, refresh = two_replicas(policy("budgets: {tenants: {team-a: {requests_per_minute: 2}}}"), redis_url)
     assert [send(one, KEY_A).WhichOneof("http_response") for _ in range(2)] == ["ok_response"] * 2
-    t1.refresh()
-    t2.refresh()
+    refresh()
     assert send(two, KEY_C).WhichOneof("http_response") == "denied_response"  # never saw team-a before
 
 
 def test_concurrent_requests_counted_from_allow_to_the_translators_end(redis_url) -> None:
     pol = policy("budgets: {tenants: {team-a: {concurrent_requests: 2}}, per_key: {requests_per_minute: 100}}")
-    one, t1 = authorizer(pol, redis_url)
-    two, t2 = authorizer(pol, redis_url)
-    t1.refresh()
-    t2.refresh()
+    one, two, t2, refresh = two_replicas(pol, redis_url)
 
     def send_id(auth, key, rid):
         return auth.check(check_request({"x-api-key": key}, route="messages", request_id=rid)).WhichOneof(
@@ -348,8 +348,7 @@ def test_concurrent_requests_counted_from_allow_to_the_translators_end(redis_url
 
     assert [send_id(one, KEY_A, "rid-1"), send_id(one, KEY_C, "rid-2")] == ["ok_response"] * 2
     assert send_id(one, KEY_A, "rid-3") == "denied_response"  # counted locally before any refresh
-    t1.refresh()
-    t2.refresh()
+    refresh()
     denied = two.check(check_request({"x-api-key": KEY_C}, route="messages", request_id="rid-4"))
     assert denied.denied_response.status.code == 429
     assert denied.dynamic_metadata.fields["reason"].string_value == "budget_concurrent_requests"
