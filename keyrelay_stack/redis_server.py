@@ -30,10 +30,10 @@ def redis_url(port: int) -> str:
 
 
 def ping(port: int, timeout: float = 1.0) -> bool:
-    """True when a Redis on 127.0.0.1:`port` answers PING."""
+    """True when a Redis on 127.0.0.1:`port` answers PING (PONG, or NOAUTH from one that wants a password)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False

@@ -269,3 +269,45 @@ def test_redis_killed_under_load_follows_each_budgets_mode(stacks: BudgetStacks)
     assert status(denial) == 200
     text = "\n".join(line for p in (*stacks.authz, *stacks.translators) for line in p.lines)
     assert text.count("budget store unreachable") <= 4  # logged once per process, not per request
+
+
+def test_redis_password_is_used_and_never_logged(tmp_path: Path) -> None:
+    """A Redis with a password: both services authenticate with the URL's password, and neither prints it, also
+    not when Redis goes away."""
+    secret = "s3cret-budget-pass-77"
+    server = RedisServer(password=secret).start()
+    upstream = ScriptedUpstream(default=openai_completion(
+        usage={"prompt_tokens": PROMPT, "completion_tokens": COMPLETION, "total_tokens": PROMPT + COMPLETION}))
+    upstream.start()
+    digest = __import__("hashlib").sha256(KEYS["rpm"].encode()).hexdigest()
+    policy = write_policy(tmp_path / "policy.yaml", allowlist=[{"sha256": digest, "tenant": "team-rpm"}],
+                          budgets={"tenants": {"team-rpm": {"requests_per_minute": 2}}})
+    env = {kb.REDIS_URL_ENV: server.url}
+    procs: list = []
+    try:
+        authz = start_ext_authz(policy, name="ext_authz_budget_pw", KEYRELAY_BUDGET_REFRESH_SECONDS=REFRESH, **env)
+        procs.append(authz)
+        translator = start_translator(upstream.url, **env)
+        procs.append(translator)
+        envoy = start_envoy("envoy_budget_pw", ext_authz_port=authz.port, translator_port=translator.port,
+                            tmp=tmp_path, access_log=False)
+        procs.append(envoy)
+        statuses = []
+        for _ in range(3):
+            statuses.append(status(ask(envoy, "rpm")))
+            time.sleep(0.3)
+        assert statuses == [200, 200, 429]  # counted in the password-protected Redis
+        assert int(server.client().hget(
+            kb.window_key("tenant", "team-rpm", "d", int(time.time() // kb.DAY_SECONDS)), "input")) == 2 * PROMPT
+        server.kill()
+        time.sleep(1.5)
+        ask(envoy, "rpm")  # the translator's write fails too
+        time.sleep(1.0)
+        output = "\n".join(line for p in (authz, translator) for line in p.lines)
+        assert output.count("budget store unreachable") >= 2 and "redis://***@127.0.0.1" in output
+        assert secret not in output
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        upstream.close()
+        server.stop()

@@ -33,17 +33,20 @@ def ensure_redis_server() -> str:
 class RedisServer:
     """One redis-server process; `kill()` simulates an outage, `start()` brings it back on the same port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, password: str | None = None) -> None:
         self.binary = ensure_redis_server()
         self.port = port or free_port()
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return redis_url(self.port)
+        url = redis_url(self.port)
+        return url.replace("redis://", f"redis://:{self.password}@") if self.password else url
 
     def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(redis_argv(self.binary, self.port), stdout=subprocess.DEVNULL,
+        extra = ["--requirepass", self.password] if self.password else []
+        self.proc = subprocess.Popen(redis_argv(self.binary, self.port) + extra, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
         while not ping(self.port):
