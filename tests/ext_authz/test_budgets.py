@@ -534,3 +534,31 @@ def test_translator_redis_url_setting() -> None:
     with pytest.raises(ConfigError, match="must start with") as info:
         load_settings([], {"KEYRELAY_REDIS_URL": "http://:s3cret@r"})
     assert "s3cret" not in str(info.value)
+
+
+# ---------------------------------------------------------------------- the real service process
+
+def test_service_with_two_workers_enforces_one_budget_and_reports_the_store(redis_server, redis_url,
+                                                                             tmp_path) -> None:
+    """keyrelay-ext-authz --workers 2 over real gRPC: each worker has its own tracker; Redis joins them. The
+    budget is spent after exactly its limit once the workers refreshed, whichever worker answers; a hot reload
+    that raises the limit is applied (after the quiet period) and the store gauge is exported."""
+    from .helpers import running_service
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(BASE + "budgets: {tenants: {team-b: {requests_per_minute: 4}}}\n")
+    env = {kb.REDIS_URL_ENV: redis_url, "KEYRELAY_BUDGET_REFRESH_SECONDS": "0.05"}
+    with running_service(path, env=env, workers=2, extra_args=["--loosen-quiet-seconds", "0"]) as svc:
+        answers = []
+        for _ in range(8):
+            answers.append(svc.check({"x-api-key": KEY_B}, route="messages").WhichOneof("http_response"))
+            time.sleep(0.3)  # several refreshes: every worker has seen the others' requests
+        assert answers == ["ok_response"] * 4 + ["denied_response"] * 4
+        assert svc.metric("keyrelay_ext_authz_budget_store_up") == 2  # one series per worker
+        assert svc.metric("keyrelay_ext_authz_decisions_total", result="deny",
+                          reason="budget_requests_per_minute") == 4
+        path.write_text(BASE + "budgets: {tenants: {team-b: {requests_per_minute: 100}}}\n")
+        deadline = time.monotonic() + 10
+        while svc.check({"x-api-key": KEY_B}, route="messages").WhichOneof("http_response") != "ok_response":
+            assert time.monotonic() < deadline, "the raised limit was not applied"
+            time.sleep(0.1)
