@@ -51,6 +51,7 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while not ping(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.05)
         return self
