@@ -21,6 +21,7 @@ COPY translator ./translator
 COPY keyrelay_stack ./keyrelay_stack
 COPY keyrelay_common ./keyrelay_common
 COPY keyrelay_tracing ./keyrelay_tracing
+COPY keyrelay_budgets ./keyrelay_budgets
 # keyrelay_stack/data/ holds symlinks to these two files (one real copy each); the wheel build dereferences them.
 COPY k8s/overlays/standalone/envoy.yaml ./k8s/overlays/standalone/envoy.yaml
 COPY examples/policy.yaml ./examples/policy.yaml

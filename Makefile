@@ -26,7 +26,9 @@ $(VENV)/.test: $(VENV)/bin/python pyproject.toml
 
 venv: $(VENV)/.test
 
+# ARGS=--with-redis also starts redis-server (budget counters), installed from Debian when running as root.
 run: $(VENV)/.stack
+	$(if $(findstring --with-redis,$(ARGS)),$(call debian_tool,redis-server,redis-server,--with-redis needs redis-server: run 'sudo apt-get install -y redis-server' then retry,exit 1))
 	$(VENV)/bin/keyrelay-stack $(ARGS)
 
 # $(call debian_tool,COMMAND,PACKAGE,MESSAGE,ON_FAILURE): install PACKAGE from Debian when COMMAND is missing and
@@ -43,9 +45,10 @@ define debian_tool
 endef
 
 # The suite includes tests/packaging (sdist + wheel build, a clean install, the Pods in a bubblewrap sandbox);
-# without bubblewrap the sandbox tests are skipped with the reason.
+# without bubblewrap the sandbox tests are skipped with the reason, and without redis-server the budget tests.
 test: $(VENV)/.test
 	$(call debian_tool,bwrap,bubblewrap,bubblewrap is missing: the sandbox tests will be skipped (sudo apt-get install -y bubblewrap),true)
+	$(call debian_tool,redis-server,redis-server,redis-server is missing: the budget tests will be skipped (sudo apt-get install -y redis-server),true)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The LiteLLM proxy server the bench compares with, in its own virtualenv: `litellm[proxy]` resolves to another
@@ -60,6 +63,7 @@ $(LITELLM_PROXY_VENV)/bin/litellm:
 # Benchmark (docs/bench.md): needs wrk, installed from Debian when running as root. ARGS=--quick for a short run.
 bench: $(VENV)/.test $(LITELLM_PROXY_VENV)/bin/litellm
 	$(call debian_tool,wrk,wrk,make bench needs wrk: run 'sudo apt-get install -y wrk' (Debian/Ubuntu) or 'brew install wrk' then retry,exit 1)
+	$(call debian_tool,redis-server,redis-server,redis-server is missing: the budgets-on authz variant will be skipped,true)
 	LITELLM_PROXY_BIN=$(LITELLM_PROXY_VENV)/bin/litellm $(PY) -m bench $(ARGS)
 
 # Regenerate the committed gRPC/protobuf code from protos/ (tests fail when it drifts).

@@ -7,6 +7,7 @@ Both ext_authz instances run side by side so the three listeners are measured in
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from bench import components as C
@@ -16,6 +17,39 @@ from bench.procs import free_port
 from bench.runner import Point, Settings
 
 CONCURRENCIES = (1, 16)
+# Budgets on (docs/usage.md#budgets): a 1-worker ext_authz whose policy adds a tenant and a per-key budget that
+# are never spent, counted in a local redis-server; measured side by side with w1 (the same without budgets).
+BUDGETS_LABEL = "w1budgets"
+BUDGETS_POLICY = ("budgets:\n  per_key: {requests_per_minute: 1000000000000}\n"
+                  "  tenants:\n    bench: {tokens_per_minute: 1000000000000, tokens_per_day: 1000000000000}\n")
+
+
+def start_budgeted_ext_authz(workdir: Path, cpus: str | None, started: list) -> C.Started | None:
+    """redis-server plus ext_authz (1 worker) with budgets on; None (and a log line) without redis-server."""
+    from bench.procs import Proc, base_env, script
+    from keyrelay_budgets import REDIS_URL_ENV
+    from keyrelay_stack.redis_server import find_redis_server, ping, redis_argv, redis_url
+
+    binary = find_redis_server()
+    if binary is None:
+        runner.log("[authz] redis-server not found: the budgets-on variant is skipped")
+        return None
+    redis_port = free_port()
+    redis = Proc(redis_argv(binary, redis_port), env=base_env(), name="redis")
+    started.append(C.Started(redis, redis_port))
+    deadline = time.monotonic() + 10
+    while not ping(redis_port):
+        if time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    policy = workdir / "policy-budgets.yaml"
+    policy.write_text(C.policy_yaml() + BUDGETS_POLICY)
+    grpc_port, http_port = free_port(), free_port()
+    proc = Proc([script("keyrelay-ext-authz"), "--grpc-addr", f"127.0.0.1:{grpc_port}", "--http-addr",
+                 f"127.0.0.1:{http_port}", "--policy", str(policy), "--workers", "1"],
+                env=base_env(**{REDIS_URL_ENV: redis_url(redis_port)}), name="ext_authz-budgets",
+                cpus=cpus).wait_ready(60)
+    return C.Started(proc, grpc_port)
 
 
 def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_counts: tuple[int, ...],
@@ -33,6 +67,11 @@ def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_cou
         if baseline is not None:  # the baseline tree's ext_authz, 1 worker (bench/baseline.py)
             authz["base"] = C.start_ext_authz(policy, workers=1, cpus=sut_cpus, tree=baseline)
             started.append(authz["base"])
+        if "w1" in authz:
+            budgeted = start_budgeted_ext_authz(workdir, sut_cpus, started)
+            if budgeted is not None:
+                started.append(budgeted)
+                authz[BUDGETS_LABEL] = budgeted
         ports = {label: (free_port(), s.port) for label, s in authz.items()}
         plain_port, admin_port = free_port(), free_port()
         cfg = envoy_config.authz_bootstrap(admin_port=admin_port, plain_port=plain_port, authz=ports,
@@ -87,6 +126,13 @@ def run(workdir: Path, settings: Settings, *, envoy_concurrency: int, worker_cou
                                          "baseline": runner.median([cpu(x) * 1000 for x in samples[f"{old}/c16"]]),
                                          "ratio": runner.paired_ratio(samples[f"{old}/c16"], samples[f"{cur}/c16"],
                                                                       cpu)},
+            }
+        if BUDGETS_LABEL in authz:  # budgets on over budgets off, paired in the same runs
+            result["budgets"] = {
+                "throughput_c16": runner.paired_ratio(samples["w1/c16"], samples[f"{BUDGETS_LABEL}/c16"],
+                                                      lambda s: s.rps),
+                "added_p50_ms_c1": runner.paired_diff(samples["w1/c1"], samples[f"{BUDGETS_LABEL}/c1"],
+                                                      lambda s: s.p50_ms),
             }
         result["peak_rss_mb"] = {label: {str(pid): round(mb, 1) for pid, mb in s.proc.peak_rss_mb().items()}
                                  for label, s in authz.items()}

@@ -48,6 +48,10 @@ def targets(result: dict) -> list[dict]:
                 continue
             at_least(f"authz throughput / no authz, c16 ({label})", r["throughput_c16"], 0.12, "{:.1%}")
             at_most(f"authz added p50 at c1 ({label})", r["added_p50_ms_c1"], 0.5, "{:.3f} ms")
+        if authz.get("budgets"):
+            b = authz["budgets"]
+            at_least("authz throughput budgets on / off, c16", b["throughput_c16"], 0.70, "{:.1%}")
+            at_most("budgets added p50 per check at c1", b["added_p50_ms_c1"], 0.3, "{:.3f} ms")
     tr = result.get("translator")
     if tr:
         g = tr["groups"]
@@ -104,6 +108,8 @@ def render(result: dict) -> str:
             c1, c16 = pts[f"{label}/c1"], pts[f"{label}/c16"]
             r = authz["ratios"].get(label, {})
             name = {"plain": "no authz", "base": "baseline, 1 worker"}.get(label, f"ext_authz {label[1:]} worker(s)")
+            if label.endswith("budgets"):
+                name = "ext_authz 1 + budgets"
             lines.append(
                 f"  {name:<22}{_f(c16['rps']):>11}{_pct(r.get('throughput_c16')) if r else '':>8}"
                 f"{_f(c1['p50_ms'], '{:.3f}'):>9}{_f(r.get('added_p50_ms_c1'), '{:+.3f}') if r else '':>9}"

@@ -21,6 +21,19 @@ DENIALS = {
     "revoked": (403, "permission_error"),
     "not_allowlisted": (403, "permission_error"),
     "internal_error": (500, "api_error"),
+    # budgets (ext_authz/budgets.py): answered with retry-after
+    "budget_requests_per_minute": (429, "rate_limit_error"),
+    "budget_tokens_per_minute": (429, "rate_limit_error"),
+    "budget_tokens_per_day": (429, "rate_limit_error"),
+    "budget_concurrent_requests": (429, "rate_limit_error"),
+    "budget_unavailable": (503, "api_error"),
+}
+BUDGET_MESSAGES = {
+    "budget_requests_per_minute": "request budget per minute exhausted",
+    "budget_tokens_per_minute": "token budget per minute exhausted",
+    "budget_tokens_per_day": "token budget per day exhausted",
+    "budget_concurrent_requests": "too many requests in flight",
+    "budget_unavailable": "the budget store is unreachable and this budget fails closed",
 }
 # Allow reasons: passthrough (key forwarded), no_key (fallback, key not required), passthrough_off (key
 # validated, static key used upstream).
@@ -39,6 +52,7 @@ class Decision:
     tenant: str = ""
     # The key to forward as Authorization: Bearer (passthrough only). Never logged, never in repr.
     forward_key: str | None = field(default=None, repr=False)
+    retry_after: int = 0  # seconds, sent as retry-after on a denial (budgets)
 
 
 def deny(reason: str, route: str, message: str, key_id: str = "") -> Decision:
@@ -71,6 +85,15 @@ def decide(policy: Policy, route: str, headers: RequestHeaders) -> Decision:
         return Decision(True, "passthrough", route, credential=PASSTHROUGH, key_id=key_id, tenant=tenant,
                         forward_key=key)
     return Decision(True, "passthrough_off", route, credential=FALLBACK, key_id=key_id, tenant=tenant)
+
+
+def budget_denial(allowed: Decision, reason: str, retry_after: int) -> Decision:
+    """The denial of an otherwise allowed request whose budget is spent (or whose budget store is down)."""
+    status, error_type = DENIALS[reason]
+    scope = f"tenant {allowed.tenant}" if allowed.tenant else "this API key"
+    return Decision(False, reason, allowed.route, status, error_type,
+                    f"{BUDGET_MESSAGES[reason]} for {scope}; retry after {retry_after} s", key_id=allowed.key_id,
+                    tenant=allowed.tenant, retry_after=retry_after)
 
 
 def internal_error(route: str) -> Decision:

@@ -34,6 +34,15 @@ class Metrics:
         self.dry_run_denials = Counter(f"{PREFIX}_dry_run_denials",
                                        "Allowed requests a dry_run rule of the policy would have denied, by reason "
                                        "and route", ["reason", "route"], registry=registry)
+        self.budget_store_up = Gauge(f"{PREFIX}_budget_store_up",
+                                     "1 while the last budget refresh from Redis worked, 0 while it fails",
+                                     registry=registry, multiprocess_mode="liveall")
+        self.budget_store_errors = Counter(f"{PREFIX}_budget_store_errors",
+                                           "Budget refreshes that failed (Redis unreachable, timed out or erred)",
+                                           registry=registry)
+        self.budget_fail_open = Counter(f"{PREFIX}_budget_fail_open",
+                                        "Budgeted requests allowed unchecked while Redis was unreachable "
+                                        "(on_redis_error: open)", registry=registry)
         self._children: dict[tuple[str, str, str], Counter] = {}
         self._live: tuple[str, str] | None = None
 

@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from keyrelay_budgets import DEFAULT_WINDOW_SECONDS, TENANT_ID, TOKEN_FIELDS
+
 from .routes import DEFAULT_ROUTE, KNOWN_ROUTES  # noqa: F401 - the route names live in routes.py
 
 SCHEMA_VERSION = 1
@@ -28,10 +30,21 @@ MAX_KEY_LENGTH_LIMIT = 16384  # the highest max_key_length a policy may set
 MAX_POLICY_BYTES = 4 * 1024 * 1024
 _ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 DIGEST_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")  # a key as stored: sha256 hex
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+_TENANT = TENANT_ID
 # decision_log.mode: off | all (every decision) | denials (denials and dry-run hits) | sampled (denials and
 # dry-run hits, plus `sample_rate` of the allows).
 DECISION_LOG_MODES = ("off", "all", "denials", "sampled")
+# budgets (docs/ext_authz.md#budgets): limits per tenant and a default per key, counted in Redis.
+BUDGET_LIMITS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "concurrent_requests")
+BUDGET_FIELDS = {*BUDGET_LIMITS, "dry_run", "on_redis_error"}
+REDIS_ERROR_MODES = ("open", "closed")
+MAX_BUDGET_LIMIT = 10 ** 12
+MAX_BUDGET_TENANTS = 10_000  # tenants with a budget of their own in one policy
+MAX_WEIGHT = 1000
+WEIGHT_KINDS = TOKEN_FIELDS
+# budgets.window_seconds: the length of the "minute" windows. Below 60 only to exercise budgets in tests and
+# demos without waiting a minute; limits named per_minute then count per window.
+MIN_WINDOW_SECONDS = 1
 
 
 def _is_null(node: yaml.Node) -> bool:
@@ -84,6 +97,30 @@ class DecisionLogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """One budget (a tenant's, or the default applied to every key): None means no such limit."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None  # weighted tokens (Budgets.weights)
+    tokens_per_day: int | None = None     # weighted tokens per UTC day
+    concurrent_requests: int | None = None  # messages requests in flight (allowed, not yet finished)
+    dry_run: bool = False                 # would-be denials are logged and counted, nothing is denied
+    on_redis_error: str = "open"          # open: allow while Redis is unreachable; closed: deny with 503
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """`budgets:`: token and request limits counted across replicas in Redis (ext_authz/budgets.py)."""
+
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # WEIGHT_KINDS order
+    window_seconds: int = DEFAULT_WINDOW_SECONDS
+    per_key: Budget | None = None
+    tenants: Mapping[str, Budget] = field(default_factory=dict)
+    # Some budget limits requests in flight: the Check path then passes the request id along.
+    concurrent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int = SCHEMA_VERSION
     default: RoutePolicy = field(default_factory=RoutePolicy)
@@ -102,6 +139,7 @@ class Policy:
     # `shadow is not None` only, so a policy without dry-run rules costs nothing extra.
     shadow: Policy | None = None
     decision_log: DecisionLogConfig | None = None
+    budgets: Budgets | None = None
 
     def for_route(self, route: str) -> RoutePolicy:
         return self.routes.get(route, self.default)
@@ -119,7 +157,7 @@ ROUTE_FIELDS = {
     "key_format": str,
     "max_key_length": int,
 }
-TOP_FIELDS = {"version", "allowlist", "revoked", "routes", "dry_run", "decision_log", *ROUTE_FIELDS}
+TOP_FIELDS = {"version", "allowlist", "revoked", "routes", "dry_run", "decision_log", "budgets", *ROUTE_FIELDS}
 # passthrough never denies a request, so it has nothing to preview in dry_run.
 DRY_RUN_FIELDS = {"allowlist", "revoked", "routes", *ROUTE_FIELDS} - {"passthrough"}
 
@@ -303,6 +341,61 @@ class _Loader:
             raise self.error(fields["sample_rate"][0], "decision_log.sample_rate is only used with mode: sampled")
         return None if mode == "off" else DecisionLogConfig(mode)
 
+    def budgets(self, node: yaml.Node) -> Budgets | None:
+        if _is_null(node):
+            return None
+        fields = self.mapping(node, "budgets", {"weights", "window_seconds", "per_key", "tenants"})
+        weights = [1.0] * len(WEIGHT_KINDS)
+        if "weights" in fields:
+            for name, (_, value_node) in self.mapping(fields["weights"][1], "budgets.weights",
+                                                      set(WEIGHT_KINDS)).items():
+                value = self.scalar(value_node, f"budgets.weights.{name}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_WEIGHT:
+                    raise self.error(value_node, f"budgets.weights.{name} must be a number from 0 to {MAX_WEIGHT}, "
+                                                 f"got {value!r}")
+                weights[WEIGHT_KINDS.index(name)] = float(value)
+        window = DEFAULT_WINDOW_SECONDS
+        if "window_seconds" in fields:
+            window_node = fields["window_seconds"][1]
+            window = self.typed(window_node, "budgets.window_seconds", int)
+            if not MIN_WINDOW_SECONDS <= window <= DEFAULT_WINDOW_SECONDS:
+                raise self.error(window_node, f"budgets.window_seconds must be between {MIN_WINDOW_SECONDS} and "
+                                              f"{DEFAULT_WINDOW_SECONDS}, got {window}")
+        per_key = self.budget(fields["per_key"][1], "budgets.per_key") if "per_key" in fields else None
+        tenants: dict[str, Budget] = {}
+        if "tenants" in fields and not _is_null(fields["tenants"][1]):
+            entries = self.mapping(fields["tenants"][1], "budgets.tenants", None)
+            if len(entries) > MAX_BUDGET_TENANTS:
+                raise self.error(fields["tenants"][1], f"budgets.tenants has more than {MAX_BUDGET_TENANTS} entries")
+            for name, (key_node, value_node) in entries.items():
+                if not _TENANT.match(name):
+                    raise self.error(key_node, "tenant must be 1-128 characters of letters, digits and _ . : @ / -")
+                tenants[name] = self.budget(value_node, f"budgets.tenants.{name}")
+        concurrent = any(b.concurrent_requests is not None for b in (per_key, *tenants.values()) if b is not None)
+        return Budgets(tuple(weights), window, per_key, tenants, concurrent)  # type: ignore[arg-type]
+
+    def budget(self, node: yaml.Node, where: str) -> Budget:
+        fields = self.mapping(node, where, BUDGET_FIELDS)
+        values: dict[str, Any] = {}
+        for name in BUDGET_LIMITS:
+            if name in fields and not _is_null(fields[name][1]):
+                value = self.typed(fields[name][1], f"{where}.{name}", int)
+                if not 1 <= value <= MAX_BUDGET_LIMIT:
+                    raise self.error(fields[name][1], f"{where}.{name} must be between 1 and {MAX_BUDGET_LIMIT}, "
+                                                      f"got {value}")
+                values[name] = value
+        if not values:
+            raise self.error(node, f"{where} sets no limit ({', '.join(BUDGET_LIMITS)})")
+        if "dry_run" in fields:
+            values["dry_run"] = self.typed(fields["dry_run"][1], f"{where}.dry_run", bool)
+        if "on_redis_error" in fields:
+            mode_node = fields["on_redis_error"][1]
+            mode = self.typed(mode_node, f"{where}.on_redis_error", str)
+            if mode not in REDIS_ERROR_MODES:
+                raise self.error(mode_node, f"{where}.on_redis_error must be open or closed, got {mode!r}")
+            values["on_redis_error"] = mode
+        return Budget(**values)
+
 
 def _kind(node: yaml.Node) -> str:
     return {yaml.MappingNode: "mapping", yaml.SequenceNode: "list"}.get(type(node), "value")
@@ -340,9 +433,10 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
         if "revoked" in top else frozenset()
     dry_run = loader.dry_run(top["dry_run"][1]) if "dry_run" in top else None
     decision_log = loader.decision_log(top["decision_log"][1]) if "decision_log" in top else None
+    budgets = loader.budgets(top["budgets"][1]) if "budgets" in top else None
     return with_defaults(Policy(version=version, default=default, route_overrides=overrides, allowlist=allowlist,
                                 revoked=revoked, source=source, digest=hashlib.sha256(raw).hexdigest(),
-                                dry_run=dry_run, decision_log=decision_log))
+                                dry_run=dry_run, decision_log=decision_log, budgets=budgets))
 
 
 def with_defaults(policy: Policy, **changes: Any) -> Policy:
@@ -365,7 +459,8 @@ def shadow_policy(live: Policy, dry_run: DryRun) -> Policy:
     routes = {name: replace(default, **over) for name, over in overrides.items()}
     return replace(live, default=default, routes=routes, route_overrides=overrides,
                    allowlist=dry_run.allowlist if dry_run.has_allowlist else live.allowlist,
-                   revoked=live.revoked | dry_run.revoked, dry_run=None, shadow=None, decision_log=None)
+                   revoked=live.revoked | dry_run.revoked, dry_run=None, shadow=None, decision_log=None,
+                   budgets=None)
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from .decide import KEY_ID_LENGTH
-from .policy import DEFAULT_ROUTE, Policy, RoutePolicy
+from .policy import BUDGET_LIMITS, DEFAULT_ROUTE, WEIGHT_KINDS, Budget, Budgets, Policy, RoutePolicy
 
 TIGHTENS = "tightens"
 LOOSENS = "loosens"
@@ -62,6 +62,7 @@ def compare(old: Policy, new: Policy) -> list[Change]:
         out += _settings(old.for_route(name), new.for_route(name), f"routes.{name}",
                          old.route_overrides.get(name, {}), new.route_overrides.get(name, {}))
     out += _dry_run(old, new)
+    out += _budgets(old.budgets, new.budgets)
     if old.decision_log != new.decision_log:
         out.append(Change("decision_log", "", _log_text(old), _log_text(new), NEUTRAL,
                           f"decision log: {_log_text(old)} -> {_log_text(new)}"))
@@ -182,6 +183,57 @@ def _dry_run(old: Policy, new: Policy) -> list[Change]:
     inner = [c for c in compare(_bare(old.shadow or old), _bare(new.shadow)) if _identity(c) not in live]
     return header + [Change("dry_run", c.subject, c.old, c.new, NEUTRAL,
                             f"dry_run: {c.what} (would {c.effect[:-1]})") for c in inner]
+
+
+def _budgets(old: Budgets | None, new: Budgets | None) -> list[Change]:
+    """Budget changes: a higher or removed limit, a dry run switched on, fail-open instead of fail-closed, a
+    lower weight or a shorter window loosen; the opposites tighten; changes to a dry-run budget are neutral."""
+    if old == new:
+        return []
+    old, new = old or Budgets(), new or Budgets()
+    out: list[Change] = []
+    subjects = [("per_key", old.per_key, new.per_key)] + [
+        (f"tenants.{t}", old.tenants.get(t), new.tenants.get(t))
+        for t in sorted({*old.tenants, *new.tenants})]
+    for subject, before, after in subjects:
+        if before == after:
+            continue
+        out.append(Change("budgets", subject, _budget_text(before), _budget_text(after),
+                          _budget_effect(before, after),
+                          f"budget {subject}: {_budget_text(before) or 'none'} -> {_budget_text(after) or 'none'}"))
+    for kind, w_old, w_new in zip(WEIGHT_KINDS, old.weights, new.weights):
+        if w_old != w_new:
+            out.append(Change("budgets", f"weights.{kind}", f"{w_old:g}", f"{w_new:g}",
+                              LOOSENS if w_new < w_old else TIGHTENS, f"budget weight {kind}: {w_old:g} -> {w_new:g}"))
+    if old.window_seconds != new.window_seconds:
+        out.append(Change("budgets", "window_seconds", str(old.window_seconds), str(new.window_seconds),
+                          LOOSENS if new.window_seconds < old.window_seconds else TIGHTENS,
+                          f"budget window: {old.window_seconds} s -> {new.window_seconds} s"))
+    return out
+
+
+def _budget_effect(before: Budget | None, after: Budget | None) -> str:
+    enforced = lambda b: b is not None and not b.dry_run  # noqa: E731
+    if not enforced(before) and not enforced(after):
+        return NEUTRAL
+    if not enforced(after):
+        return LOOSENS
+    if not enforced(before):
+        return TIGHTENS
+    loosens = any(getattr(after, n) is None and getattr(before, n) is not None
+                  or None not in (getattr(after, n), getattr(before, n)) and getattr(after, n) > getattr(before, n)
+                  for n in BUDGET_LIMITS) or (before.on_redis_error, after.on_redis_error) == ("closed", "open")
+    return LOOSENS if loosens else TIGHTENS
+
+
+def _budget_text(b: Budget | None) -> str:
+    if b is None:
+        return ""
+    parts = [f"{n} {getattr(b, n)}" for n in BUDGET_LIMITS if getattr(b, n) is not None]
+    parts.append(f"on_redis_error {b.on_redis_error}")
+    if b.dry_run:
+        parts.append("dry_run")
+    return ", ".join(parts)
 
 
 def _identity(change: Change) -> tuple[str, str, str, str]:

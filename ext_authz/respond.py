@@ -22,7 +22,7 @@ SET_BY_US = frozenset({KEY_ID_HEADER, TENANT_HEADER, CREDENTIAL_HEADER})
 
 # google.rpc.Code values
 GRPC_OK = 0
-GRPC_CODE_FOR_STATUS = {400: 3, 401: 16, 403: 7, 500: 13, 503: 14}  # INVALID_ARGUMENT, UNAUTHENTICATED, ...
+GRPC_CODE_FOR_STATUS = {400: 3, 401: 16, 403: 7, 429: 8, 500: 13, 503: 14}  # INVALID_ARGUMENT, UNAUTHENTICATED, ...
 
 
 def error_body(error_type: str, message: str) -> str:
@@ -81,6 +81,8 @@ def deny_response(decision: Decision) -> CheckResponse:
             body=error_body(decision.error_type, decision.message),
         ),
     )
+    if decision.retry_after:
+        _set_header(response.denied_response.headers, "retry-after", str(decision.retry_after))
     meta = {"reason": decision.reason, "route": decision.route}
     if decision.key_id:
         meta["key_id"] = decision.key_id

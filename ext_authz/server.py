@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import grpc
@@ -24,8 +24,9 @@ from keyrelay_common.identity import TENANT_HEADER
 
 from ._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from ._gen.envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from .budgets import BUDGETED_ROUTE, DEFAULT_REFRESH_SECONDS, BudgetTracker
 from .check_loop import CHECK_METHOD, DEFAULT_FAILURE_LIMIT, CheckLoop, CheckLoopError, LoopFaults
-from .decide import decide, internal_error
+from .decide import budget_denial, decide, internal_error
 from .decision_log import DecisionLog
 from .extract import headers_from_header_map, headers_from_map
 from .logs import request_id
@@ -43,8 +44,10 @@ SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
 class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, store: PolicyStore, metrics: Metrics, decision_log: DecisionLog | None = None,
-                 tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED) -> None:
+                 tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED,
+                 budgets: BudgetTracker | None = None) -> None:
         self.store = store
+        self.budgets = budgets
         self.metrics = metrics
         self.decision_log = decision_log or DecisionLog()
         self.tracing = tracing
@@ -72,6 +75,14 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
             else:
                 headers = headers_from_map(http.headers)
             decision = decide(policy, route, headers)
+            budget_dry = ""
+            if decision.allowed and policy.budgets is not None and route == BUDGETED_ROUTE \
+                    and self.budgets is not None:
+                deny, dry = self.budgets.check(policy.budgets, decision.tenant, decision.key_id,
+                                               request_id(http) if policy.budgets.concurrent else "")
+                budget_dry = dry.reason
+                if deny.reason:
+                    decision = budget_denial(decision, deny.reason, deny.retry_after)
             response = build_response(decision, headers.authz_headers)
         except Exception:
             return self._fail_closed(route, start, http, policy)
@@ -81,6 +92,12 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         # Dry-run rules and the decision log: one attribute test each when the policy has none.
         dry_run = self._dry_run(policy, route, label, headers, http, decision) \
             if decision.allowed and policy.shadow is not None else ""
+        if budget_dry:
+            self.metrics.dry_run_denial(budget_dry, label)
+            log.info("dry-run deny", extra={"reason": budget_dry, "status": 429, "route": route,
+                                            "key_id": decision.key_id, "tenant": decision.tenant,
+                                            "request_id": request_id(http)})
+            dry_run = dry_run or budget_dry
         if decision.allowed:
             self.metrics.decision("allow", decision.reason, label)
             if self._debug:
@@ -90,7 +107,9 @@ class Authorizer(external_auth_pb2_grpc.AuthorizationServicer):
         else:
             self.metrics.decision("deny", decision.reason, label)
             log.info("deny", extra={"reason": decision.reason, "status": decision.status, "route": route,
-                                    "key_id": decision.key_id, "request_id": request_id(http)})
+                                    "key_id": decision.key_id, "request_id": request_id(http),
+                                    **({"tenant": decision.tenant, "retry_after": decision.retry_after}
+                                       if decision.retry_after else {})})
         if policy.decision_log is not None:
             self._log_decision(policy, decision, "allow" if decision.allowed else "deny", http, dry_run)
         self._observe(time.perf_counter() - start)
@@ -212,6 +231,10 @@ class GrpcConfig:
     direct_failure_limit: int = DEFAULT_FAILURE_LIMIT
     # Test-only fault injection into the direct handler (None in production).
     loop_faults: LoopFaults | None = None
+    # Budgets (ext_authz/budgets.py): the counters' Redis (None: budgets of the policy follow on_redis_error)
+    # and how often the local view is refreshed.
+    redis_url: str | None = field(default=None, repr=False)
+    budget_refresh_seconds: float = DEFAULT_REFRESH_SECONDS
 
 
 # The self-check: one Check like Envoy sends for a probe (no key; a forged x-authz-* header to remove), answered
@@ -276,7 +299,9 @@ class GrpcWorker:
         self.health = health.HealthServicer()
         self.check_loop: CheckLoop | None = None
         self.tracing = keyrelay_tracing.DISABLED
-        self.authorizer = Authorizer(store, metrics)   # with tracing once started
+        self.budgets = BudgetTracker(cfg.redis_url, lambda: self.store.policy.budgets, metrics,
+                                     refresh_seconds=cfg.budget_refresh_seconds)
+        self.authorizer = Authorizer(store, metrics, budgets=self.budgets)   # with tracing once started
         self._on_serving_change = on_serving_change
         self._probe_port = 0
         self._started = False
@@ -314,7 +339,8 @@ class GrpcWorker:
             raise RuntimeError("address already in use")
         # Tracing (off unless OTEL_EXPORTER_OTLP_ENDPOINT is set) is set up here, once in each serving process.
         self.tracing = keyrelay_tracing.from_env("keyrelay-ext-authz", os.environ)
-        self.authorizer = Authorizer(self.store, self.metrics, tracing=self.tracing)
+        self.budgets.start(self._stop)  # a first refresh before the first Check
+        self.authorizer = Authorizer(self.store, self.metrics, tracing=self.tracing, budgets=self.budgets)
         try:
             self.server, self.check_loop, self.port = self._serve(direct, self.cfg.port)
         except CheckLoopError as exc:

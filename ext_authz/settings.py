@@ -5,12 +5,15 @@ defaults), and the seed's PASSTHROUGH_API_KEY / REQUIRE_PASSTHROUGH_KEY mapped o
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Sequence
+
+from keyrelay_budgets import REDIS_URL_ENV, check_url
 
 from keyrelay_common.settings import parse_bool as _parse_bool
 from keyrelay_stack.version import add_version_flag
 
+from .budgets import DEFAULT_REFRESH_SECONDS
 from .policy import Policy, PolicyError, with_defaults
 from .reload import LOOSEN_QUIET_SECONDS
 
@@ -91,6 +94,9 @@ class Config:
     overrides: EnvOverrides = EnvOverrides()
     # Test-only fault injection into the direct handler (check_loop.LoopFaults); no flag or variable sets it.
     loop_faults: LoopFaults | None = None
+    # Budgets (budgets.py): the counters' Redis (never shown with its password) and the refresh interval.
+    redis_url: str | None = field(default=None, repr=False)
+    budget_refresh_seconds: float = DEFAULT_REFRESH_SECONDS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(EXT_AUTHZ_LOOSEN_QUIET_SECONDS; default 5)")
     p.add_argument("--drain-seconds", help="grace period for in-flight checks on SIGTERM (EXT_AUTHZ_DRAIN_SECONDS; "
                                            "default 5)")
+    p.add_argument("--redis-url", help="Redis holding the budget counters, redis://[:password@]host:port/db "
+                                       "(KEYRELAY_REDIS_URL; default: none, budgets follow on_redis_error)")
+    p.add_argument("--budget-refresh-seconds", help="seconds between refreshes of the local budget counters "
+                                                    "from Redis (KEYRELAY_BUDGET_REFRESH_SECONDS; default 0.25)")
     return add_version_flag(p)
 
 
@@ -166,4 +176,17 @@ def resolve_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Co
         drain_seconds=_number("--drain-seconds", _pick(args.drain_seconds, environ, "EXT_AUTHZ_DRAIN_SECONDS"),
                               5.0, float, 0, 600),
         overrides=env_overrides(environ),
+        redis_url=_redis_url(_pick(args.redis_url, environ, REDIS_URL_ENV)),
+        budget_refresh_seconds=_number("--budget-refresh-seconds", _pick(args.budget_refresh_seconds, environ,
+                                                                         "KEYRELAY_BUDGET_REFRESH_SECONDS"),
+                                       DEFAULT_REFRESH_SECONDS, float, 0.01, 10),
     )
+
+
+def _redis_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_url(value)
+    except ValueError as exc:
+        raise SettingsError(f"--redis-url: {exc}") from None

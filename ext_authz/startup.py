@@ -38,7 +38,8 @@ def build_worker(cfg: Config, policy: Policy, port: int, *, reuse_port: bool, re
     worker = GrpcWorker(GrpcConfig(cfg.grpc_host, port, reuse_port=reuse_port, drain_seconds=cfg.drain_seconds,
                                    reload_interval=cfg.reload_interval, loosen_quiet_seconds=cfg.loosen_quiet_seconds,
                                    threads=cfg.threads,
-                                   check_handler=cfg.check_handler, loop_faults=cfg.loop_faults),
+                                   check_handler=cfg.check_handler, loop_faults=cfg.loop_faults,
+                                   redis_url=cfg.redis_url, budget_refresh_seconds=cfg.budget_refresh_seconds),
                         store, metrics, cfg.policy, policy_builder(cfg.overrides), on_serving_change)
     return worker, store
 

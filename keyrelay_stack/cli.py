@@ -28,11 +28,13 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 import keyrelay_tracing
+from keyrelay_budgets import REDIS_URL_ENV, redact_url
 from keyrelay_common.settings import TRUE_WORDS
 
 from .envoy_config import (DATA, ENVOY_YAML, EnvoyConfigError, EnvoyEndpoints, dump, envoy_argv, find_envoy,
                            load_source, otlp_target, render)
 from .processes import PROVIDER_ENV_PREFIXES, child_env, console_script, free_port, raise_open_files_limit
+from .redis_server import find_redis_server, ping, redis_argv, redis_url
 from .supervisor import ChildFailed, ChildSpec, Interrupted, Supervisor
 from .version import add_version_flag
 
@@ -98,6 +100,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the envoy.yaml to render (default: the packaged envoy.yaml, the same bytes as "
                         "k8s/overlays/standalone/envoy.yaml)")
     p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for each part")
+    p.add_argument("--with-redis", action="store_true",
+                   help="start redis-server (Debian package redis-server) on a free loopback port for the budget "
+                        "counters and pass its URL to ext_authz and the translator (docs/usage.md#budgets)")
     add_version_flag(p)
     return p.parse_args(list(argv) if argv is not None else None)
 
@@ -185,14 +190,7 @@ def _http_status(host: str, port: int, path: str, timeout: float = 2.0) -> int:
         conn.close()
 
 
-def _redact_url(url: str) -> str:
-    """A base URL fit for a log line: any user:password part is replaced."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+_redact_url = redact_url  # a base URL fit for a log line: any user:password part replaced
 
 
 def usage_banner(url: str, demo: bool) -> list[str]:
@@ -246,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"{ns.envoy_config} does not have the shape of envoy.yaml "
                              f"({type(exc).__name__}: {exc})") from None
         scripts = {name: _script(name) for name in ("keyrelay-ext-authz", "keyrelay-translator")}
+        redis_bin = find_redis_server() if ns.with_redis else None
+        if ns.with_redis and redis_bin is None:
+            raise UsageError("--with-redis needs redis-server (sudo apt-get install -y redis-server)")
     except (UsageError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -275,6 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"[stack] envoy config rendered from {ns.envoy_config} to {config}")
 
     specs: list[ChildSpec] = []
+    budget_env: dict[str, str] = {}
+    if redis_bin is not None:
+        redis_port = free_port()
+        budget_env[REDIS_URL_ENV] = redis_url(redis_port)
+        say(f"[stack] budget counters in redis-server on {budget_env[REDIS_URL_ENV]} (in memory only)")
+        specs.append(ChildSpec("redis", redis_argv(redis_bin, redis_port), _child_env(env, provider=False),
+                               probe=lambda: ping(redis_port)))
     if demo:
         specs.append(ChildSpec("demo", [sys.executable, "-m", "keyrelay_stack.demo_upstream", "--port",
                                         str(demo_port)], _child_env(env, provider=False)))
@@ -282,8 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "--http-addr", f"127.0.0.1:{ports.ext_authz_http}"]
     if policy is not None:
         authz_argv += ["--policy", str(policy)]
-    specs.append(ChildSpec("ext_authz", authz_argv, _child_env(env, provider=False)))
-    translator_env = _child_env(env, provider=not demo)
+    specs.append(ChildSpec("ext_authz", authz_argv, {**_child_env(env, provider=False), **budget_env}))
+    translator_env = {**_child_env(env, provider=not demo), **budget_env}
     if demo:
         translator_env.update(OPENAI_BASE_URL=f"http://127.0.0.1:{demo_port}/v1", OPENAI_API_KEY=DEMO_STATIC_KEY,
                               PREFERRED_PROVIDER="openai", BIG_MODEL="keyrelay-demo-big",

@@ -23,6 +23,7 @@ from starlette.responses import Response
 import keyrelay_tracing
 from translator import litellm_loader, logs
 from translator.backends.registry import Backends
+from translator.budgets import UsageRecorder
 from translator.caps import validate_caps
 from translator.errors import ApiError, error_body
 from translator.metrics import UsageLabels, build_metrics
@@ -89,7 +90,8 @@ def create_app(settings: Settings | None = None,
     for rule in router.routes.rules:
         validate_caps(rule.caps, f"routing rule {rule.match!r}")
     metrics = build_metrics(UsageLabels(settings.tenants, router.configured_models()))
-    service = MessagesService(settings, router, metrics, Backends(settings), tracing)
+    recorder = UsageRecorder(settings.redis_url, metrics) if settings.redis_url else None
+    service = MessagesService(settings, router, metrics, Backends(settings), tracing, recorder)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -68,6 +68,7 @@ class Metrics:
     tenant_requests: Counter
     ttft: Histogram
     usage_estimated: Counter
+    budget_usage: Counter
     labels: UsageLabels = field(default_factory=lambda: UsageLabels((), ()))
     # Labelled children looked up once per label set: `labels()` builds a key and takes a lock on every call.
     _children: dict[tuple, Any] = field(default_factory=dict, repr=False)
@@ -151,4 +152,7 @@ def build_metrics(labels: UsageLabels | None = None) -> Metrics:
         usage_estimated=Counter("keyrelay_translator_usage_estimated",
                                 "Messages requests whose upstream reported no usage (tokens estimated)",
                                 ["model"], registry=r),
+        budget_usage=Counter("keyrelay_translator_budget_usage_writes",
+                             "Usage records for the budget counters in Redis by result (written; dropped: queue "
+                             "full or Redis unreachable)", ["result"], registry=r),
     )

@@ -27,6 +27,7 @@ import keyrelay_tracing
 from keyrelay_common.identity import CREDENTIAL_HEADER, KEY_ID_HEADER, TENANT_HEADER
 from translator import credentials, litellm_loader, logs
 from translator.backends.registry import Backends
+from translator.budgets import UsageRecorder
 from translator.context import RequestContext
 from translator.errors import ApiError
 from translator.ids import new_request_id
@@ -76,8 +77,10 @@ class MessagesService:
     `ready` says whether every configured route can be served (LiteLLM imported when a route needs it)."""
 
     def __init__(self, settings: Settings, router: Router, metrics: Metrics, backends: Backends,
-                 tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED) -> None:
+                 tracing: keyrelay_tracing.Tracing = keyrelay_tracing.DISABLED,
+                 budget_usage: UsageRecorder | None = None) -> None:
         self.settings = settings
+        self.budget_usage = budget_usage  # adds usage to the budget counters in Redis (None: no Redis URL)
         self.router = router
         self.metrics = metrics
         self.backends = backends
@@ -92,6 +95,8 @@ class MessagesService:
 
     async def start(self) -> None:
         self.backends.start()
+        if self.budget_usage is not None:
+            await self.budget_usage.start()
         self._chain_signals()
         if self.settings.preload_litellm or self.router.needs_litellm():
             self._preload = asyncio.create_task(self._preload_litellm())
@@ -145,6 +150,8 @@ class MessagesService:
         self.ready = False
         if self._preload is not None and not self._preload.done():
             self._preload.cancel()
+        if self.budget_usage is not None:
+            await self.budget_usage.aclose()
         await self.backends.aclose()
 
     # ------------------------------------------------------------------ the one place a request finishes
@@ -172,6 +179,9 @@ class MessagesService:
                 usage = ctx.usage = estimate(ctx.input_chars, ctx.output_chars)
             m.observe_usage(ctx.headers.get(TENANT_HEADER), target.model if target else None, status, usage,
                             ctx.first_token_s)
+            if self.budget_usage is not None:  # queued only; written off the response path
+                self.budget_usage.record(ctx.headers.get(TENANT_HEADER), ctx.headers.get(KEY_ID_HEADER), usage,
+                                         ctx.headers.get("x-request-id"))
         if log.isEnabledFor(logging.INFO):  # build the line only when it is written
             cred, headers = ctx.cred, ctx.headers
             logs.log_request(log, logs.RequestLine(

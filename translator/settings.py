@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Sequence
 
+from keyrelay_budgets import REDIS_URL_ENV, check_url, redact_url
 from keyrelay_common.settings import parse_bool
 from keyrelay_stack.version import add_version_flag
 
@@ -91,6 +92,8 @@ class Settings:
     # Tenants (as ext_authz's policy names them in x-authz-tenant) that get their own series in the usage
     # metrics; any other tenant is counted as `other` (docs/usage.md).
     tenants: tuple[str, ...] = ()
+    # Redis holding the budget counters (docs/usage.md#budgets): usage is added there after each response.
+    redis_url: str | None = field(default=None, repr=False)
 
     def to_env(self) -> dict[str, str]:
         """Serialize for worker processes (uvicorn --workers re-imports the app in each worker)."""
@@ -108,6 +111,7 @@ class Settings:
         d = asdict(self)
         for name in ("openai_api_key", "anthropic_api_key", "gemini_api_key"):
             d[name] = "set" if d[name] else None
+        d["redis_url"] = redact_url(self.redis_url) if self.redis_url else None
         return d
 
 
@@ -148,6 +152,7 @@ _SOURCES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "preload_litellm": (("TRANSLATOR_PRELOAD_LITELLM",), "--preload-litellm"),
     "accept_x_api_key": (("TRANSLATOR_ACCEPT_X_API_KEY",), "--accept-x-api-key"),
     "tenants": (("TRANSLATOR_TENANTS",), "--tenants"),
+    "redis_url": ((REDIS_URL_ENV,), "--redis-url"),
 }
 
 
@@ -269,6 +274,11 @@ def _build(raw: dict[str, tuple[str, str]]) -> Settings:
             values[name] = v
         elif name == "tenants":
             values[name] = _tenants(label, value)
+        elif name == "redis_url":
+            try:
+                values[name] = check_url(value.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{label}: {exc}") from None
         elif name == "routes_file":
             v = value.strip()
             if not os.path.isfile(v):

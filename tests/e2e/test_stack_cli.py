@@ -3,18 +3,22 @@ and no orphan process after SIGTERM or after one part dies."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
+import anthropic
 import pytest
 
 from keyrelay_stack.cli import DEMO_KEY
 from tests.e2e.conftest import ALL_PROCS, KEY_ALPHA, KEY_BRAVO, sdk_client
 from tests.support.procs import Proc, base_env, free_port, script
+from tests.support.redis import ensure_redis_server
 
 pytestmark = pytest.mark.e2e
 
@@ -66,11 +70,11 @@ def environ(pid: int) -> dict[bytes, bytes]:
     return dict(e.split(b"=", 1) for e in entries if b"=" in e)
 
 
-def start_stack(**env: str) -> tuple[Proc, int]:
+def start_stack(*args: str, **env: str) -> tuple[Proc, int]:
     port = free_port()
     argv = [script("keyrelay-stack"), "--port", str(port), "--admin-port", str(free_port()),
             "--ext-authz-port", str(free_port()), "--ext-authz-http-port", str(free_port()),
-            "--translator-port", str(free_port()), "--envoy-concurrency", "1"]
+            "--translator-port", str(free_port()), "--envoy-concurrency", "1", *args]
     proc = Proc(argv, base_env(**env), name="keyrelay-stack")
     ALL_PROCS.append(proc)
     proc.wait_ready(90)
@@ -105,6 +109,39 @@ def test_demo_stack_serves_the_sdk_and_stops_cleanly():
     assert wait_gone(kids) == set()
     assert proc.lines[-1] == "[stack] stopped"
     assert any(line.startswith("[envoy] {") for line in proc.lines)  # the JSON access log, prefixed
+
+
+def test_stack_with_redis_enforces_budgets_and_stops_redis(tmp_path):
+    ensure_redis_server()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nroutes: {root: {require_key: false}, health: {require_key: false, "
+                      "passthrough: false}}\nbudgets: {per_key: {requests_per_minute: 2}}\n")
+    proc, port = start_stack("--with-redis", "--policy", str(policy))
+    try:
+        url_line = next(line for line in proc.lines if "budget counters in redis-server on" in line)
+        redis_url = url_line.rsplit(" on ", 1)[1].split()[0]
+        client = sdk_client(f"http://127.0.0.1:{port}", KEY_ALPHA)
+        statuses = []
+        for _ in range(3):
+            try:
+                client.messages.create(model="claude-sonnet-4-5", max_tokens=8,
+                                       messages=[{"role": "user", "content": "hello"}])
+                statuses.append(200)
+            except anthropic.APIStatusError as exc:
+                statuses.append(exc.status_code)
+            time.sleep(0.4)
+        assert statuses == [200, 200, 429]
+        usage = subprocess.run([script("keyrelay-usage"), "--policy", str(policy), "--keys", "--json"],
+                               capture_output=True, text=True, timeout=30, env=base_env(KEYRELAY_REDIS_URL=redis_url))
+        rows = [json.loads(line) for line in usage.stdout.splitlines()]
+        assert [(r["scope"], r["requests_window"], r["requests_left"]) for r in rows] == [("key", 2, 0)]
+        pids = {name: int(pid) for name, pid in re.findall(r"^\[stack\] (\w+): pid (\d+)$", proc.output, re.M)}
+        assert "redis" in pids
+        kids = descendants(proc.popen.pid)
+    finally:
+        code = proc.stop(signal.SIGTERM, timeout=20)
+    assert code == 0, proc.output[-2000:]
+    assert wait_gone(kids) == set() and not alive(pids["redis"])
 
 
 def test_provider_stack_serves_real_traffic_and_exits_nonzero_when_a_part_dies(scripted):
