@@ -42,6 +42,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def clean(text: Any, limit: int = 256) -> str | None:
     """Client- or upstream-chosen text for a log field: at most `limit` characters (a longer text is cut and
     ends in `...`), control characters (C0, DEL, C1, line and paragraph separators) as visible `\\uXXXX`."""
+    if type(text) is str and len(text) <= limit and text.isprintable():  # the common case, checked in C
+        return text
     if text is None:
         return None
     if not isinstance(text, str):

@@ -82,11 +82,19 @@ class Metrics:
 
     def observe_request(self, route: str, status: str, provider: str, seconds: float) -> None:
         """One finished request: the request counter and the latency histogram."""
-        self._child(self.requests, route, status, provider).inc()
-        self._child(self.latency, route, provider).observe(seconds)
+        key = ("request", route, status, provider)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (self.requests.labels(route, status, provider),
+                                          self.latency.labels(route, provider))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def observe_first_byte(self, provider: str, seconds: float) -> None:
         self._child(self.first_byte, provider).observe(seconds)
+
+    def observe_stream_chunks(self, provider: str, chunks: int) -> None:
+        self._child(self.stream_chunks, provider).inc(chunks)
 
     def observe_usage(self, tenant: str | None, model: str | None, status: int, usage: Any,
                       ttft_s: float | None) -> None:
@@ -95,15 +103,19 @@ class Metrics:
         target model, both mapped to their bounded labels here."""
         t = self.labels.tenant(tenant)
         mdl = self.labels.model(model)
-        self._child(self.tenant_requests, t, mdl, _STATUS_CLASS.get(status // 100, "other")).inc()
+        key = ("usage", t, mdl, status // 100)  # bounded label values only: a forged tenant adds no entry
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = _UsageSeries(self, t, mdl, _STATUS_CLASS.get(status // 100, "other"))
+        series.requests.inc()
         if usage is not None:
             for kind, n in usage.counts():
                 if n:
-                    self._child(self.tokens, t, mdl, kind).inc(n)
+                    series.tokens(kind).inc(n)
             if usage.estimated:
-                self._child(self.usage_estimated, mdl).inc()
+                series.estimated().inc()
         if ttft_s is not None:
-            self._child(self.ttft, mdl).observe(ttft_s)
+            series.ttft().observe(ttft_s)
 
     def render(self) -> tuple[bytes, str]:
         if os.environ.get(MULTIPROC_ENV):
@@ -114,6 +126,39 @@ class Metrics:
 
 
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+class _UsageSeries:
+    """The usage metrics' children of one (tenant, model, status class), kept by `Metrics.observe_usage` so a
+    request does not map its labels and look up each child again. The children of token kinds, estimates and
+    time to first token are created on first use (a series appears only once it has a value)."""
+
+    __slots__ = ("_metrics", "_tenant", "_model", "requests", "_tokens", "_estimated", "_ttft")
+
+    def __init__(self, metrics: Metrics, tenant: str, model: str, status_class: str) -> None:
+        self._metrics = metrics
+        self._tenant = tenant
+        self._model = model
+        self.requests = metrics.tenant_requests.labels(tenant, model, status_class)
+        self._tokens: dict[str, Any] = {}
+        self._estimated: Any = None
+        self._ttft: Any = None
+
+    def tokens(self, kind: str) -> Any:
+        child = self._tokens.get(kind)
+        if child is None:
+            child = self._tokens[kind] = self._metrics.tokens.labels(self._tenant, self._model, kind)
+        return child
+
+    def estimated(self) -> Any:
+        if self._estimated is None:
+            self._estimated = self._metrics._child(self._metrics.usage_estimated, self._model)
+        return self._estimated
+
+    def ttft(self) -> Any:
+        if self._ttft is None:
+            self._ttft = self._metrics._child(self._metrics.ttft, self._model)
+        return self._ttft
 
 
 def build_metrics(labels: UsageLabels | None = None) -> Metrics:

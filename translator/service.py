@@ -169,7 +169,7 @@ class MessagesService:
         elapsed = ctx.elapsed()
         m.observe_request(ctx.route, str(status), provider, elapsed)
         if ctx.stream and status == 200:
-            m.stream_chunks.labels(provider).inc(ctx.chunks)
+            m.observe_stream_chunks(provider, ctx.chunks)
         if ctx.error is not None and ctx.error.upstream:
             m.upstream_errors.labels(provider, str(ctx.error.status)).inc()
         target = ctx.target

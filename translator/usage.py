@@ -27,8 +27,9 @@ inflate a tenant's counters without bound.
 
 from __future__ import annotations
 
+from collections.abc import Mapping  # (typing.Mapping's isinstance goes through an extra Python layer)
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -83,6 +84,8 @@ _EMPTY: Mapping[str, Any] = {}
 def _map(value: Any) -> Mapping[str, Any]:
     if type(value) is dict:  # parsed JSON: skip the (slower) ABC check
         return value
+    if value is None:  # an absent field (the common case): no ABC check either
+        return _EMPTY
     return value if isinstance(value, Mapping) else _EMPTY
 
 
@@ -106,14 +109,26 @@ def from_openai(usage: Any) -> Usage | None:
     u = _as_mapping(usage)
     if not u or ("prompt_tokens" not in u and "completion_tokens" not in u):
         return None
-    prompt = _n(u.get("prompt_tokens"))
-    completion = _n(u.get("completion_tokens"))
-    pd = _map(u.get("prompt_tokens_details"))
-    cd = _map(u.get("completion_tokens_details"))
-    cache_read = _n(u.get("cache_read_input_tokens")) or _n(pd.get("cached_tokens"))
-    cache_write = (_n(u.get("cache_creation_input_tokens")) or _n(pd.get("cache_write_tokens"))
-                   or _n(pd.get("cache_creation_tokens")))
-    reasoning = _n(cd.get("reasoning_tokens")) or _n(u.get("reasoning_tokens"))
+    get = u.get
+    prompt = _n(get("prompt_tokens"))
+    completion = _n(get("completion_tokens"))
+    # The optional fields are read only when present (each `_n`/`_map` of an absent one is wasted work on
+    # every request; an absent field counts 0 either way).
+    pd = _map(get("prompt_tokens_details"))
+    cd = _map(get("completion_tokens_details"))
+    cache_read = cache_write = reasoning = 0
+    if "cache_read_input_tokens" in u:
+        cache_read = _n(get("cache_read_input_tokens"))
+    if not cache_read and pd:
+        cache_read = _n(pd.get("cached_tokens"))
+    if "cache_creation_input_tokens" in u:
+        cache_write = _n(get("cache_creation_input_tokens"))
+    if not cache_write and pd:
+        cache_write = _n(pd.get("cache_write_tokens")) or _n(pd.get("cache_creation_tokens"))
+    if cd:
+        reasoning = _n(cd.get("reasoning_tokens"))
+    if not reasoning and "reasoning_tokens" in u:
+        reasoning = _n(get("reasoning_tokens"))
     return Usage(input=max(0, prompt - cache_read - cache_write), output=completion, cache_read=cache_read,
                  cache_write=cache_write, reasoning=min(reasoning, completion))
 
