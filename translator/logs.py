@@ -218,9 +218,26 @@ def log_request(logger: logging.Logger, line: RequestLine) -> None:
     if handler is None:
         logger.info("request", extra=line.fields())
         return
+    _emit_info(handler, logger, "request", line.fields())
+
+
+def log_info(logger: logging.Logger, msg: str, *args: Any) -> None:
+    """`logger.info(msg, *args)` for a line written on every request of a kind: the same line, by the same
+    direct path as `log_request` when the serving process's handler is the only one (a LogRecord and a
+    Formatter pass cost ~15 µs); an ordinary `logger.info` anywhere else."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _sole_batched_handler(logger)
+    if handler is None:
+        logger.info(msg, *args)
+        return
+    _emit_info(handler, logger, clean(msg % args if args else msg, 4096) or "", {})
+
+
+def _emit_info(handler: BatchedStreamHandler, logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
     fmt = handler.formatter
     assert isinstance(fmt, JsonFormatter)
-    handler.emit_line(fmt.line("info", logger.name, "request", line.fields(), time.time()) + "\n")
+    handler.emit_line(fmt.line("info", logger.name, msg, fields, time.time()) + "\n")
 
 
 def configure(level: str) -> None:

@@ -191,6 +191,43 @@ def test_log_request_writes_one_json_line_in_the_serving_process():
         root.setLevel(saved[1])
 
 
+@pytest.mark.parametrize("msg, args", [
+    ("conversion request_id=%s route=%s notes=%s", ("r1", "default", '["dropped \'x\'\\u2028"]')),
+    ("conversion request_id=%s route=%s notes=%s", ("r\n1", "rule\x1b[31m", "[]")),  # control characters escaped
+    ("a line without arguments, %s kept as is", ()),
+])
+def test_log_info_writes_the_line_logging_would_write(msg, args):
+    import io
+
+    from translator import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.configure("info")
+        handler = root.handlers[0]
+        handler.stream = io.StringIO()
+        log = logging.getLogger("keyrelay.translator")
+        logs.log_info(log, msg, *args)
+        log.info(msg, *args)  # the ordinary path
+        handler.flush()
+        fast, slow = [json.loads(x) for x in handler.stream.getvalue().splitlines()]
+        fast.pop("ts"), slow.pop("ts")
+        assert fast == slow
+        logs.configure("warning")
+        handler = root.handlers[0]
+        handler.stream = io.StringIO()
+        logs.log_info(log, msg, *args)
+        handler.flush()
+        assert handler.stream.getvalue() == ""
+    finally:
+        for h in root.handlers:
+            if isinstance(h, BatchedStreamHandler):
+                h._stop.set()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
 def test_log_request_goes_through_logging_when_others_listen(caplog):
     from translator import logs
 

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import AsyncIterator, Mapping, Protocol
 
+from translator import logs
 from translator.caps import caps_for
 from translator.context import RequestContext
 from translator.convert.openai_request import anthropic_to_openai, tool_name_map
@@ -35,8 +36,8 @@ def log_conversion_notes(ctx: RequestContext, notes: list[str]) -> None:
     """One line naming what the conversion left out for this backend (server tools, fields, blocks: names and
     counts, never content; escaped, since tool and field names come from the client)."""
     if notes and log.isEnabledFor(logging.INFO):
-        log.info("conversion request_id=%s route=%s notes=%s", ctx.request_id,
-                 ctx.target.rule if ctx.target else "", json.dumps(notes, ensure_ascii=True))
+        logs.log_info(log, "conversion request_id=%s route=%s notes=%s", ctx.request_id,
+                      ctx.target.rule if ctx.target else "", json.dumps(notes, ensure_ascii=True))
 
 
 class ChunkSource(Protocol):
@@ -137,13 +138,10 @@ class ChatBackend:
         log_conversion_notes(ctx, notes)
         return body, tool_name_map(ctx.request, caps)  # tool names shortened for the backend, mapped back
 
-    async def _converted(self, ctx: RequestContext) -> tuple[dict, dict[str, str]]:
-        if ctx.size > OFFLOAD_BYTES:  # a large request converts in a worker thread (translator.request_body)
-            return await asyncio.to_thread(self._convert, ctx)
-        return self._convert(ctx)
-
     async def complete(self, ctx: RequestContext) -> dict:
-        body, tool_names = await self._converted(ctx)
+        # A large request converts in a worker thread (translator.request_body), a small one right here.
+        convert = self._convert
+        body, tool_names = await asyncio.to_thread(convert, ctx) if ctx.size > OFFLOAD_BYTES else convert(ctx)
         req = ctx.request
         try:
             raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
@@ -165,7 +163,9 @@ class ChatBackend:
             ctx.finish_reason = choices[0].get("finish_reason")
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
-        body, tool_names = await self._converted(ctx)
+        # A large request converts in a worker thread (translator.request_body), a small one right here.
+        convert = self._convert
+        body, tool_names = await asyncio.to_thread(convert, ctx) if ctx.size > OFFLOAD_BYTES else convert(ctx)
         req = ctx.request
         try:
             source = await self.chat_stream(ctx.target, body, ctx.cred, ctx.trace_headers)
