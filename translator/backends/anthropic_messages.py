@@ -90,7 +90,8 @@ class AnthropicStream:
         last = loop.time()
         try:
             while True:
-                raw = await read_within(content, last + ping_interval - loop.time())
+                # Bytes already buffered are taken here, without the coroutine of a waiting read.
+                raw = content.read_nowait() or await read_within(content, last + ping_interval - loop.time())
                 if not raw:
                     if content.at_eof():
                         break

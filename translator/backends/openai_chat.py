@@ -11,7 +11,7 @@ Which HTTP client carries the request: `translator.backends.transport`. Details 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Iterable, Mapping
+from typing import AsyncIterator, Awaitable, Iterable, Mapping
 
 import orjson
 
@@ -77,7 +77,8 @@ class OpenAIChunks:
             return None
         content = self._resp.content
         try:
-            raw = await read_within(content, wait)
+            # Bytes already buffered are taken here, without the coroutine of a waiting read.
+            raw = content.read_nowait() or await read_within(content, wait)
             if not raw:
                 if content.at_eof():
                     # The chunks of an event the body's end completed (an upstream that omits the last blank line).
@@ -136,14 +137,15 @@ class OpenAIChatClient:
             hit = self._urls[target.base_url] = f"{(target.base_url or DEFAULT_BASE_URL).rstrip('/')}{self.endpoint}"
         return hit
 
-    async def _post(self, target: Target, body: dict, cred: Credential, accept: str,
-                    trace: Mapping[str, str] | None) -> UpstreamResponse:
+    def _post(self, target: Target, body: dict, cred: Credential, accept: str,
+              trace: Mapping[str, str] | None) -> Awaitable[UpstreamResponse]:
+        """The request built, and the transport's POST to await (no coroutine frame of its own per request)."""
         headers = {"content-type": "application/json", "accept": accept}
         if cred.key:
             headers["authorization"] = f"Bearer {cred.key}"
         if trace:
             headers.update(trace)
-        return await self.transport.post(self._url(target), orjson.dumps(body), headers, target.provider)
+        return self.transport.post(self._url(target), orjson.dumps(body), headers, target.provider)
 
     async def post_json(self, target: Target, body: dict, cred: Credential,
                         trace: Mapping[str, str] | None = None) -> object:
@@ -185,11 +187,7 @@ class OpenAIChatBackend(ChatBackend):
 
     def __init__(self, deps: BackendDeps) -> None:
         self.client = self.client_class(deps.transport)
-
-    async def chat_complete(self, target: Target, body: dict, cred: Credential,
-                            trace: Mapping[str, str] | None = None) -> dict:
-        return await self.client.complete(target, body, cred, trace)
-
-    async def chat_stream(self, target: Target, body: dict, cred: Credential,
-                          trace: Mapping[str, str] | None = None) -> OpenAIChunks:
-        return await self.client.open_stream(target, body, cred, trace)
+        # The upstream side is the client's own methods, bound once here (a delegating coroutine would add a
+        # frame to every request and to every resumption of it).
+        self.chat_complete = self.client.complete  # type: ignore[method-assign]
+        self.chat_stream = self.client.open_stream  # type: ignore[method-assign]
