@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -156,18 +157,39 @@ def test_request_line_escapes_what_clients_and_upstreams_chose():
     assert len(_line(requested_model="m" * 5000).fields()["requested_model"]) == 256 + 3
 
 
-def test_log_request_writes_one_json_line_in_the_serving_process():
+@contextlib.contextmanager
+def _serving_logging():
+    """Root logging as the serving process configures it (restored afterwards); yields `configure(level)` that
+    returns the handler, writing into a StringIO."""
     import io
 
     from translator import logs
 
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    try:
-        logs.configure("info")
+
+    def configure(level: str) -> BatchedStreamHandler:
+        logs.configure(level)
         handler = root.handlers[0]
         handler.stream = io.StringIO()
-        log = logging.getLogger("keyrelay.translator")
+        return handler
+
+    try:
+        yield configure
+    finally:
+        for h in root.handlers:
+            if isinstance(h, BatchedStreamHandler):
+                h._stop.set()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+def test_log_request_writes_one_json_line_in_the_serving_process():
+    from translator import logs
+
+    log = logging.getLogger("keyrelay.translator")
+    with _serving_logging() as configure:
+        handler = configure("info")
         logs.log_request(log, _line(request_id="r1", tenant="t\nx"))
         log.info("request", extra=_line(request_id="r1", tenant="t\nx").fields())  # the ordinary path
         handler.flush()
@@ -177,18 +199,10 @@ def test_log_request_writes_one_json_line_in_the_serving_process():
         assert fast == slow
         assert fast["msg"] == "request" and fast["level"] == "info" and fast["logger"] == "keyrelay.translator"
         assert fast["request_id"] == "r1" and fast["tenant"] == "t\\u000ax"
-        logs.configure("warning")
-        handler = root.handlers[0]
-        handler.stream = io.StringIO()
+        handler = configure("warning")
         logs.log_request(log, _line())
         handler.flush()
         assert handler.stream.getvalue() == ""
-    finally:
-        for h in root.handlers:
-            if isinstance(h, BatchedStreamHandler):
-                h._stop.set()
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
 
 
 @pytest.mark.parametrize("msg, args", [
@@ -197,35 +211,21 @@ def test_log_request_writes_one_json_line_in_the_serving_process():
     ("a line without arguments, %s kept as is", ()),
 ])
 def test_log_info_writes_the_line_logging_would_write(msg, args):
-    import io
-
     from translator import logs
 
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        logs.configure("info")
-        handler = root.handlers[0]
-        handler.stream = io.StringIO()
-        log = logging.getLogger("keyrelay.translator")
+    log = logging.getLogger("keyrelay.translator")
+    with _serving_logging() as configure:
+        handler = configure("info")
         logs.log_info(log, msg, *args)
         log.info(msg, *args)  # the ordinary path
         handler.flush()
         fast, slow = [json.loads(x) for x in handler.stream.getvalue().splitlines()]
         fast.pop("ts"), slow.pop("ts")
         assert fast == slow
-        logs.configure("warning")
-        handler = root.handlers[0]
-        handler.stream = io.StringIO()
+        handler = configure("warning")
         logs.log_info(log, msg, *args)
         handler.flush()
         assert handler.stream.getvalue() == ""
-    finally:
-        for h in root.handlers:
-            if isinstance(h, BatchedStreamHandler):
-                h._stop.set()
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
 
 
 def test_log_request_goes_through_logging_when_others_listen(caplog):
