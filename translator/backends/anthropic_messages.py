@@ -17,11 +17,11 @@ import orjson
 
 from translator.backends.base import BackendDeps
 from translator.backends.transport import (UpstreamResponse, end_response, error_from_response, event_too_large,
-                                           is_transport_error, read_all, read_within, transport_error)
+                                           is_transport_error, json_answer, read_within, transport_error)
 from translator.context import RequestContext
 from translator.convert.anthropic_body import drop_synthetic_thinking
 from translator.credentials import Credential
-from translator.errors import ApiError, error_body, upstream_not_json
+from translator.errors import ApiError, error_body
 from translator.request_body import OFFLOAD_BYTES
 from translator.routing import Target
 from translator.sse import EventSplitter, encode_event
@@ -166,18 +166,7 @@ class AnthropicBackend:
     async def _post_json(self, ctx: RequestContext, body: bytes, suffix: str) -> Any:
         provider = ctx.target.provider
         resp = await self._post(ctx, body, suffix, False)
-        if resp.status != 200:
-            raise await error_from_response(resp, provider, ctx.cred)
-        try:
-            raw = await read_all(resp, provider, self.transport.max_body_bytes)
-        except BaseException:
-            resp.close()
-            raise
-        resp.release()
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise upstream_not_json(provider) from None
+        return await json_answer(resp, provider, ctx.cred, self.transport.max_body_bytes)
 
     @staticmethod
     def _body_sync(ctx: RequestContext, extra: dict[str, Any]) -> bytes:

@@ -18,10 +18,10 @@ import orjson
 from translator.backends.base import BackendDeps
 from translator.backends.chat import ChatBackend
 from translator.backends.transport import (Transport, UpstreamResponse, end_response, error_from_response,
-                                           event_too_large, is_transport_error, read_all, read_within,
+                                           event_too_large, is_transport_error, json_answer, read_within,
                                            transport_error)
 from translator.credentials import Credential
-from translator.errors import ApiError, extract_message, upstream_error, upstream_not_json
+from translator.errors import ApiError, extract_message, upstream_error
 from translator.routing import Target
 from translator.sse import SSEDecoder, SSEEvent
 
@@ -151,18 +151,7 @@ class OpenAIChatClient:
                         trace: Mapping[str, str] | None = None) -> object:
         """POST and the parsed JSON answer of a 200 (any other status raises the mapped error)."""
         resp = await self._post(target, body, cred, "application/json", trace)
-        if resp.status != 200:
-            raise await error_from_response(resp, target.provider, cred)
-        try:
-            raw = await read_all(resp, target.provider, self.transport.max_body_bytes)
-        except BaseException:
-            resp.close()
-            raise
-        resp.release()
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise upstream_not_json(target.provider) from None
+        return await json_answer(resp, target.provider, cred, self.transport.max_body_bytes)
 
     async def complete(self, target: Target, body: dict, cred: Credential,
                        trace: Mapping[str, str] | None = None) -> dict:

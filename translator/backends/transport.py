@@ -24,11 +24,12 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import orjson
 from yarl import URL
 
 from translator.backends import http1
 from translator.credentials import Credential
-from translator.errors import (MAX_ERROR_BODY, ApiError, upstream_broken, upstream_error_from_body,
+from translator.errors import (MAX_ERROR_BODY, ApiError, upstream_broken, upstream_error_from_body, upstream_not_json,
                                upstream_timeout, upstream_unreachable)
 
 USER_AGENT = "keyrelay-translator/0.1"
@@ -203,6 +204,23 @@ async def read_all(resp: UpstreamResponse, provider: str, limit: int) -> bytes:
         if is_transport_error(exc):
             raise transport_error(exc, provider) from None
         raise
+
+
+async def json_answer(resp: UpstreamResponse, provider: str, cred: Credential, limit: int) -> Any:
+    """The parsed JSON body of a 200 answer, at most `limit` bytes; any other status raises the mapped error,
+    a body that is not JSON a 502. Releases or closes `resp`."""
+    if resp.status != 200:
+        raise await error_from_response(resp, provider, cred)
+    try:
+        raw = await read_all(resp, provider, limit)
+    except BaseException:
+        resp.close()
+        raise
+    resp.release()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise upstream_not_json(provider) from None
 
 
 async def error_from_response(resp: UpstreamResponse, provider: str, cred: Credential) -> ApiError:
