@@ -138,16 +138,21 @@ class ChatBackend:
         log_conversion_notes(ctx, notes)
         return body, tool_name_map(ctx.request, caps)  # tool names shortened for the backend, mapped back
 
-    async def complete(self, ctx: RequestContext) -> dict:
-        # A large request converts in a worker thread (translator.request_body), a small one right here.
-        convert = self._convert
-        body, tool_names = await asyncio.to_thread(convert, ctx) if ctx.size > OFFLOAD_BYTES else convert(ctx)
-        req = ctx.request
+    async def _call(self, ctx: RequestContext, call):
+        """Convert the request, make the upstream call with it, then free a large body's lists; returns the
+        call's result and the tool-name map. A large request converts in a worker thread
+        (translator.request_body), a small one right here."""
+        large = ctx.size > OFFLOAD_BYTES
+        body, tool_names = await asyncio.to_thread(self._convert, ctx) if large else self._convert(ctx)
         try:
-            raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
+            return await call(ctx.target, body, ctx.cred, ctx.trace_headers), tool_names
         finally:
-            if ctx.size > OFFLOAD_BYTES:
+            if large:
                 release_stepwise(body.get("messages"), body.get("input"))  # chat / Responses
+
+    async def complete(self, ctx: RequestContext) -> dict:
+        raw, tool_names = await self._call(ctx, self.chat_complete)
+        req = ctx.request
         msg = self.from_upstream(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
         self._account(ctx, raw, msg)
         return msg
@@ -163,15 +168,8 @@ class ChatBackend:
             ctx.finish_reason = choices[0].get("finish_reason")
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
-        # A large request converts in a worker thread (translator.request_body), a small one right here.
-        convert = self._convert
-        body, tool_names = await asyncio.to_thread(convert, ctx) if ctx.size > OFFLOAD_BYTES else convert(ctx)
+        source, tool_names = await self._call(ctx, self.chat_stream)
         req = ctx.request
-        try:
-            source = await self.chat_stream(ctx.target, body, ctx.cred, ctx.trace_headers)
-        finally:
-            if ctx.size > OFFLOAD_BYTES:
-                release_stepwise(body.get("messages"), body.get("input"))  # chat / Responses
         converter = self.stream_converter(model=req.model, message_id=new_message_id(),
                                           stop_sequences=req.stop_sequences, tool_names=tool_names)
         return ChatStream(source, converter)
