@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: run test bench protos venv clean
+.PHONY: run test bench image-check protos venv clean
 
 $(VENV)/bin/python:
 	@echo "==> creating $(VENV)"
@@ -50,6 +50,18 @@ test: $(VENV)/.test
 	$(call debian_tool,bwrap,bubblewrap,bubblewrap is missing: the sandbox tests will be skipped (sudo apt-get install -y bubblewrap),true)
 	$(call debian_tool,redis-server,redis-server,redis-server is missing: the budget tests will be skipped (sudo apt-get install -y redis-server),true)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Build the Dockerfile with buildah and run every Pod from the built image (docs/k8s.md, "The image"). Needs root
+# and Debian's buildah, mmdebstrap and bubblewrap (installed with apt-get when missing); about 2-3 minutes, so not
+# part of `make test`. PYTHON_IMAGE=python:3.11.13-slim-bookworm builds on the real base where a registry is
+# reachable; without it the base is a stand-in made from Debian packages, kept in IMAGE_CHECK_DIR for later runs.
+IMAGE_CHECK_DIR ?= /var/tmp/keyrelay-image-check
+image-check: $(VENV)/.test
+	$(call debian_tool,buildah,buildah,make image-check needs buildah: run 'sudo apt-get install -y buildah' then retry,exit 1)
+	$(call debian_tool,bwrap,bubblewrap,make image-check needs bubblewrap: run 'sudo apt-get install -y bubblewrap' then retry,exit 1)
+	$(if $(PYTHON_IMAGE),,$(call debian_tool,mmdebstrap,mmdebstrap,make image-check needs mmdebstrap for the stand-in base: run 'sudo apt-get install -y mmdebstrap' then retry,exit 1))
+	KEYRELAY_IMAGE_CHECK_DIR=$(IMAGE_CHECK_DIR) $(if $(PYTHON_IMAGE),KEYRELAY_IMAGE_BASE=$(PYTHON_IMAGE)) \
+	  $(PY) -m pytest tests/packaging/image_check.py -v -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # The LiteLLM proxy server the bench compares with, in its own virtualenv: `litellm[proxy]` resolves to another
 # litellm version than the project's (the proxy extra pins its own companion package), which must not change

@@ -1,4 +1,4 @@
-"""The Dockerfile cannot be built here (no registry access, no daemon), so lint what can be checked offline:
+"""`make test` does not build the Dockerfile (`make image-check` does, docs/k8s.md), so lint what can be checked:
 pinned bases, a multi-stage build with no compilers in the final stage, a non-root numeric user that matches
 the manifests, every COPY source present and inside the build context, and every entry point the manifests run
 declared as a console script whose target exists."""

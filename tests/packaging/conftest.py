@@ -24,6 +24,8 @@ from typing import Callable
 
 import pytest
 
+from tests.packaging.image import SUMMARY as IMAGE_SUMMARY
+
 REPO = Path(__file__).resolve().parents[2]
 with open(REPO / "pyproject.toml", "rb") as _fh:
     PROJECT = tomllib.load(_fh)["project"]
@@ -170,3 +172,7 @@ def installed() -> Installed:
 def pytest_terminal_summary(terminalreporter):
     if TIMINGS:
         terminalreporter.write_line("packaging steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in TIMINGS.items()))
+    if IMAGE_SUMMARY:  # `make image-check` (tests/packaging/image_check.py)
+        terminalreporter.section("image check")
+        for line in IMAGE_SUMMARY:
+            terminalreporter.write_line(line)
