@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="scale section: ms between the upstream's chunks (default 50)")
     ap.add_argument("--scale-translator-workers", type=int, default=1,
                     help="scale section: translator worker processes (default 1, as the target is stated)")
+    ap.add_argument("--scale-envoy-variants", default="",
+                    help="scale section: Envoys side by side, each run's streams dealt over them, comma-separated "
+                         f"from {', '.join(scale.ENVOY_VARIANTS)} (default: the as-is one alone)")
     ap.add_argument("--scale-ramp", type=float,
                     help="scale section: seconds over which the streams start (default N/400, 1-10 s)")
     args = ap.parse_args(argv)
@@ -223,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["scale"] = scale.run(workdir, ns=args.scale_ns, hold_s=args.scale_hold,
                                             interval_ms=args.scale_interval, ramp_s=args.scale_ramp,
                                             envoy_concurrency=args.envoy_concurrency, sut_cpus=sut_cpus,
-                                            translator_workers=args.scale_translator_workers)
+                                            translator_workers=args.scale_translator_workers,
+                                            envoy_variants=[v for v in args.scale_envoy_variants.split(",") if v])
             except Exception as exc:  # noqa: BLE001
                 result["errors"]["scale"] = f"{exc.__class__.__name__}: {exc}"
                 traceback.print_exc()

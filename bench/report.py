@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bench import scale
+
 
 def _f(x: Any, fmt: str = "{:.0f}", none: str = "-") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -80,8 +82,9 @@ def targets(result: dict) -> list[dict]:
     if sc and "2000" in sc["runs"] and sc.get("translator_workers", 1) == 1:
         r = sc["runs"]["2000"]
         at_least("scale N=2000: streams completed", r["completed"] / r["n"], 1.0, "{:.1%}")
-        at_most("scale N=2000: added p99 delay per chunk", r["delay_ms"]["p99"], 25.0, "{:.1f} ms")
-        at_most("scale N=2000: translator RSS", r["rss_mb"]["translator"], 400, "{:.0f} MB")
+        at_most("scale N=2000: added p99 delay per chunk", r["delay_ms"]["p99"], scale.TARGET_P99_MS, "{:.1f} ms")
+        at_most("scale N=2000: translator RSS", r["rss_mb"]["translator"], scale.TARGET_TRANSLATOR_RSS_MB,
+                "{:.0f} MB")
     return out
 
 
@@ -308,8 +311,57 @@ def scale_table(sc: dict) -> list[str]:
                      f"{_f(r['translator_runnable_share'], '{:.0%}')} of the wall time (all its processes), of "
                      f"which waiting for a CPU "
                      f"{_f(r['cpu_wait_s']['translator'], '{:.1f}')} s of {r['wall_s']:.0f} s")
+        if r.get("capacity"):
+            lines.append(capacity_line(r["capacity"], sc))
+        if "targets_missed" in r:
+            lines.append(f"  {'':>6}targets (every stream completed, added p99 <= {scale.TARGET_P99_MS:.0f} ms, "
+                         f"translator RSS <= {scale.TARGET_TRANSLATOR_RSS_MB:.0f} MB): "
+                         + ("met" if not r["targets_missed"] else "missed: " + "; ".join(r["targets_missed"])))
+        if r.get("envoy_variants"):
+            lines += variants_lines(r["envoy_variants"], sc)
         if r["errors"]:
             lines.append("    ! " + ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())))
+    met = [int(n) for n, r in sc["runs"].items() if "targets_missed" in r and not r["targets_missed"]]
+    if any("targets_missed" in r for r in sc["runs"].values()):
+        lines.append(f"  largest N that met the targets in this run: {max(met) if met else 'none'} "
+                     f"(of {', '.join(sc['runs'])}; {sc.get('translator_workers', 1)} translator worker(s))")
+    return lines
+
+
+def capacity_line(cap: dict, sc: dict) -> str:
+    """The cores each process needs for the offered load, against what it can use and the machine's cores."""
+    need, caps, over = cap["cores_needed"], cap["caps"], cap["over_cap"]
+    cap_text = {"translator": lambda c: f"{c} worker(s) = at most {c} core(s)",
+                "envoy": lambda c: f"--concurrency {c}", "ext_authz": lambda c: f"{c} worker"}
+
+    def part(name: str) -> str:
+        text = f"{name} {need.get(name, float('nan')):.2f}"
+        notes = [cap_text[name](caps[name])] if name in caps and name in cap_text else []
+        if name in over:
+            notes.append(f"{over[name]:.1f}x over")
+        return text + (f" ({', '.join(notes)})" if notes else "")
+
+    total = cap["keyrelay_cores"] + cap["bench_cores"]
+    verdict = ("fits" if cap["fits"] else
+               "does not fit" + (f": needs {total / cap['machine_cores']:.2f}x the cores"
+                                 if total > cap["machine_cores"] else ": a one-process cap is exceeded"))
+    return (f"  {'':>6}capacity at the offered {cap['chunks_per_s']:,.0f} chunks/s (cores = CPU per chunk x "
+            f"chunks/s): {', '.join(part(n) for n in ('translator', 'envoy', 'ext_authz'))}; keyrelay "
+            f"{cap['keyrelay_cores']:.2f} + the bench's upstream and client {cap['bench_cores']:.2f} = {total:.2f} "
+            f"of {cap['machine_cores']} cores: {verdict}")
+
+
+def variants_lines(variants: dict, sc: dict) -> list[str]:
+    base = (variants.get("as_is") or {}).get("envoy_us_per_chunk")
+    conf = sc.get("envoy_variants", {})
+    lines = [f"  {'':>6}Envoy variants in this run (its streams dealt over them): streams completed, added "
+             f"p50 / p99 (ms), Envoy CPU per chunk, and that against as_is"]
+    for name, v in variants.items():
+        label = f"{name} (--concurrency {conf.get(name, {}).get('concurrency', '?')})"
+        us = v["envoy_us_per_chunk"]
+        lines.append(f"  {'':>8}{label:<36}{v['completed']:>6}/{v['streams']:<6}"
+                     f"{_f(v['delay_ms']['p50'], '{:.1f}'):>7} /{_f(v['delay_ms']['p99'], '{:.1f}'):>7}"
+                     f"{_f(us, '{:.1f}'):>8} us{_f(us / base if base and us else None, '{:.2f}'):>8}")
     return lines
 
 
