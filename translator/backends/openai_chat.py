@@ -18,8 +18,8 @@ import orjson
 from translator.backends.base import BackendDeps
 from translator.backends.chat import ChatBackend
 from translator.backends.transport import (Transport, UpstreamResponse, end_response, error_from_response,
-                                           event_too_large, is_transport_error, json_answer, read_within,
-                                           transport_error)
+                                           event_too_large, is_transport_error, json_answer, transport_error,
+                                           within_reader)
 from translator.credentials import Credential
 from translator.errors import ApiError, extract_message, upstream_error
 from translator.routing import Target
@@ -47,6 +47,7 @@ class OpenAIChunks:
         self._cred = cred
         self._decoder = SSEDecoder()
         self._done = False  # [DONE] seen or the body ended
+        self._read_within = within_reader(resp.content)
 
     def _chunks(self, events: Iterable[SSEEvent]) -> list[dict]:
         """The chunk dicts of decoded SSE events, up to `[DONE]` (which sets `_done`)."""
@@ -72,13 +73,13 @@ class OpenAIChunks:
         return batch
 
     async def next_batch(self, wait: float) -> list[dict] | None:
-        """The chunks of the next read (see `ChunkSource` and `transport.read_within`)."""
+        """The chunks of the next read (see `ChunkSource` and `transport.within_reader`)."""
         if self._done:
             return None
         content = self._resp.content
         try:
             # Bytes already buffered are taken here, without the coroutine of a waiting read.
-            raw = content.read_nowait() or await read_within(content, wait)
+            raw = content.read_nowait() or await self._read_within(wait)
             if not raw:
                 if content.at_eof():
                     # The chunks of an event the body's end completed (an upstream that omits the last blank line).
