@@ -151,6 +151,16 @@ class SSEDecoder(EventSplitter):
                 out.append(ev)
         return out
 
+    def single_data(self, chunk: bytes) -> bytes | None:
+        """The data of `chunk` when it is exactly one event of one `data: ` line (LF-terminated, no other field)
+        and nothing is pending, without decoding it (`feed` would return that one event, with this data as
+        text); None otherwise, and then `chunk` is still to be fed. The shape a paced upstream's read has: one
+        chunk per read, every read of a long answer."""
+        if (self._pending or self._cr or chunk[:6] != b"data: " or chunk.find(b"\n") != len(chunk) - 2
+                or chunk[-2:] != b"\n\n" or b"\r" in chunk):
+            return None
+        return chunk[6:-2]
+
     def flush(self) -> list[SSEEvent]:  # type: ignore[override]
         raw = EventSplitter.flush(self)
         if not raw:

@@ -140,7 +140,8 @@ class Body:
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._size = 0
-        self._conn.resume()
+        if self._conn.paused:
+            self._conn.resume()
         return data
 
     def _decoded(self) -> bytes:

@@ -76,17 +76,29 @@ class OpenAIChunks:
         """The chunks of the next read (see `ChunkSource` and `transport.within_reader`)."""
         if self._done:
             return None
-        content = self._resp.content
         try:
-            # Bytes already buffered are taken here, without the coroutine of a waiting read.
-            raw = content.read_nowait() or await self._read_within(wait)
+            raw = await self._read_within(wait)
             if not raw:
-                if content.at_eof():
+                if self._resp.content.at_eof():
                     # The chunks of an event the body's end completed (an upstream that omits the last blank line).
                     self._done = True
                     return self._chunks(self._decoder.flush())
                 return []
             decoder = self._decoder
+            data = decoder.single_data(raw)
+            if data is not None:
+                # One `data:` event in this read (a paced upstream's every read): its JSON parsed from the bytes,
+                # without an SSEEvent and a str in between. Anything else (not a chunk object, an error chunk,
+                # invalid UTF-8) takes the general path below, which decides it.
+                if data == b"[DONE]":
+                    self._done = True
+                    return []
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    chunk = None
+                if type(chunk) is dict and chunk.get("error") is None:
+                    return [chunk]
             batch = self._chunks(decoder.feed(raw))
             if decoder.pending_bytes > self._max_event:
                 raise event_too_large(self._provider, self._max_event)
