@@ -213,6 +213,9 @@ def encode_event(name: str, data: Any) -> bytes:
 
 def encode_events(events: list[tuple[str, Any]]) -> bytes:
     """Several events as one bytes object (one transport write instead of one per event)."""
+    if len(events) == 1:  # the usual case while text streams: one delta per upstream chunk
+        name, data = events[0]
+        return b"%s%s\n\n" % (_PREFIX.get(name) or _prefix(name), orjson.dumps(data))
     dumps = orjson.dumps
     return b"".join(
         [b"%s%s\n\n" % (_PREFIX.get(name) or _prefix(name), dumps(data)) for name, data in events]
