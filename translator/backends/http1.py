@@ -201,9 +201,9 @@ class Body:
         does for any body, without an `asyncio.timeout` per call.
 
         Why a timer of its own: a stream waits for every upstream chunk with a deadline (the next ping, the read
-        timeout), and both deadlines move later with every chunk. Arming and cancelling a timer per read (two
-        per read before: the ping's `asyncio.timeout` and the read timeout) was a large share of the CPU per
-        streamed chunk. Here one timer per body is armed lazily: a deadline that moved later leaves it in place,
+        timeout), and both deadlines move later with every chunk. Arming and cancelling timers per read (an
+        `asyncio.timeout` for the ping and a timer for the read timeout) is a large share of the CPU per paced
+        chunk (docs/translator.md, Streaming). Here one timer per body is armed lazily: a deadline that moved later leaves it in place,
         and when it fires early it re-arms itself for the current deadline, so a stream receiving a chunk every
         50 ms re-arms it about once per ping interval. Bytes never wait for the timer (they wake the reader
         directly); a cancelled read loses nothing (the bytes stay buffered); `release()`/`close()` cancel it."""
