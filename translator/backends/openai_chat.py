@@ -76,10 +76,12 @@ class OpenAIChunks:
         """The chunks of the next read (see `ChunkSource` and `transport.within_reader`)."""
         if self._done:
             return None
+        content = self._resp.content
         try:
-            raw = await self._read_within(wait)
+            # Bytes already buffered (frames arriving back to back) are taken without the coroutine of a read.
+            raw = content.read_nowait() or await self._read_within(wait)
             if not raw:
-                if self._resp.content.at_eof():
+                if content.at_eof():
                     # The chunks of an event the body's end completed (an upstream that omits the last blank line).
                     self._done = True
                     return self._chunks(self._decoder.flush())
