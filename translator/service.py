@@ -21,7 +21,7 @@ import time
 from typing import Any, Awaitable, Callable, Mapping
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 import keyrelay_tracing
 from keyrelay_common.identity import CREDENTIAL_HEADER, KEY_ID_HEADER, TENANT_HEADER
@@ -32,7 +32,7 @@ from translator.context import RequestContext
 from translator.errors import ApiError
 from translator.ids import new_request_id
 from translator.metrics import Metrics
-from translator.relay import Drain, relay
+from translator.relay import Drain, RelayResponse
 from translator.routing import Router
 from translator.request_body import (OFFLOAD_BYTES, ClientGone, RequestLimits, decode_request, lower_headers,
                                      read_body, release_stepwise)
@@ -214,8 +214,8 @@ class MessagesService:
 
     # ------------------------------------------------------------------ POST /v1/messages
 
-    async def messages(self, scope: dict, receive: Callable) -> Response:
-        """The answer as a Response (a StreamingResponse for streams). Never raises."""
+    async def messages(self, scope: dict, receive: Callable) -> Response | RelayResponse:
+        """The answer as an ASGI response (a RelayResponse for streams). Never raises."""
         ctx = RequestContext("messages", "POST", scope["path"], new_request_id(), lower_headers(scope))
         m = self.metrics
         m.inflight.inc()
@@ -242,11 +242,10 @@ class MessagesService:
             stream = await backend.open_stream(ctx)
             ctx.first_byte_s = time.perf_counter() - t0
             m.observe_first_byte(ctx.provider, ctx.first_byte_s)
-            gen = relay(stream, ctx, ping_interval=self.settings.ping_interval_s, on_close=self._stream_closed,
-                        drain=self.drain)
             handed_off = True
-            return StreamingResponse(gen, media_type="text/event-stream",
-                                     headers={**SSE_HEADERS, "request-id": ctx.request_id})
+            return RelayResponse(stream, ctx, ping_interval=self.settings.ping_interval_s,
+                                 on_close=self._stream_closed, drain=self.drain,
+                                 headers={**SSE_HEADERS, "request-id": ctx.request_id})
         except ApiError as err:
             ctx.stream = False
             self.finish(ctx, err.status, err)

@@ -151,6 +151,16 @@ class SSEDecoder(EventSplitter):
                 out.append(ev)
         return out
 
+    def single_data(self, chunk: bytes) -> bytes | None:
+        """The data of `chunk` when it is exactly one event of one `data: ` line (LF-terminated, no other field)
+        and nothing is pending, without decoding it (`feed` would return that one event, with this data as
+        text); None otherwise, and then `chunk` is still to be fed. The shape a paced upstream's read has: one
+        chunk per read, every read of a long answer."""
+        if (self._pending or self._cr or chunk[:6] != b"data: " or chunk.find(b"\n") != len(chunk) - 2
+                or chunk[-2:] != b"\n\n" or b"\r" in chunk):
+            return None
+        return chunk[6:-2]
+
     def flush(self) -> list[SSEEvent]:  # type: ignore[override]
         raw = EventSplitter.flush(self)
         if not raw:
@@ -203,6 +213,9 @@ def encode_event(name: str, data: Any) -> bytes:
 
 def encode_events(events: list[tuple[str, Any]]) -> bytes:
     """Several events as one bytes object (one transport write instead of one per event)."""
+    if len(events) == 1:  # the usual case while text streams: one delta per upstream chunk
+        name, data = events[0]
+        return b"%s%s\n\n" % (_PREFIX.get(name) or _prefix(name), orjson.dumps(data))
     dumps = orjson.dumps
     return b"".join(
         [b"%s%s\n\n" % (_PREFIX.get(name) or _prefix(name), dumps(data)) for name, data in events]

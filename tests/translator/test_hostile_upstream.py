@@ -319,7 +319,26 @@ def odd_chunk(payload: bytes):
     return behaviour
 
 
+def paced_odd_chunk(payload: bytes):
+    """`odd_chunk` with each event in a read of its own (the one-event read the stream parses from the bytes)."""
+    def behaviour(s):
+        s.sendall(sse_head() + openai_sse(openai_chunk({"content": "a"})))
+        time.sleep(0.05)
+        s.sendall(chunk(b"data: " + payload + b"\n\n"))
+        time.sleep(0.05)
+        s.sendall(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    return behaviour
+
+
 STREAMING = [
+    ("one-event read: not an object", paced_odd_chunk(b"[1,2]"), "claude-sonnet-4-5", "api_error",
+     "malformed stream chunk"),
+    ("one-event read: not JSON", paced_odd_chunk(b"{\xff\xfe"), "claude-sonnet-4-5", "api_error",
+     "malformed stream chunk"),
+    ("one-event read: an error chunk", paced_odd_chunk(b'{"error":{"message":"slow down","code":429}}'),
+     "claude-sonnet-4-5", "rate_limit_error", "slow down"),
+    ("one-event read: choices not a list", paced_odd_chunk(b'{"choices":7}'), "claude-sonnet-4-5", "api_error",
+     "stream failed"),
     ("100 MB SSE event, OpenAI path", huge_sse_event_openai, "claude-sonnet-4-5", "api_error", "stream event over"),
     ("100 MB SSE event, Anthropic path", huge_sse_event_anthropic, "anthropic/claude-x", "api_error",
      "stream event over"),

@@ -296,3 +296,101 @@ async def test_https_checks_the_certificate(tls_files):
         await trusting.close()
     # The refused handshake never became a connection; both requests then shared one pooled TLS connection.
     assert len(up.heads) == 2 and up.connections == 1
+
+
+# ------------------------------------------------------------------ read_within (the streams' paced read)
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Drip(RawUpstream):
+    """Answers one request with a chunked head, then writes each (delay, bytes) step; `None` bytes end the body."""
+
+    def __init__(self, steps: list[tuple[float, bytes | None]]) -> None:
+        super().__init__()
+        self.steps = steps
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for delay, data in self.steps:
+                await asyncio.sleep(delay)
+                writer.write(b"0\r\n\r\n" if data is None else _chunk(data))
+                await writer.drain()
+            await asyncio.sleep(3600)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+# name, upstream steps, the reads (wait s) and what each returns: bytes, b"" (nothing in time), "eof", or an
+# exception type
+READS = [
+    ("bytes within the wait", [(0.05, b"one")], [(1.0, b"one")]),
+    ("nothing within the wait, then the bytes (none lost)", [(0.3, b"late")], [(0.05, b""), (1.0, b"late")]),
+    ("a wait of zero takes only what is buffered", [(0.1, b"now")], [(0.0, b""), (1.0, b"now"), (0.0, b"")]),
+    ("the body's end", [(0.0, b"a"), (0.0, None)], [(1.0, b"a"), (1.0, "eof")]),
+    ("silence past the read timeout, read in slices", [(0.0, b"a")],
+     [(1.0, b"a")] + [(0.1, b"")] * 3 + [(0.5, http1.ReadTimeout)]),
+]
+
+
+@pytest.mark.parametrize("name,steps,reads", READS, ids=[r[0] for r in READS])
+async def test_read_within(name, steps, reads):
+    async with Drip(steps) as up:
+        p = pool(read_timeout_s=0.45)
+        resp = await p.post(up.url, b"", {})
+        try:
+            for wait, expect in reads:
+                if isinstance(expect, type):
+                    with pytest.raises(expect):
+                        await resp.content.read_within(wait)
+                    continue
+                got = await resp.content.read_within(wait)
+                if expect == "eof":
+                    assert got == b"" and resp.content.at_eof()
+                else:
+                    assert got == expect
+                    assert not resp.content.at_eof() or got
+        finally:
+            resp.close()
+        assert resp.content._timer is None  # closing the response cancels the body's timer
+        await p.close()
+
+
+async def test_read_within_keeps_one_timer_while_its_deadline_moves_later():
+    # A chunk every 20 ms, read with a deadline 1 s after each read: the first wait arms the timer, the later
+    # ones (whose deadlines are later) leave it in place instead of arming one per read.
+    async with Drip([(0.02, b"x%d" % i) for i in range(10)] + [(0.0, None)]) as up:
+        p = pool()
+        resp = await p.post(up.url, b"", {})
+        timers: list = []  # the handles themselves (kept alive, so no two can share an id)
+        while True:
+            data = await resp.content.read_within(1.0)
+            timer = resp.content._timer
+            if timer is not None and not any(t is timer for t in timers):
+                timers.append(timer)
+            if not data and resp.content.at_eof():
+                break
+        assert len(timers) == 1
+        resp.release()
+        assert resp.content._timer is None
+        await p.close()
+
+
+async def test_a_cancelled_read_within_loses_nothing():
+    async with Drip([(0.2, b"kept")]) as up:
+        p = pool()
+        resp = await p.post(up.url, b"", {})
+        task = asyncio.ensure_future(resp.content.read_within(5.0))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await resp.content.read_within(1.0) == b"kept"
+        resp.close()
+        await p.close()

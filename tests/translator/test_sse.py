@@ -102,3 +102,33 @@ def test_large_event_in_small_reads():
         out += d.feed(body[i : i + 1000])
     assert out == [SSEEvent(payload), SSEEvent("tail")]
     assert d.flush() == []
+
+
+# ------------------------------------------------------------------ single_data (the one-event fast path)
+
+# what was fed before, the read, the data `single_data` returns (None: the read must be fed)
+SINGLE = [
+    pytest.param(b"", b'data: {"a":1}\n\n', b'{"a":1}', id="one-data-line"),
+    pytest.param(b"", b"data: [DONE]\n\n", b"[DONE]", id="done"),
+    pytest.param(b"", b'data: {"t":"h\xc3\xa9"}\n\n', b'{"t":"h\xc3\xa9"}', id="utf8-bytes-as-is"),
+    pytest.param(b"", b"data: a\n\ndata: b\n\n", None, id="two-events"),
+    pytest.param(b"", b"event: x\ndata: a\n\n", None, id="another-field"),
+    pytest.param(b"", b"data: a\ndata: b\n\n", None, id="multi-line-data"),
+    pytest.param(b"", b"data:a\n\n", None, id="no-space"),
+    pytest.param(b"", b"data: a\r\n\r\n", None, id="crlf"),
+    pytest.param(b"", b"data: a\n", None, id="unfinished"),
+    pytest.param(b"", b": comment\n\n", None, id="comment"),
+    pytest.param(b"data: x", b"data: a\n\n", None, id="something-pending"),
+    pytest.param(b"data: x\n\r", b"data: a\n\n", None, id="after-a-cr"),
+    pytest.param(b"data: x\n\n", b"data: a\n\n", b"a", id="after-a-whole-event"),
+]
+
+
+@pytest.mark.parametrize("before,read,expect", SINGLE)
+def test_single_data_is_the_data_feed_would_dispatch(before, read, expect):
+    d = SSEDecoder()
+    d.feed(before)
+    assert d.single_data(read) == expect
+    if expect is not None:
+        events = d.feed(read)  # what the general path makes of the same read
+        assert [(e.event, e.data) for e in events] == [("message", expect.decode())]

@@ -17,7 +17,7 @@ import orjson
 
 from translator.backends.base import BackendDeps
 from translator.backends.transport import (UpstreamResponse, end_response, error_from_response, event_too_large,
-                                           is_transport_error, json_answer, read_within, transport_error)
+                                           is_transport_error, json_answer, transport_error, within_reader)
 from translator.context import RequestContext
 from translator.convert.anthropic_body import drop_synthetic_thinking
 from translator.credentials import Credential
@@ -84,6 +84,7 @@ class AnthropicStream:
     async def frames(self, ping_interval: float) -> AsyncIterator[bytes | None]:
         loop = asyncio.get_running_loop()
         content = self._resp.content
+        read_within = within_reader(content)
         splitter = self._splitter
         first = True
         begun = False  # no ping before the upstream's first event (message_start comes first)
@@ -91,7 +92,7 @@ class AnthropicStream:
         try:
             while True:
                 # Bytes already buffered are taken here, without the coroutine of a waiting read.
-                raw = content.read_nowait() or await read_within(content, last + ping_interval - loop.time())
+                raw = content.read_nowait() or await read_within(last + ping_interval - loop.time())
                 if not raw:
                     if content.at_eof():
                         break

@@ -78,9 +78,12 @@ class ChatStream:
                 if not self.chunks:
                     self.first_chunk_at = time.perf_counter()
                 self.chunks += len(batch)
-                events: list = []
-                for chunk in batch:
-                    events += feed(chunk)
+                if len(batch) == 1:  # a paced upstream's every read
+                    events = feed(batch[0])
+                else:
+                    events = []
+                    for chunk in batch:
+                        events += feed(chunk)
                 if events:
                     yield encode_events(events)
                     last = loop.time()

@@ -29,6 +29,7 @@ user), retries (a POST is not replayed), HTTP/2, `Expect: 100-continue`.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl as ssl_mod
 import time
 import zlib
@@ -91,7 +92,8 @@ def _check_value(name: str, value: str) -> None:
 class Body:
     """The response body as it arrives; the read side of aiohttp's StreamReader that the relay uses."""
 
-    __slots__ = ("_conn", "_chunks", "_size", "_eof", "_exc", "_waiter", "_decoder", "_last", "_flushed")
+    __slots__ = ("_conn", "_chunks", "_size", "_eof", "_exc", "_waiter", "_decoder", "_last", "_flushed",
+                 "_timer", "_timer_at", "_wake_at")
 
     def __init__(self, conn: "_Conn") -> None:
         self._conn = conn
@@ -103,6 +105,9 @@ class Body:
         self._waiter: asyncio.Future | None = None
         self._decoder = None  # zlib decompressobj for a gzip/deflate body (decoded by the reader, in steps)
         self._flushed = False
+        self._timer: asyncio.TimerHandle | None = None  # the reader's one timer (`read_within`)
+        self._timer_at = 0.0  # when it fires (loop time)
+        self._wake_at = 0.0  # when the waiting reader wants to be woken without bytes (loop time)
 
     # -- the connection's side
 
@@ -135,7 +140,8 @@ class Body:
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._size = 0
-        self._conn.resume()
+        if self._conn.paused:
+            self._conn.resume()
         return data
 
     def _decoded(self) -> bytes:
@@ -187,23 +193,61 @@ class Body:
         """The next bytes available; b"" at the end of the body. Raises ReadTimeout once the upstream has been
         silent for the read timeout, counted from the last bytes received (not from this call: a caller that
         waits in short slices, as the ping pacing does, still gets the timeout)."""
+        return await self.read_within(math.inf)
+
+    async def read_within(self, wait: float) -> bytes:
+        """The bytes already buffered, else the next bytes that arrive within `wait` seconds; b"" when none did
+        or the body ended (tell them apart with `at_eof()`); ReadTimeout as `readany`. What `transport.read_within`
+        does for any body, without an `asyncio.timeout` per call.
+
+        Why a timer of its own: a stream waits for every upstream chunk with a deadline (the next ping, the read
+        timeout), and both deadlines move later with every chunk. Arming and cancelling timers per read (an
+        `asyncio.timeout` for the ping and a timer for the read timeout) is a large share of the CPU per paced
+        chunk (docs/translator.md, Streaming). Here one timer per body is armed lazily: a deadline that moved later leaves it in place,
+        and when it fires early it re-arms itself for the current deadline, so a stream receiving a chunk every
+        50 ms re-arms it about once per ping interval. Bytes never wait for the timer (they wake the reader
+        directly); a cancelled read loses nothing (the bytes stay buffered); `release()`/`close()` cancel it."""
+        loop = self._conn.loop
+        deadline = loop.time() + wait
         while True:
             while not self._ready():
-                conn = self._conn
-                loop = conn.loop
-                left = self._last + conn.read_timeout_s - loop.time()
-                if left <= 0:
+                now = loop.time()
+                expire = self._last + self._conn.read_timeout_s
+                if expire <= now:
                     raise ReadTimeout("upstream read timed out")
+                wake = expire if expire < deadline else deadline
+                if wake <= now:
+                    return b""
+                self._wake_at = wake
+                timer = self._timer
+                if timer is None or self._timer_at > wake:
+                    if timer is not None:
+                        timer.cancel()
+                    self._timer = loop.call_at(wake, self._on_timer)
+                    self._timer_at = wake
                 waiter = self._waiter = loop.create_future()
-                timer = loop.call_later(left, _expire, waiter)
                 try:
                     await waiter  # a cancellation (the caller's own timer) leaves every buffered byte in place
                 finally:
-                    timer.cancel()
                     self._waiter = None
             data = self.read_nowait()
             if data or self.at_eof():
                 return data
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._waiter is None:
+            return  # nobody waits: the next wait arms it again
+        if self._conn.loop.time() < self._wake_at:  # the deadline moved on since it was armed
+            self._timer = self._conn.loop.call_at(self._wake_at, self._on_timer)
+            self._timer_at = self._wake_at
+            return
+        self._wake()  # the reader finds no bytes and checks its deadlines
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole (decoded) body; `BodyTooLarge` as soon as it exceeds `limit` bytes."""
@@ -247,11 +291,13 @@ class Response:
         """Done with the response: a completely read body returns the connection to the pool, else it closes."""
         if not self._done:
             self._done = True
+            self.content._stop_timer()
             self._conn.finish(reuse=self.content.at_eof())
 
     def close(self) -> None:
         if not self._done:
             self._done = True
+            self.content._stop_timer()
             self._conn.finish(reuse=False)
 
 

@@ -18,8 +18,8 @@ import orjson
 from translator.backends.base import BackendDeps
 from translator.backends.chat import ChatBackend
 from translator.backends.transport import (Transport, UpstreamResponse, end_response, error_from_response,
-                                           event_too_large, is_transport_error, json_answer, read_within,
-                                           transport_error)
+                                           event_too_large, is_transport_error, json_answer, transport_error,
+                                           within_reader)
 from translator.credentials import Credential
 from translator.errors import ApiError, extract_message, upstream_error
 from translator.routing import Target
@@ -47,6 +47,7 @@ class OpenAIChunks:
         self._cred = cred
         self._decoder = SSEDecoder()
         self._done = False  # [DONE] seen or the body ended
+        self._read_within = within_reader(resp.content)
 
     def _chunks(self, events: Iterable[SSEEvent]) -> list[dict]:
         """The chunk dicts of decoded SSE events, up to `[DONE]` (which sets `_done`)."""
@@ -72,13 +73,13 @@ class OpenAIChunks:
         return batch
 
     async def next_batch(self, wait: float) -> list[dict] | None:
-        """The chunks of the next read (see `ChunkSource` and `transport.read_within`)."""
+        """The chunks of the next read (see `ChunkSource` and `transport.within_reader`)."""
         if self._done:
             return None
         content = self._resp.content
         try:
-            # Bytes already buffered are taken here, without the coroutine of a waiting read.
-            raw = content.read_nowait() or await read_within(content, wait)
+            # Bytes already buffered (frames arriving back to back) are taken without the coroutine of a read.
+            raw = content.read_nowait() or await self._read_within(wait)
             if not raw:
                 if content.at_eof():
                     # The chunks of an event the body's end completed (an upstream that omits the last blank line).
@@ -86,6 +87,20 @@ class OpenAIChunks:
                     return self._chunks(self._decoder.flush())
                 return []
             decoder = self._decoder
+            data = decoder.single_data(raw)
+            if data is not None:
+                # One `data:` event in this read (a paced upstream's every read): its JSON parsed from the bytes,
+                # without an SSEEvent and a str in between. Anything else (not a chunk object, an error chunk,
+                # invalid UTF-8) takes the general path below, which decides it.
+                if data == b"[DONE]":
+                    self._done = True
+                    return []
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    chunk = None
+                if type(chunk) is dict and chunk.get("error") is None:
+                    return [chunk]
             batch = self._chunks(decoder.feed(raw))
             if decoder.pending_bytes > self._max_event:
                 raise event_too_large(self._provider, self._max_event)

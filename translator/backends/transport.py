@@ -10,7 +10,8 @@ bench's loopback upstream (uvloop, 16 concurrent requests, CPU time per tiny non
 Both clients give the same response interface (`status`, `headers`, `content.read_nowait/readany/at_eof`,
 `release()`, `close()`), and both buffer what the connection delivers, so a read cancelled by a timer loses
 nothing (the next read returns the buffered bytes). That is what makes ping pacing cheap: a stream waits for
-its next read under `asyncio.timeout` on the streaming task itself, with no helper task per read.
+its next read with a deadline on the streaming task itself, with no helper task per read (`within_reader`:
+http1's body keeps one lazily re-armed timer per stream; an aiohttp body reads under `asyncio.timeout`).
 
 Every transport failure leaves this module as an Anthropic-shaped `ApiError` (`transport_error`): connection
 failures 502, timeouts 504. Redirects are never followed (a POST carrying a user's key is not replayed to
@@ -20,9 +21,10 @@ wherever a Location header points); they are answered as upstream errors.
 from __future__ import annotations
 
 import asyncio
+import functools
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 import orjson
 from yarl import URL
@@ -239,6 +241,14 @@ async def error_from_response(resp: UpstreamResponse, provider: str, cred: Crede
         resp.close()
     return upstream_error_from_body(resp.status, raw[:MAX_ERROR_BODY], provider=provider, headers=resp.headers,
                                     secrets=[cred.key])
+
+
+def within_reader(content: Any) -> Callable[[float], Awaitable[bytes]]:
+    """`read_within` bound to one body: the http1 client's own (`http1.Body.read_within`, one lazily re-armed
+    timer per body instead of one `asyncio.timeout` per read), else the generic one (aiohttp)."""
+    if isinstance(content, http1.Body):
+        return content.read_within
+    return functools.partial(read_within, content)
 
 
 async def read_within(content: Any, wait: float) -> bytes:
