@@ -184,8 +184,8 @@ class MessagesService:
                                          ctx.headers.get("x-request-id"))
         if log.isEnabledFor(logging.INFO):  # build the line only when it is written
             cred, headers = ctx.cred, ctx.headers
-            logs.log_request(log, logs.RequestLine(
-                route=ctx.route, method=ctx.method, path=ctx.path, status=status, duration_s=elapsed,
+            logs.log_fields(log, "request", logs.request_fields(
+                ctx.route, ctx.method, ctx.path, status, elapsed,
                 request_id=headers.get("x-request-id") or ctx.request_id,
                 key_id=cred.key_id if cred else headers.get(KEY_ID_HEADER),
                 tenant=headers.get(TENANT_HEADER), credential=headers.get(CREDENTIAL_HEADER),
