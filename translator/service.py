@@ -33,6 +33,7 @@ from translator.errors import ApiError
 from translator.ids import new_request_id
 from translator.metrics import Metrics
 from translator.relay import Drain, relay
+from translator.repeated_tools import RepeatedTools
 from translator.routing import Router
 from translator.request_body import (OFFLOAD_BYTES, ClientGone, RequestLimits, decode_request, lower_headers,
                                      read_body, release_stepwise)
@@ -85,6 +86,7 @@ class MessagesService:
         self.metrics = metrics
         self.backends = backends
         self.limits = RequestLimits.from_settings(settings)
+        self.repeated_tools = RepeatedTools()  # tool definitions decoded once (translator.repeated_tools)
         self.tracing = tracing
         self.ready = False
         self.drain = Drain()
@@ -225,7 +227,7 @@ class MessagesService:
         try:
             raw = await read_body(ctx.headers, receive, self.limits.max_body_bytes)
             ctx.size = ctx.input_chars = len(raw)
-            ctx.body, req = await decode_request(raw, MessagesRequest, self.limits)
+            ctx.body, req = await decode_request(raw, MessagesRequest, self.limits, self.repeated_tools)
             del raw
             ctx.request = req
             ctx.target = self.router.resolve(req.model)
