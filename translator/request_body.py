@@ -26,6 +26,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from translator.errors import ApiError
+from translator.repeated_tools import MIN_BYTES as REPEATED_MIN_BYTES
 from translator.repeated_tools import PLACEHOLDER, Entry, RepeatedTools
 from translator.schemas.anthropic import IMAGE_COUNT, Message, describe_validation_error, validate_or_400
 
@@ -309,6 +310,8 @@ async def decode_request(raw: bytes, model: type, limits: RequestLimits,
     definitions decoded before (translator.repeated_tools), used and learned from when given."""
     if len(raw) > OFFLOAD_BYTES:
         return await asyncio.to_thread(_decode_large, raw, model, limits)
+    if len(raw) < REPEATED_MIN_BYTES:  # too small to hold a tools text worth keeping
+        repeated = None
     if repeated is not None:
         hit = repeated.split(raw)
         if hit is not None:
