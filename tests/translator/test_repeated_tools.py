@@ -150,3 +150,19 @@ async def test_the_cache_keeps_at_most_its_entries():
             await decode(bodies[-1], cache)
     assert len(cache) == 2
     assert cache.split(bodies[0]) is None and cache.split(bodies[2]) is not None
+
+
+async def test_converting_a_request_leaves_the_shared_entry_as_it_was():
+    from translator.convert.openai_request import BackendCaps, anthropic_to_openai
+    from translator.convert.responses_request import anthropic_to_responses
+
+    cache = RepeatedTools()
+    raw = spaced(CC)
+    await warm(cache, raw)
+    (entry,) = cache._entries.values()
+    _, req = await decode(raw, cache)
+    for caps in (BackendCaps(), BackendCaps(gemini_schema=True, max_tool_name_length=8)):
+        anthropic_to_openai(req, model="m", caps=caps)
+        anthropic_to_responses(req, model="m", caps=caps)
+    assert entry.value == orjson.loads(entry.text)
+    assert entry.tools == MessagesRequest.model_validate({**CC, "tools": orjson.loads(entry.text)}).tools
