@@ -18,7 +18,9 @@ An entry is made (`learn`) after a body was decoded and validated the usual way,
 same tools (by count and names; a tools array seen once costs nothing more): the standard library's scanner
 finds where the top-level value ends, and the entry is decoded again from exactly those bytes and checked to
 equal what the body decoded to. Entries are kept for tool texts of MIN_BYTES to MAX_BYTES, at most
-MAX_ENTRIES of them, least recently used first out.
+MAX_ENTRIES of them and MAX_TOTAL_BYTES of text (what a text decodes to takes a few times its size), least
+recently used first out; a sighting is remembered as a hash, at most MAX_SIGHTINGS of them. Whatever fails
+while an entry is made only leaves it unmade: the cache never fails a request.
 
 The cached value and `Tool` models are shared by every request that uses them, read-only: the converters build
 new objects around them, and what hands them to a library that may change its arguments (LiteLLM) copies them.
@@ -40,9 +42,10 @@ from translator.schemas.anthropic import Tool
 
 KEY_BYTES = 256
 MIN_BYTES = 4096
-MAX_BYTES = 1024 * 1024
+MAX_BYTES = 256 * 1024
 MAX_ENTRIES = 32
-MAX_SIGHTINGS = 256  # tools arrays (count and names) remembered as seen once
+MAX_TOTAL_BYTES = 4 * 1024 * 1024
+MAX_SIGHTINGS = 256  # tools arrays (hash of their names) remembered as seen once
 _TRIES = 4  # `"tools"` occurrences looked at per body
 _KEY = b'"tools"'
 _COLON = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*")
@@ -63,10 +66,12 @@ class Entry:
 class RepeatedTools:
     """One per serving process (used from the event loop only)."""
 
-    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_total_bytes: int = MAX_TOTAL_BYTES) -> None:
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()
-        self._sightings: OrderedDict[tuple, None] = OrderedDict()
+        self._sightings: OrderedDict[int, None] = OrderedDict()
         self._max = max_entries
+        self._max_bytes = max_total_bytes
+        self._bytes = 0  # of the entries' texts
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -99,22 +104,32 @@ class RepeatedTools:
         them when the same tools were seen before."""
         if not tools or not isinstance(value, list) or len(raw) < MIN_BYTES:
             return
-        mark = tuple(t.name for t in tools)
+        mark = hash(tuple(t.name for t in tools))
         if mark not in self._sightings:
             self._sightings[mark] = None
             if len(self._sightings) > MAX_SIGHTINGS:
                 self._sightings.popitem(last=False)
             return
-        text = _span(raw, value)
-        if text is None or not MIN_BYTES <= len(text) <= MAX_BYTES:
-            return
-        own = orjson.loads(text)  # the entry's own objects, never the request's
-        if own != value:
+        try:
+            text = _span(raw, value)
+            if text is None or not MIN_BYTES <= len(text) <= min(MAX_BYTES, self._max_bytes):
+                return
+            own = orjson.loads(text)  # the entry's own objects, never the request's
+            if own != value:
+                return
+            entry = Entry(text, own, _TOOLS.validate_python(own))
+        except Exception:  # noqa: BLE001 - (a scan too deep for the standard library's scanner, ...): no entry
             return
         self._sightings.pop(mark, None)
-        self._entries[text[:KEY_BYTES]] = Entry(text, own, _TOOLS.validate_python(own))
-        if len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        key = text[:KEY_BYTES]
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.text)
+        self._entries[key] = entry
+        self._bytes += len(text)
+        while len(self._entries) > self._max or self._bytes > self._max_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= len(dropped.text)
 
 
 def _span(raw: bytes, value: list) -> bytes | None:

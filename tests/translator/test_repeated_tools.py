@@ -166,3 +166,28 @@ async def test_converting_a_request_leaves_the_shared_entry_as_it_was():
         anthropic_to_responses(req, model="m", caps=caps)
     assert entry.value == orjson.loads(entry.text)
     assert entry.tools == MessagesRequest.model_validate({**CC, "tools": orjson.loads(entry.text)}).tools
+
+
+async def test_the_cache_keeps_at_most_its_bytes():
+    cache = RepeatedTools(max_total_bytes=len(json.dumps(TOOLS)) * 2 + 10)
+    bodies = []
+    for i in range(3):
+        tools = json.loads(json.dumps(TOOLS))
+        tools[0]["name"] = f"Tool{i}"
+        bodies.append(spaced({**CC, "tools": tools}))
+        for _ in range(2):
+            await decode(bodies[-1], cache)
+    assert len(cache) == 2
+    assert cache.split(bodies[0]) is None and cache.split(bodies[1]) is not None
+
+
+async def test_tools_too_deep_for_the_standard_scanner_are_decoded_and_not_kept():
+    deep = b'{"a":' * 1010 + b'{"type":"object"}' + b"}" * 1010  # deeper than the standard scanner goes
+    rest = {k: v for k, v in CC.items() if k != "tools"}
+    raw = spaced(rest)[:-1] + b', "tools": [{"name": "deep", "input_schema": ' + deep + b"}, " + \
+        json.dumps(TOOLS[:2]).encode()[1:] + b"}"
+    cache = RepeatedTools()
+    for _ in range(3):
+        data, req = await decode(raw, cache)
+        assert [t.name for t in req.tools] == ["deep"] + [t["name"] for t in TOOLS[:2]]
+    assert len(cache) == 0
