@@ -139,8 +139,9 @@ async def test_tools_seen_once_or_small_are_not_kept():
     assert len(cache) == 0  # under MIN_BYTES
 
 
-async def test_the_cache_keeps_at_most_its_entries():
-    cache = RepeatedTools(max_entries=2)
+@pytest.mark.parametrize("bound", [{"max_entries": 2}, {"max_total_bytes": len(json.dumps(TOOLS)) * 2 + 10}])
+async def test_the_cache_keeps_within_its_bounds(bound):
+    cache = RepeatedTools(**bound)
     bodies = []
     for i in range(3):
         tools = json.loads(json.dumps(TOOLS))
@@ -148,8 +149,8 @@ async def test_the_cache_keeps_at_most_its_entries():
         bodies.append(spaced({**CC, "tools": tools}))
         for _ in range(2):
             await decode(bodies[-1], cache)
-    assert len(cache) == 2
-    assert cache.split(bodies[0]) is None and cache.split(bodies[2]) is not None
+    assert len(cache) == 2  # the least recently used went
+    assert cache.split(bodies[0]) is None and cache.split(bodies[1]) and cache.split(bodies[2])
 
 
 async def test_converting_a_request_leaves_the_shared_entry_as_it_was():
@@ -166,19 +167,6 @@ async def test_converting_a_request_leaves_the_shared_entry_as_it_was():
         anthropic_to_responses(req, model="m", caps=caps)
     assert entry.value == orjson.loads(entry.text)
     assert entry.tools == MessagesRequest.model_validate({**CC, "tools": orjson.loads(entry.text)}).tools
-
-
-async def test_the_cache_keeps_at_most_its_bytes():
-    cache = RepeatedTools(max_total_bytes=len(json.dumps(TOOLS)) * 2 + 10)
-    bodies = []
-    for i in range(3):
-        tools = json.loads(json.dumps(TOOLS))
-        tools[0]["name"] = f"Tool{i}"
-        bodies.append(spaced({**CC, "tools": tools}))
-        for _ in range(2):
-            await decode(bodies[-1], cache)
-    assert len(cache) == 2
-    assert cache.split(bodies[0]) is None and cache.split(bodies[1]) is not None
 
 
 async def test_tools_too_deep_for_the_standard_scanner_are_decoded_and_not_kept():
