@@ -15,9 +15,12 @@ top-level `tools` value was the span the top-level tools value: a nested `tools`
 spelled with an escaped quote leave another value there, and the caller decodes the body the usual way.
 
 An entry is made (`learn`) after a body was decoded and validated the usual way, on the second sighting of the
-same tools (by count and names; a tools array seen once costs nothing more): the standard library's scanner
-finds where the top-level value ends, and the entry is decoded again from exactly those bytes and checked to
-equal what the body decoded to. Entries are kept for tool texts of MIN_BYTES to MAX_BYTES, at most
+same tools (by their names and the lengths of their descriptions; a tools array seen once costs nothing more):
+the standard library's scanner finds where the top-level value ends, and the entry is decoded again from
+exactly those bytes and checked to equal what the body decoded to. That costs about two usual decodings of the
+tools, so it is rationed: SCAN_CREDIT scans to start with, one more per request served from the cache (at most
+SCAN_CREDIT banked); a client whose tools change on every request with the same names stops costing scans
+after that many. Entries are kept for tool texts of MIN_BYTES to MAX_BYTES, at most
 MAX_ENTRIES of them and MAX_TOTAL_BYTES of text (what a text decodes to takes a few times its size), least
 recently used first out; a sighting is remembered as a hash, at most MAX_SIGHTINGS of them. Whatever fails
 while an entry is made only leaves it unmade: the cache never fails a request.
@@ -45,7 +48,8 @@ MIN_BYTES = 4096
 MAX_BYTES = 256 * 1024
 MAX_ENTRIES = 32
 MAX_TOTAL_BYTES = 4 * 1024 * 1024
-MAX_SIGHTINGS = 256  # tools arrays (hash of their names) remembered as seen once
+MAX_SIGHTINGS = 256  # tools arrays (a hash of their names and description lengths) remembered as seen once
+SCAN_CREDIT = 8
 _TRIES = 4  # `"tools"` occurrences looked at per body
 _KEY = b'"tools"'
 _COLON = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*")
@@ -72,6 +76,7 @@ class RepeatedTools:
         self._max = max_entries
         self._max_bytes = max_total_bytes
         self._bytes = 0  # of the entries' texts
+        self._credit = SCAN_CREDIT  # scans allowed now (`learn`)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -96,6 +101,7 @@ class RepeatedTools:
             entry = entries.get(prefix)
             if entry is not None and raw.startswith(entry.text, start):
                 entries.move_to_end(prefix)
+                self._credit = min(SCAN_CREDIT, self._credit + 1)
                 return raw[:start] + _PLACEHOLDER_JSON + raw[start + len(entry.text):], entry
         return None
 
@@ -104,12 +110,15 @@ class RepeatedTools:
         them when the same tools were seen before."""
         if not tools or not isinstance(value, list) or len(raw) < MIN_BYTES:
             return
-        mark = hash(tuple(t.name for t in tools))
+        mark = hash(tuple((t.name, len(t.description or "")) for t in tools))
         if mark not in self._sightings:
             self._sightings[mark] = None
             if len(self._sightings) > MAX_SIGHTINGS:
                 self._sightings.popitem(last=False)
             return
+        if self._credit <= 0:
+            return
+        self._credit -= 1
         try:
             text = _span(raw, value)
             if text is None or not MIN_BYTES <= len(text) <= min(MAX_BYTES, self._max_bytes):

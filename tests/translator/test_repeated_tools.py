@@ -179,3 +179,18 @@ async def test_tools_too_deep_for_the_standard_scanner_are_decoded_and_not_kept(
         data, req = await decode(raw, cache)
         assert [t.name for t in req.tools] == ["deep"] + [t["name"] for t in TOOLS[:2]]
     assert len(cache) == 0
+
+
+async def test_tools_that_change_on_every_request_stop_costing_scans(monkeypatch):
+    from translator import repeated_tools
+
+    scans = []
+    span = repeated_tools._span
+    monkeypatch.setattr(repeated_tools, "_span", lambda raw, value: scans.append(1) or span(raw, value))
+    cache = RepeatedTools()
+    for i in range(40):  # the same names and description lengths, other text each time
+        tools = json.loads(json.dumps(TOOLS))
+        tools[0]["description"] = f"{i:04d}" + tools[0]["description"][4:]
+        raw = spaced({**CC, "tools": tools})
+        assert (await decode(raw, cache)) == (await decode(raw, None))
+    assert len(scans) == repeated_tools.SCAN_CREDIT
