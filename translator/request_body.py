@@ -26,6 +26,8 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from translator.errors import ApiError
+from translator.repeated_tools import MIN_BYTES as REPEATED_MIN_BYTES
+from translator.repeated_tools import PLACEHOLDER, Entry, RepeatedTools
 from translator.schemas.anthropic import IMAGE_COUNT, Message, describe_validation_error, validate_or_400
 
 OFFLOAD_BYTES = 1024 * 1024  # bodies larger than this are decoded in a worker thread, in steps
@@ -302,11 +304,28 @@ async def _release(lists: tuple[list, ...]) -> None:
             await asyncio.sleep(0)
 
 
-async def decode_request(raw: bytes, model: type, limits: RequestLimits) -> tuple[dict, Any]:
-    """(the JSON object, the validated `model`) of a request body; ApiError 400/413 otherwise."""
+async def decode_request(raw: bytes, model: type, limits: RequestLimits,
+                         repeated: RepeatedTools | None = None) -> tuple[dict, Any]:
+    """(the JSON object, the validated `model`) of a request body; ApiError 400/413 otherwise. `repeated`: tool
+    definitions decoded before (translator.repeated_tools), used and learned from when given."""
     if len(raw) > OFFLOAD_BYTES:
         return await asyncio.to_thread(_decode_large, raw, model, limits)
+    if len(raw) < REPEATED_MIN_BYTES:  # too small to hold a tools text worth keeping
+        repeated = None
+    if repeated is not None:
+        hit = repeated.split(raw)
+        if hit is not None:
+            decoded = _decode_with(hit[0], hit[1], model, limits)
+            if decoded is not None:
+                return decoded
     data = parse_json_object(raw)
+    req = _validate_small(data, model, limits)
+    if repeated is not None:
+        repeated.learn(raw, data.get("tools"), getattr(req, "tools", None))
+    return data, req
+
+
+def _validate_small(data: dict, model: type, limits: RequestLimits) -> Any:
     if _needs_counting(limits):
         check_caps(data, limits)
     images = [0]
@@ -317,4 +336,23 @@ async def decode_request(raw: bytes, model: type, limits: RequestLimits) -> tupl
         IMAGE_COUNT.reset(token)
     if images[0] > limits.max_images:
         raise ApiError(413, "request_too_large", f"request has more than {limits.max_images} images")
+    return req
+
+
+def _decode_with(rest: bytes, entry: Entry, model: type, limits: RequestLimits) -> tuple[dict, Any] | None:
+    """A body whose tools text is cached, decoded from the rest of it (`RepeatedTools.split`); None when the
+    cached text was not its top-level tools value, or the body is refused (then the usual way decodes it again
+    and says why, exactly as without the cache)."""
+    try:
+        data = orjson.loads(rest)
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict or data.get("tools") != PLACEHOLDER:
+        return None
+    data["tools"] = entry.value  # (in its place: the object keeps the body's key order)
+    try:
+        req = _validate_small({k: v for k, v in data.items() if k != "tools"}, model, limits)
+    except ApiError:
+        return None
+    req.tools = list(entry.tools)  # validated when the entry was made; the list is this request's own
     return data, req

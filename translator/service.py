@@ -33,6 +33,7 @@ from translator.errors import ApiError
 from translator.ids import new_request_id
 from translator.metrics import Metrics
 from translator.relay import Drain, RelayResponse
+from translator.repeated_tools import RepeatedTools
 from translator.routing import Router
 from translator.request_body import (OFFLOAD_BYTES, ClientGone, RequestLimits, decode_request, lower_headers,
                                      read_body, release_stepwise)
@@ -85,6 +86,7 @@ class MessagesService:
         self.metrics = metrics
         self.backends = backends
         self.limits = RequestLimits.from_settings(settings)
+        self.repeated_tools = RepeatedTools()  # tool definitions decoded once (translator.repeated_tools)
         self.tracing = tracing
         self.ready = False
         self.drain = Drain()
@@ -184,8 +186,8 @@ class MessagesService:
                                          ctx.headers.get("x-request-id"))
         if log.isEnabledFor(logging.INFO):  # build the line only when it is written
             cred, headers = ctx.cred, ctx.headers
-            logs.log_request(log, logs.RequestLine(
-                route=ctx.route, method=ctx.method, path=ctx.path, status=status, duration_s=elapsed,
+            logs.log_fields(log, "request", logs.request_fields(
+                ctx.route, ctx.method, ctx.path, status, elapsed,
                 request_id=headers.get("x-request-id") or ctx.request_id,
                 key_id=cred.key_id if cred else headers.get(KEY_ID_HEADER),
                 tenant=headers.get(TENANT_HEADER), credential=headers.get(CREDENTIAL_HEADER),
@@ -225,7 +227,7 @@ class MessagesService:
         try:
             raw = await read_body(ctx.headers, receive, self.limits.max_body_bytes)
             ctx.size = ctx.input_chars = len(raw)
-            ctx.body, req = await decode_request(raw, MessagesRequest, self.limits)
+            ctx.body, req = await decode_request(raw, MessagesRequest, self.limits, self.repeated_tools)
             del raw
             ctx.request = req
             ctx.target = self.router.resolve(req.model)

@@ -57,6 +57,24 @@ def test_non_streaming_text_uses_callers_key(translator, upstream):
     assert rec.body["max_tokens"] == 100
 
 
+def test_repeated_tool_definitions_reach_the_upstream_unchanged(translator, upstream):
+    """Claude Code's request sent again and again (its tool definitions then come from translator.repeated_tools),
+    with a request with other tools in between: the upstream gets what it got the first time."""
+    from pathlib import Path
+
+    cc = json.loads((Path(__file__).parent / "fixtures" / "claude_code_request.json").read_text())
+    cc["stream"] = False
+    other = {**cc, "tools": cc["tools"][:3]}
+    seen = []
+    for body in (cc, cc, other, cc, cc):
+        upstream.push(openai_completion("ok"))
+        r = httpx.post(f"{translator.url}/v1/messages", headers={"x-api-key": KEY}, content=json.dumps(body))
+        assert r.status_code == 200 and r.json()["content"][0]["text"] == "ok"
+        seen.append(upstream.requests[-1].body)
+    assert seen[0] == seen[1] == seen[3] == seen[4]
+    assert len(seen[0]["tools"]) == len(cc["tools"]) and seen[2]["tools"] == seen[0]["tools"][:3]
+
+
 def test_header_contract_bearer_credential_wins(translator, upstream):
     """After Envoy + ext_authz the translator sees Authorization: Bearer (and no x-api-key)."""
     upstream.push(openai_completion("ok"), openai_completion("ok"))

@@ -122,7 +122,6 @@ class ChatBackend:
     kind = ""
     counts_upstream = False  # counted locally with the model's tokenizer (translator.tokens)
     to_upstream = staticmethod(anthropic_to_openai)
-    from_upstream = staticmethod(openai_to_anthropic)
     stream_converter: type[OpenAIStreamConverter] = OpenAIStreamConverter
 
     async def chat_complete(self, target: Target, body: dict, cred: Credential,
@@ -154,21 +153,27 @@ class ChatBackend:
                 release_stepwise(body.get("messages"), body.get("input"))  # chat / Responses
 
     async def complete(self, ctx: RequestContext) -> dict:
-        raw, tool_names = await self._call(ctx, self.chat_complete)
-        req = ctx.request
-        msg = self.from_upstream(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
-        self._account(ctx, raw, msg)
-        return msg
+        if ctx.size > OFFLOAD_BYTES:
+            raw, tool_names = await self._call(ctx, self.chat_complete)
+        else:  # a small request converts right here: no helper coroutine between this and the upstream call
+            body, tool_names = self._convert(ctx)
+            raw = await self.chat_complete(ctx.target, body, ctx.cred, ctx.trace_headers)
+        return self._answer(ctx, raw, tool_names)
 
     @staticmethod
-    def _account(ctx: RequestContext, raw: dict, msg: dict) -> None:
-        """The upstream's usage and finish reason of a non-streamed answer, onto the request's context."""
-        ctx.usage = from_openai(raw.get("usage"))
-        if ctx.usage is None:
+    def _answer(ctx: RequestContext, raw: dict, tool_names: dict[str, str]) -> dict:
+        """The Anthropic message for a non-streamed answer; its usage (read once, for the message and the
+        accounting) and finish reason onto the request's context."""
+        req = ctx.request
+        usage = ctx.usage = from_openai(raw.get("usage"))
+        msg = openai_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names,
+                                  usage=usage)
+        if usage is None:
             ctx.output_chars = anthropic_content_chars(msg)
         choices = raw.get("choices")
         if choices and isinstance(choices[0], dict):
             ctx.finish_reason = choices[0].get("finish_reason")
+        return msg
 
     async def open_stream(self, ctx: RequestContext) -> ChatStream:
         source, tool_names = await self._call(ctx, self.chat_stream)

@@ -13,6 +13,8 @@ import json
 import re
 from typing import Any, Mapping
 
+import orjson
+
 from translator.backends.base import BackendDeps
 from translator.backends.chat import ChatBackend
 from translator.credentials import Credential
@@ -66,6 +68,10 @@ _LITELLM_NOISE = re.compile(r"litellm\.\w+:\s*|\w+Exception\s*-\s*|\s*(Received 
 def _kwargs(target: Target, body: dict, cred: Credential, timeout: float,
             trace: Mapping[str, str] | None = None) -> dict[str, Any]:
     kw = {k: v for k, v in body.items() if k != "model"}
+    if kw.get("tools"):
+        # Tool schemas can be shared with other requests (translator.repeated_tools) and LiteLLM may change what
+        # it is given: it gets its own copy (a fraction of a LiteLLM call's cost).
+        kw["tools"] = orjson.loads(orjson.dumps(kw["tools"]))
     kw["model"] = target.model
     if cred.key:
         kw["api_key"] = cred.key

@@ -44,12 +44,14 @@ class ResponsesBackend(OpenAIChatBackend):
     kind = "responses"
     client_class = OpenAIResponsesClient
     to_upstream = staticmethod(anthropic_to_responses)
-    from_upstream = staticmethod(responses_to_anthropic)
     stream_converter = ResponsesStreamConverter
 
     @staticmethod
-    def _account(ctx: RequestContext, raw: dict, msg: dict) -> None:
+    def _answer(ctx: RequestContext, raw: dict, tool_names: dict[str, str]) -> dict:
+        req = ctx.request
+        msg = responses_to_anthropic(raw, model=req.model, stop_sequences=req.stop_sequences, tool_names=tool_names)
         ctx.usage = from_openai(chat_usage(raw.get("usage")))
         if ctx.usage is None:
             ctx.output_chars = anthropic_content_chars(msg)
         ctx.finish_reason = chat_finish_reason(raw)
+        return msg

@@ -188,11 +188,12 @@ class Transport:
         await self.pool.close()
 
 
-async def read_all(resp: UpstreamResponse, provider: str, limit: int) -> bytes:
+async def read_all(resp: UpstreamResponse, provider: str, limit: int, first: bytes = b"") -> bytes:
     """The whole (decoded) body of a response, at most `limit` bytes (more is a 502 naming the limit);
-    transport failures raise ApiError. Always release or close `resp`."""
-    parts: list[bytes] = []
-    size = 0
+    transport failures raise ApiError. `first`: the body's first bytes, already taken. Always release or close
+    `resp`."""
+    parts: list[bytes] = [first] if first else []
+    size = len(first)
     try:
         while True:
             data = await resp.content.readany()
@@ -213,8 +214,19 @@ async def json_answer(resp: UpstreamResponse, provider: str, cred: Credential, l
     a body that is not JSON a 502. Releases or closes `resp`."""
     if resp.status != 200:
         raise await error_from_response(resp, provider, cred)
+    content = resp.content
     try:
-        raw = await read_all(resp, provider, limit)
+        # A small answer has usually arrived whole with its head: then it is taken without a read coroutine.
+        try:
+            raw = content.read_nowait()
+        except Exception as exc:
+            if is_transport_error(exc):
+                raise transport_error(exc, provider) from None
+            raise
+        if len(raw) > limit:
+            raise transport_error(http1.BodyTooLarge(f"response body exceeds {limit} bytes"), provider)
+        if not content.at_eof():
+            raw = await read_all(resp, provider, limit, raw)
     except BaseException:
         resp.close()
         raise

@@ -119,15 +119,22 @@ def tool_name_map(req: Any, caps: BackendCaps) -> dict[str, str]:
     """{backend name: Anthropic name} for every tool whose name `anthropic_to_openai` shortens; pass it to
     `openai_to_anthropic(tool_names=...)` / `OpenAIStreamConverter(tool_names=...)`. Usually empty."""
     out: dict[str, str] = {}
+    limit = caps.max_tool_name_length
+    if limit is None:
+        return out
     for t in getattr(req, "tools", None) or ():
-        short = backend_tool_name(t.name, caps)
-        if short != t.name:
-            out[short] = t.name
+        if len(t.name) > limit:
+            out[backend_tool_name(t.name, caps)] = t.name
     return out
 
 
+# One encoder for every call: json.dumps with non-default options builds a new JSONEncoder per call (a third
+# of its cost for a small tool input). The stdlib's encoding rather than orjson's: floats keep Python's repr.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(obj)
 
 
 def _document_frame(doc: DocumentBlock, text: str) -> str:
@@ -442,15 +449,20 @@ class _Converter:
 
     def tools(self, req: MessagesRequest) -> list[dict]:
         tools: list[dict] = []
-        for t in req.tools or ():
-            if not t.is_custom:
+        caps = self.caps
+        gemini = caps.gemini_schema
+        limit = caps.max_tool_name_length
+        for t in req.tools or ():  # (Claude Code sends two dozen tools on every request: kept to few calls each)
+            kind, params = t.type, t.input_schema
+            if params is None or (kind is not None and kind != "custom"):  # not `t.is_custom`
                 self.server_tool(t)
                 continue
-            params = t.input_schema or {"type": "object", "properties": {}}
-            if self.caps.gemini_schema:
+            params = params or {"type": "object", "properties": {}}
+            if gemini:
                 params = clean_schema_for_gemini(params)
-            name = backend_tool_name(t.name, self.caps)
-            if name != t.name:
+            name = t.name
+            if limit is not None and len(name) > limit:
+                name = backend_tool_name(name, caps)
                 self.note("shortened tool names longer than the backend takes")
             fn: dict[str, Any] = {"name": name, "parameters": params}
             if t.description:

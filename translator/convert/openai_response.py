@@ -76,10 +76,13 @@ def matched_stop_sequence(
     return None, text
 
 
+_NO_USAGE = Usage()
+
+
 def map_usage(usage: dict[str, Any] | None) -> dict[str, int]:
     """OpenAI usage -> Anthropic usage (translator.usage: OpenAI's prompt_tokens include cache reads and writes,
     Anthropic's input_tokens exclude both)."""
-    return (from_openai(usage) or Usage()).to_anthropic()
+    return (from_openai(usage) or _NO_USAGE).to_anthropic()
 
 
 def _repair_truncated(raw: str) -> Any:
@@ -186,6 +189,9 @@ def anthropic_message(content: list[dict[str, Any]], *, model: str, stop_reason:
     }
 
 
+_PARSE: Any = object()  # `usage` not given: read from the response
+
+
 def openai_to_anthropic(
     resp: dict[str, Any],
     *,
@@ -193,9 +199,12 @@ def openai_to_anthropic(
     stop_sequences: list[str] | None = None,
     message_id: str | None = None,
     tool_names: Mapping[str, str] | None = None,
+    usage: Usage | None = _PARSE,
 ) -> dict[str, Any]:
     """The Anthropic message for an OpenAI chat completion `resp`; `model` is the name the client asked for.
-    `tool_names` maps shortened backend function names back (`openai_request.tool_name_map`)."""
+    `tool_names` maps shortened backend function names back (`openai_request.tool_name_map`). `usage`: the
+    response's usage as `translator.usage.from_openai` read it, when the caller has it already (it counts the
+    same numbers); read from `resp` otherwise."""
     choices = resp.get("choices") or []
     choice = choices[0] if choices else {}
     message = choice.get("message") or {}
@@ -226,5 +235,7 @@ def openai_to_anthropic(
     else:
         stop_sequence = None
 
+    if usage is _PARSE:
+        usage = from_openai(resp.get("usage"))
     return anthropic_message(content, model=model, stop_reason=stop_reason, stop_sequence=stop_sequence,
-                             usage=map_usage(resp.get("usage")), message_id=message_id)
+                             usage=(usage or _NO_USAGE).to_anthropic(), message_id=message_id)

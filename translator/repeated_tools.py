@@ -1,0 +1,162 @@
+"""Tool definitions seen before, decoded once: a cache from the exact bytes of a request's `tools` array to the
+value they parse to and the validated `Tool` models.
+
+Why: Claude Code sends the same tool definitions (two dozen JSON schemas, about 50 KB, 70% of its request body)
+on every request of a session, and every developer with the same Claude Code version and MCP servers sends the
+same bytes. Parsing and validating them was the largest part of the translator's CPU per such request (counted
+in one process on the committed Claude Code fixture, of 2.9 million instructions per request: orjson's parse of
+the whole body 0.83 million, pydantic's validation of its tools 0.27 million). Decoding is a pure function of
+the bytes, so bytes seen before map to what they decoded to then.
+
+A body uses the cache (`split`): each `"tools":` key in the raw body is looked up by the first KEY_BYTES bytes
+of its value; when the whole cached text follows there, that span is replaced by a placeholder string (random
+per process) and the rest of the body (a fifth of it) is parsed. Only when the placeholder is then the
+top-level `tools` value was the span the top-level tools value: a nested `tools` key, a duplicate key or a key
+spelled with an escaped quote leave another value there, and the caller decodes the body the usual way.
+
+An entry is made (`learn`) after a body was decoded and validated the usual way, on the second sighting of the
+same tools (by their names and the lengths of their descriptions; a tools array seen once costs nothing more):
+the standard library's scanner finds where the top-level value ends, and the entry is decoded again from
+exactly those bytes and checked to equal what the body decoded to. That costs about two usual decodings of the
+tools, so it is rationed: SCAN_CREDIT scans to start with, one more per request served from the cache (at most
+SCAN_CREDIT banked); a client whose tools change on every request with the same names stops costing scans
+after that many. Entries are kept for tool texts of MIN_BYTES to MAX_BYTES, at most
+MAX_ENTRIES of them and MAX_TOTAL_BYTES of text (what a text decodes to takes a few times its size), least
+recently used first out; a sighting is remembered as a hash, at most MAX_SIGHTINGS of them. Whatever fails
+while an entry is made only leaves it unmade: the cache never fails a request.
+
+The cached value and `Tool` models are shared by every request that uses them, read-only: the converters build
+new objects around them, and what hands them to a library that may change its arguments (LiteLLM) copies them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter
+
+from translator.schemas.anthropic import Tool
+
+KEY_BYTES = 256
+MIN_BYTES = 4096
+MAX_BYTES = 256 * 1024
+MAX_ENTRIES = 32
+MAX_TOTAL_BYTES = 4 * 1024 * 1024
+MAX_SIGHTINGS = 256  # tools arrays (a hash of their names and description lengths) remembered as seen once
+SCAN_CREDIT = 8
+_TRIES = 4  # `"tools"` occurrences looked at per body
+_KEY = b'"tools"'
+_COLON = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*")
+_COLON_STR = re.compile(r"[ \t\n\r]*:[ \t\n\r]*")
+PLACEHOLDER = "keyrelay-cached-tools-" + os.urandom(16).hex()
+_PLACEHOLDER_JSON = b'"' + PLACEHOLDER.encode() + b'"'
+_TOOLS = TypeAdapter(list[Tool])
+_SCANNER = json.JSONDecoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    text: bytes  # the tools array's JSON text as it was sent
+    value: list  # what it parses to
+    tools: list[Tool]  # what that validates to
+
+
+class RepeatedTools:
+    """One per serving process (used from the event loop only)."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_total_bytes: int = MAX_TOTAL_BYTES) -> None:
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self._sightings: OrderedDict[int, None] = OrderedDict()
+        self._max = max_entries
+        self._max_bytes = max_total_bytes
+        self._bytes = 0  # of the entries' texts
+        self._credit = SCAN_CREDIT  # scans allowed now (`learn`)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def split(self, raw: bytes) -> tuple[bytes, Entry] | None:
+        """(`raw` with a cached tools text replaced by the placeholder, its entry), or None when `raw` holds no
+        cached tools text. The caller checks that the placeholder is the top-level `tools` value."""
+        entries = self._entries
+        if not entries:
+            return None
+        at = 0
+        for _ in range(_TRIES):
+            at = raw.find(_KEY, at)
+            if at < 0:
+                return None
+            at += len(_KEY)
+            m = _COLON.match(raw, at)
+            if m is None:
+                continue
+            start = m.end()
+            prefix = raw[start:start + KEY_BYTES]
+            entry = entries.get(prefix)
+            if entry is not None and raw.startswith(entry.text, start):
+                entries.move_to_end(prefix)
+                self._credit = min(SCAN_CREDIT, self._credit + 1)
+                return raw[:start] + _PLACEHOLDER_JSON + raw[start + len(entry.text):], entry
+        return None
+
+    def learn(self, raw: bytes, value: Any, tools: list[Tool] | None) -> None:
+        """After `raw` was decoded the usual way (`value`: its top-level tools, `tools`: validated): remember
+        them when the same tools were seen before."""
+        if not tools or not isinstance(value, list) or len(raw) < MIN_BYTES:
+            return
+        mark = hash(tuple((t.name, len(t.description or "")) for t in tools))
+        if mark not in self._sightings:
+            self._sightings[mark] = None
+            if len(self._sightings) > MAX_SIGHTINGS:
+                self._sightings.popitem(last=False)
+            return
+        if self._credit <= 0:
+            return
+        self._credit -= 1
+        try:
+            text = _span(raw, value)
+            if text is None or not MIN_BYTES <= len(text) <= min(MAX_BYTES, self._max_bytes):
+                return
+            own = orjson.loads(text)  # the entry's own objects, never the request's
+            if own != value:
+                return
+            entry = Entry(text, own, _TOOLS.validate_python(own))
+        except Exception:  # noqa: BLE001 - (a scan too deep for the standard library's scanner, ...): no entry
+            return
+        self._sightings.pop(mark, None)
+        key = text[:KEY_BYTES]
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.text)
+        self._entries[key] = entry
+        self._bytes += len(text)
+        while len(self._entries) > self._max or self._bytes > self._max_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= len(dropped.text)
+
+
+def _span(raw: bytes, value: list) -> bytes | None:
+    """The JSON text of a `"tools"` value in `raw` that parses to `value`, or None."""
+    text = raw.decode("utf-8")
+    at = 0
+    for _ in range(_TRIES):
+        at = text.find('"tools"', at)
+        if at < 0:
+            return None
+        at += 7
+        m = _COLON_STR.match(text, at)
+        if m is None:
+            continue
+        try:
+            found, end = _SCANNER.raw_decode(text, m.end())
+        except ValueError:
+            continue
+        if found == value:
+            return text[m.end():end].encode("utf-8")
+    return None
