@@ -86,7 +86,9 @@ class MessagesService:
         self.metrics = metrics
         self.backends = backends
         self.limits = RequestLimits.from_settings(settings)
-        self.repeated_tools = RepeatedTools()  # tool definitions decoded once (translator.repeated_tools)
+        # Tool definitions decoded once (translator.repeated_tools); None when the setting turns it off.
+        self.repeated_tools = (RepeatedTools(max_total_bytes=settings.tools_cache_bytes)
+                               if settings.tools_cache_bytes else None)
         self.tracing = tracing
         self.ready = False
         self.drain = Drain()

@@ -79,6 +79,8 @@ class Settings:
     max_messages: int = 100_000
     max_content_blocks: int = 100_000
     max_images: int = 600
+    # Repeated tool definitions decoded once (translator/repeated_tools.py): the cache's text bytes; 0 = off.
+    tools_cache_bytes: int = 4 * MiB
     # Streams in flight at SIGTERM get this long, then end with an overloaded_error event. Keep it below the
     # pod's terminationGracePeriodSeconds minus its preStop sleep (k8s/base/translator/deployment.yaml).
     shutdown_grace_s: float = 100.0
@@ -147,6 +149,7 @@ _SOURCES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "max_messages": (("TRANSLATOR_MAX_MESSAGES",), "--max-messages"),
     "max_content_blocks": (("TRANSLATOR_MAX_CONTENT_BLOCKS",), "--max-content-blocks"),
     "max_images": (("TRANSLATOR_MAX_IMAGES",), "--max-images"),
+    "tools_cache_bytes": (("TRANSLATOR_TOOLS_CACHE_BYTES",), "--tools-cache-bytes"),
     "shutdown_grace_s": (("TRANSLATOR_SHUTDOWN_GRACE",), "--shutdown-grace"),
     "providers": (("TRANSLATOR_PROVIDERS",), "--providers"),
     "preload_litellm": (("TRANSLATOR_PRELOAD_LITELLM",), "--preload-litellm"),
@@ -249,6 +252,8 @@ def _build(raw: dict[str, tuple[str, str]]) -> Settings:
             values[name] = _number(label, value, float, 0, 3600)
         elif name in ("max_response_head_bytes", "max_response_body_bytes", "max_sse_event_bytes"):
             values[name] = _number(label, value, int, 1024, 1 << 31)
+        elif name == "tools_cache_bytes":
+            values[name] = _number(label, value, int, 0, 1 << 30)
         elif name in ("max_response_head_lines", "max_messages", "max_content_blocks", "max_images"):
             values[name] = _number(label, value, int, 1, 10_000_000)
         elif name == "providers":

@@ -194,3 +194,21 @@ async def test_tools_that_change_on_every_request_stop_costing_scans(monkeypatch
         raw = spaced({**CC, "tools": tools})
         assert (await decode(raw, cache)) == (await decode(raw, None))
     assert len(scans) == repeated_tools.SCAN_CREDIT
+
+
+@pytest.mark.parametrize("env,expect", [
+    ({}, 4 * 1024 * 1024),
+    ({"TRANSLATOR_TOOLS_CACHE_BYTES": "65536"}, 65536),
+    ({"TRANSLATOR_TOOLS_CACHE_BYTES": "0"}, None),  # off: every body decoded the usual way
+])
+async def test_the_setting_bounds_or_turns_off_the_served_cache(env, expect):
+    from translator.app import create_app
+    from translator.settings import load_settings
+
+    service = create_app(load_settings([], env)).state.keyrelay
+    cache = service.repeated_tools
+    assert (cache if cache is None else cache._max_bytes) == expect  # noqa: SLF001
+    if cache is not None:
+        raw = spaced(CC)
+        await warm(cache, raw)
+        assert (len(cache) == 1) == (len(json.dumps(TOOLS)) <= expect)  # the fixture's ~50 KB of tools

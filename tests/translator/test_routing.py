@@ -172,6 +172,9 @@ def test_caps_defaults_from_metadata_and_provider():
     ([], {}, "max_messages", 100_000),
     ([], {}, "max_content_blocks", 100_000),
     ([], {}, "max_images", 600),
+    ([], {}, "tools_cache_bytes", 4 * 1024 * 1024),
+    ([], {"TRANSLATOR_TOOLS_CACHE_BYTES": "0"}, "tools_cache_bytes", 0),
+    (["--tools-cache-bytes", "65536"], {}, "tools_cache_bytes", 65536),
     ([], {}, "shutdown_grace_s", 100.0),
     ([], {"TRANSLATOR_POOL_WAIT": "0.5"}, "pool_wait_s", 0.5),
     (["--max-response-head-lines", "20"], {}, "max_response_head_lines", 20),
@@ -193,6 +196,7 @@ def test_settings_sources(argv, env, field, value):
     (["--routes", "/nonexistent/routes.yaml"], {}, "--routes"),
     ([], {"TRANSLATOR_MAX_SSE_EVENT_BYTES": "10"}, "TRANSLATOR_MAX_SSE_EVENT_BYTES"),
     ([], {"TRANSLATOR_MAX_MESSAGES": "0"}, "TRANSLATOR_MAX_MESSAGES"),
+    ([], {"TRANSLATOR_TOOLS_CACHE_BYTES": "-1"}, "TRANSLATOR_TOOLS_CACHE_BYTES"),
     ([], {"TRANSLATOR_SHUTDOWN_GRACE": "-1"}, "TRANSLATOR_SHUTDOWN_GRACE"),
 ])
 def test_settings_errors(argv, env, fragment):
