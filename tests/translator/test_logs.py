@@ -253,3 +253,15 @@ def test_info_line_is_the_text_of_line(logger, msg, fields):
     f = JsonFormatter()
     for t in (1_700_000_000.123, 1_700_000_000.9995, 1_700_000_001.0):  # also from the per-logger cache
         assert f.info_line(logger, msg, fields, t) == f.line("info", logger, msg, fields, t, orjson.OPT_APPEND_NEWLINE)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.0005, 0.999, 0.9999999, 1_700_000_000.0, 1_700_000_000.0015, 1_700_000_000.5,
+                               1_700_000_059.9999, 4_102_444_800.25, -0.5, -1_000.123])
+def test_timestamp_is_the_utc_second_and_milliseconds(t):
+    from translator.logs import JsonFormatter
+
+    second = int(t)
+    expected = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(t)) + f"{int((t - second) * 1000):03d}Z"
+    f = JsonFormatter()
+    assert f.timestamp(t) == expected
+    assert f.timestamp(t) == expected  # from the per-second cache
