@@ -7,7 +7,8 @@ forging tenants therefore never adds a series.
 
 With `--workers N` the CLI points PROMETHEUS_MULTIPROC_DIR at a private directory before the workers start
 (unless it is set already); prometheus-client then keeps every worker's values in files there and /metrics,
-whichever worker answers it, aggregates all of them.
+whichever worker answers it, aggregates all of them. In one process the metrics updated on every request are
+plain numbers behind a custom collector (`plain_metrics`, the same exposition at a fraction of the CPU).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from translator.plain_metrics import PlainCounter, PlainGauge, PlainHistogram
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -56,18 +59,21 @@ class UsageLabels:
 
 @dataclass
 class Metrics:
+    """The metrics. Those updated on every request are `plain_metrics` ones or prometheus-client's (same methods:
+    `labels(...)`, `inc`, `observe`, `dec`), see `build_metrics`."""
+
     registry: CollectorRegistry
-    requests: Counter
-    latency: Histogram
-    first_byte: Histogram
-    stream_chunks: Counter
+    requests: Counter | PlainCounter
+    latency: Histogram | PlainHistogram
+    first_byte: Histogram | PlainHistogram
+    stream_chunks: Counter | PlainCounter
     upstream_errors: Counter
-    inflight: Gauge
+    inflight: Gauge | PlainGauge
     litellm_import: Gauge
-    tokens: Counter
-    tenant_requests: Counter
-    ttft: Histogram
-    usage_estimated: Counter
+    tokens: Counter | PlainCounter
+    tenant_requests: Counter | PlainCounter
+    ttft: Histogram | PlainHistogram
+    usage_estimated: Counter | PlainCounter
     budget_usage: Counter
     labels: UsageLabels = field(default_factory=lambda: UsageLabels((), ()))
     # Labelled children looked up once per label set: `labels()` builds a key and takes a lock on every call.
@@ -161,42 +167,55 @@ class _UsageSeries:
         return self._ttft
 
 
-def build_metrics(labels: UsageLabels | None = None) -> Metrics:
+def build_metrics(labels: UsageLabels | None = None, *, plain: bool | None = None) -> Metrics:
+    """The translator's metrics in a registry of their own. The ones updated on every request are plain-number
+    metrics (`plain_metrics`) in a single process, prometheus-client's own with PROMETHEUS_MULTIPROC_DIR set
+    (`--workers N`: only those keep their values where the multiprocess collector merges them). `plain`
+    overrides that choice (tests compare both)."""
+    if plain is None:
+        plain = not os.environ.get(MULTIPROC_ENV)
     r = CollectorRegistry()
+    if plain:
+        counter: Any = lambda name, doc, labelnames: PlainCounter(name, doc, labelnames, r)  # noqa: E731
+        histogram: Any = lambda name, doc, labelnames, buckets: PlainHistogram(  # noqa: E731
+            name, doc, labelnames, r, buckets)
+        inflight: Any = lambda name, doc: PlainGauge(name, doc, r)  # noqa: E731
+    else:
+        counter = lambda name, doc, labelnames: Counter(name, doc, labelnames, registry=r)  # noqa: E731
+        histogram = lambda name, doc, labelnames, buckets: Histogram(  # noqa: E731
+            name, doc, labelnames, buckets=buckets, registry=r)
+        inflight = lambda name, doc: Gauge(name, doc, registry=r, multiprocess_mode="livesum")  # noqa: E731
+    # Registered in this order (the order of the exposition); the rarely updated ones stay prometheus-client's.
     return Metrics(
         registry=r,
         labels=labels or UsageLabels((), ()),
-        requests=Counter("keyrelay_translator_requests", "Requests by route, status and provider",
-                         ["route", "status", "provider"], registry=r),
-        latency=Histogram("keyrelay_translator_request_seconds",
-                          "Request latency (to the last byte for streams)", ["route", "provider"],
-                          buckets=_LATENCY_BUCKETS, registry=r),
-        first_byte=Histogram("keyrelay_translator_upstream_first_byte_seconds",
+        requests=counter("keyrelay_translator_requests", "Requests by route, status and provider",
+                         ["route", "status", "provider"]),
+        latency=histogram("keyrelay_translator_request_seconds", "Request latency (to the last byte for streams)",
+                          ["route", "provider"], _LATENCY_BUCKETS),
+        first_byte=histogram("keyrelay_translator_upstream_first_byte_seconds",
                              "Time until the upstream answered (headers for streams)", ["provider"],
-                             buckets=_LATENCY_BUCKETS, registry=r),
-        stream_chunks=Counter("keyrelay_translator_stream_chunks", "Upstream stream chunks relayed",
-                              ["provider"], registry=r),
+                             _LATENCY_BUCKETS),
+        stream_chunks=counter("keyrelay_translator_stream_chunks", "Upstream stream chunks relayed", ["provider"]),
         upstream_errors=Counter("keyrelay_translator_upstream_errors",
                                 "Upstream failures by provider and the status answered",
                                 ["provider", "status"], registry=r),
-        inflight=Gauge("keyrelay_translator_inflight_requests", "Requests in flight", registry=r,
-                       multiprocess_mode="livesum"),
+        inflight=inflight("keyrelay_translator_inflight_requests", "Requests in flight"),
         litellm_import=Gauge("keyrelay_translator_litellm_import_seconds",
                              "Measured LiteLLM import time (0 until imported)", registry=r,
                              multiprocess_mode="max"),
-        tokens=Counter("keyrelay_translator_tokens",
+        tokens=counter("keyrelay_translator_tokens",
                        "Tokens the upstream reported (or, marked in usage_estimated, estimated) by tenant, "
                        "configured target model and kind (input, output, cache_read, cache_write, reasoning; "
-                       "reasoning is part of output)", ["tenant", "model", "kind"], registry=r),
-        tenant_requests=Counter("keyrelay_translator_tenant_requests",
+                       "reasoning is part of output)", ["tenant", "model", "kind"]),
+        tenant_requests=counter("keyrelay_translator_tenant_requests",
                                 "Messages requests by tenant, configured target model and status class",
-                                ["tenant", "model", "status_class"], registry=r),
-        ttft=Histogram("keyrelay_translator_time_to_first_token_seconds",
+                                ["tenant", "model", "status_class"]),
+        ttft=histogram("keyrelay_translator_time_to_first_token_seconds",
                        "Streams: time from the request's arrival to the first upstream chunk relayed",
-                       ["model"], buckets=_TTFT_BUCKETS, registry=r),
-        usage_estimated=Counter("keyrelay_translator_usage_estimated",
-                                "Messages requests whose upstream reported no usage (tokens estimated)",
-                                ["model"], registry=r),
+                       ["model"], _TTFT_BUCKETS),
+        usage_estimated=counter("keyrelay_translator_usage_estimated",
+                                "Messages requests whose upstream reported no usage (tokens estimated)", ["model"]),
         budget_usage=Counter("keyrelay_translator_budget_usage_writes",
                              "Usage records for the budget counters in Redis by result (written; dropped: queue "
                              "full or Redis unreachable)", ["result"], registry=r),

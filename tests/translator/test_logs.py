@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 
+import orjson
 import pytest
 
 from translator.logs import BatchedStreamHandler
@@ -235,3 +236,32 @@ def test_log_request_goes_through_logging_when_others_listen(caplog):
         logs.log_request(logging.getLogger("keyrelay.translator"), _line(key_id="abc"))
     assert [r.getMessage() for r in caplog.records] == ["request"]
     assert caplog.records[0].key_id == "abc" and caplog.records[0].status == 200
+
+
+INFO_LINE_CASES = [  # logger, msg, fields: the text must be what encoding the merged dict in one call gives
+    ("keyrelay.translator", "request", {}),
+    ("keyrelay.translator", "request", {"request_id": "r1", "status": 200, "stream": False, "tokens": None}),
+    ("translator.service", "request", {"tenant": "t\\u000ax", "duration_ms": 1.5, "nested": {"a": [1, 2.5]}}),
+    ("name \"quoted\"\n", "msg with \u2028 and \"quotes\"", {"obj": {1}, "other": 1 << 40}),
+]
+
+
+@pytest.mark.parametrize("logger, msg, fields", INFO_LINE_CASES)
+def test_info_line_is_the_text_of_line(logger, msg, fields):
+    from translator.logs import JsonFormatter
+
+    f = JsonFormatter()
+    for t in (1_700_000_000.123, 1_700_000_000.9995, 1_700_000_001.0):  # also from the per-logger cache
+        assert f.info_line(logger, msg, fields, t) == f.line("info", logger, msg, fields, t, orjson.OPT_APPEND_NEWLINE)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.0005, 0.999, 0.9999999, 1_700_000_000.0, 1_700_000_000.0015, 1_700_000_000.5,
+                               1_700_000_059.9999, 4_102_444_800.25, -0.5, -1_000.123])
+def test_timestamp_is_the_utc_second_and_milliseconds(t):
+    from translator.logs import JsonFormatter
+
+    second = int(t)
+    expected = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(t)) + f"{int((t - second) * 1000):03d}Z"
+    f = JsonFormatter()
+    assert f.timestamp(t) == expected
+    assert f.timestamp(t) == expected  # from the per-second cache

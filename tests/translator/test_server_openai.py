@@ -256,9 +256,10 @@ def test_client_disconnect_cancels_upstream(translator, upstream):
     # connection closed well before that.
     assert upstream.wait_aborted(3), "the translator kept the upstream request open after the client left"
     deadline = time.monotonic() + 2
-    while translator.state.metrics.inflight._value.get() and time.monotonic() < deadline:
+    registry = translator.state.metrics.registry
+    while registry.get_sample_value("keyrelay_translator_inflight_requests") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert translator.state.metrics.inflight._value.get() == 0
+    assert registry.get_sample_value("keyrelay_translator_inflight_requests") == 0
 
 
 # ------------------------------------------------------------------ upstream errors before the stream
