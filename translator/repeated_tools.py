@@ -124,7 +124,8 @@ class RepeatedTools:
             if entry is not None and raw.startswith(entry.text, start):
                 entries.move_to_end(prefix)
                 self._credit = min(SCAN_CREDIT, self._credit + 1)
-                return raw[:start] + _PLACEHOLDER_JSON + raw[start + len(entry.text):], entry
+                view = memoryview(raw)  # (one copy of the rest of the body, not one per piece)
+                return b"".join((view[:start], _PLACEHOLDER_JSON, view[start + len(entry.text):])), entry
         return None
 
     def learn(self, raw: bytes, value: Any, tools: list[Tool] | None) -> None:
