@@ -21,9 +21,10 @@ exactly those bytes and checked to equal what the body decoded to. That costs ab
 tools, so it is rationed: SCAN_CREDIT scans to start with, one more per request served from the cache (at most
 SCAN_CREDIT banked); a client whose tools change on every request with the same names stops costing scans
 after that many. Entries are kept for tool texts of MIN_BYTES to MAX_BYTES, at most
-MAX_ENTRIES of them and MAX_TOTAL_BYTES of text (what a text decodes to takes a few times its size), least
-recently used first out; a sighting is remembered as a hash, at most MAX_SIGHTINGS of them. Whatever fails
-while an entry is made only leaves it unmade: the cache never fails a request.
+MAX_ENTRIES of them and MAX_TOTAL_BYTES (the setting `tools_cache_bytes`) of text and kept conversions' encoded
+bytes (what a text decodes to takes a few times its size), least recently used first out; a sighting is
+remembered as a hash, at most MAX_SIGHTINGS of them. Whatever fails while an entry is made only leaves it
+unmade: the cache never fails a request.
 
 The cached value and `Tool` models are shared by every request that uses them, read-only: the converters build
 new objects around them, and what hands them to a library that may change its arguments (LiteLLM) copies them.
