@@ -21,12 +21,20 @@ exactly those bytes and checked to equal what the body decoded to. That costs ab
 tools, so it is rationed: SCAN_CREDIT scans to start with, one more per request served from the cache (at most
 SCAN_CREDIT banked); a client whose tools change on every request with the same names stops costing scans
 after that many. Entries are kept for tool texts of MIN_BYTES to MAX_BYTES, at most
-MAX_ENTRIES of them and MAX_TOTAL_BYTES of text (what a text decodes to takes a few times its size), least
-recently used first out; a sighting is remembered as a hash, at most MAX_SIGHTINGS of them. Whatever fails
-while an entry is made only leaves it unmade: the cache never fails a request.
+MAX_ENTRIES of them and MAX_TOTAL_BYTES (the setting `tools_cache_bytes`) of text and kept conversions' encoded
+bytes (what a text decodes to takes a few times its size), least recently used first out; a sighting is
+remembered as a hash, at most MAX_SIGHTINGS of them. Whatever fails while an entry is made only leaves it
+unmade: the cache never fails a request.
 
 The cached value and `Tool` models are shared by every request that uses them, read-only: the converters build
 new objects around them, and what hands them to a library that may change its arguments (LiteLLM) copies them.
+
+An entry also keeps what its tools convert to for a backend (`form`): a request decoded from the cache gets its
+tools as a `CachedTools` list, which names its entry, and the backend looks the conversion up by its options (for
+chat completions: the backend's caps) instead of converting and encoding the tools again. At most MAX_FORMS per
+entry (the least recently used one replaced); their encoded bytes count toward the cache's bytes (an entry's
+`size`). A conversion is a pure function of the entry's tools and its key, made the usual way on the first request
+that needs it, so it is what that request would have sent anyway; like the entry, it is shared read-only.
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ import json
 import os
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
 
 import orjson
 from pydantic import TypeAdapter
@@ -48,6 +56,7 @@ MIN_BYTES = 4096
 MAX_BYTES = 256 * 1024
 MAX_ENTRIES = 32
 MAX_TOTAL_BYTES = 4 * 1024 * 1024
+MAX_FORMS = 4  # conversions kept per entry (one per backend option set the same tools are sent with)
 MAX_SIGHTINGS = 256  # tools arrays (a hash of their names and description lengths) remembered as seen once
 SCAN_CREDIT = 8
 _TRIES = 4  # `"tools"` occurrences looked at per body
@@ -60,11 +69,25 @@ _TOOLS = TypeAdapter(list[Tool])
 _SCANNER = json.JSONDecoder()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Entry:
     text: bytes  # the tools array's JSON text as it was sent
     value: list  # what it parses to
     tools: list[Tool]  # what that validates to
+    forms: OrderedDict = field(default_factory=OrderedDict)  # conversion key -> conversion (`form`)
+    size: int = 0  # bytes counted toward the cache's bound: the text's and the conversions'
+
+
+class CachedTools(list):
+    """A request's own list of the `Tool` models of a cache entry, naming the entry and its cache (for `form`).
+    Replacing a request's tools drops the link with the list."""
+
+    __slots__ = ("entry", "cache")
+
+    def __init__(self, entry: Entry, cache: "RepeatedTools") -> None:
+        super().__init__(entry.tools)
+        self.entry = entry
+        self.cache = cache
 
 
 class RepeatedTools:
@@ -75,7 +98,7 @@ class RepeatedTools:
         self._sightings: OrderedDict[int, None] = OrderedDict()
         self._max = max_entries
         self._max_bytes = max_total_bytes
-        self._bytes = 0  # of the entries' texts
+        self._bytes = 0  # of the entries (their `size`)
         self._credit = SCAN_CREDIT  # scans allowed now (`learn`)
 
     def __len__(self) -> int:
@@ -102,7 +125,8 @@ class RepeatedTools:
             if entry is not None and raw.startswith(entry.text, start):
                 entries.move_to_end(prefix)
                 self._credit = min(SCAN_CREDIT, self._credit + 1)
-                return raw[:start] + _PLACEHOLDER_JSON + raw[start + len(entry.text):], entry
+                view = memoryview(raw)  # (one copy of the rest of the body, not one per piece)
+                return b"".join((view[:start], _PLACEHOLDER_JSON, view[start + len(entry.text):])), entry
         return None
 
     def learn(self, raw: bytes, value: Any, tools: list[Tool] | None) -> None:
@@ -126,19 +150,42 @@ class RepeatedTools:
             own = orjson.loads(text)  # the entry's own objects, never the request's
             if own != value:
                 return
-            entry = Entry(text, own, _TOOLS.validate_python(own))
+            entry = Entry(text, own, _TOOLS.validate_python(own), size=len(text))
         except Exception:  # noqa: BLE001 - (a scan too deep for the standard library's scanner, ...): no entry
             return
         self._sightings.pop(mark, None)
         key = text[:KEY_BYTES]
         old = self._entries.pop(key, None)
         if old is not None:
-            self._bytes -= len(old.text)
+            self._bytes -= old.size
         self._entries[key] = entry
-        self._bytes += len(text)
+        self._bytes += entry.size
+        self._bound()
+
+    def form(self, entry: Entry, key: Hashable, make: Callable[[], tuple[Any, int]]) -> Any:
+        """What `entry`'s tools convert to under `key`: kept, or `make()` -> (conversion, its size in bytes),
+        then kept while the entry is cached and the size fits the cache's bound."""
+        forms = entry.forms
+        hit = forms.get(key)
+        if hit is not None:
+            forms.move_to_end(key)
+            return hit[0]
+        value, size = make()
+        if self._entries.get(entry.text[:KEY_BYTES]) is entry and entry.size + size <= self._max_bytes:
+            if len(forms) >= MAX_FORMS:
+                _, (_, dropped) = forms.popitem(last=False)
+                entry.size -= dropped
+                self._bytes -= dropped
+            forms[key] = (value, size)
+            entry.size += size
+            self._bytes += size
+            self._bound()
+        return value
+
+    def _bound(self) -> None:
         while len(self._entries) > self._max or self._bytes > self._max_bytes:
             _, dropped = self._entries.popitem(last=False)
-            self._bytes -= len(dropped.text)
+            self._bytes -= dropped.size
 
 
 def _span(raw: bytes, value: list) -> bytes | None:

@@ -27,7 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from translator.errors import ApiError
 from translator.repeated_tools import MIN_BYTES as REPEATED_MIN_BYTES
-from translator.repeated_tools import PLACEHOLDER, Entry, RepeatedTools
+from translator.repeated_tools import PLACEHOLDER, CachedTools, Entry, RepeatedTools
 from translator.schemas.anthropic import IMAGE_COUNT, Message, describe_validation_error, validate_or_400
 
 OFFLOAD_BYTES = 1024 * 1024  # bodies larger than this are decoded in a worker thread, in steps
@@ -315,7 +315,7 @@ async def decode_request(raw: bytes, model: type, limits: RequestLimits,
     if repeated is not None:
         hit = repeated.split(raw)
         if hit is not None:
-            decoded = _decode_with(hit[0], hit[1], model, limits)
+            decoded = _decode_with(hit[0], hit[1], model, limits, repeated)
             if decoded is not None:
                 return decoded
     data = parse_json_object(raw)
@@ -339,7 +339,8 @@ def _validate_small(data: dict, model: type, limits: RequestLimits) -> Any:
     return req
 
 
-def _decode_with(rest: bytes, entry: Entry, model: type, limits: RequestLimits) -> tuple[dict, Any] | None:
+def _decode_with(rest: bytes, entry: Entry, model: type, limits: RequestLimits,
+                 repeated: RepeatedTools) -> tuple[dict, Any] | None:
     """A body whose tools text is cached, decoded from the rest of it (`RepeatedTools.split`); None when the
     cached text was not its top-level tools value, or the body is refused (then the usual way decodes it again
     and says why, exactly as without the cache)."""
@@ -354,5 +355,5 @@ def _decode_with(rest: bytes, entry: Entry, model: type, limits: RequestLimits) 
         req = _validate_small({k: v for k, v in data.items() if k != "tools"}, model, limits)
     except ApiError:
         return None
-    req.tools = list(entry.tools)  # validated when the entry was made; the list is this request's own
+    req.tools = CachedTools(entry, repeated)  # validated when the entry was made; the list is this request's own
     return data, req

@@ -39,6 +39,7 @@ class Recorded:
     path: str
     headers: dict[str, str]  # lower-cased names
     body: Any  # parsed JSON, or raw text when not JSON
+    raw: bytes = b""  # the body's bytes as they arrived
 
     @property
     def api_key(self) -> str | None:
@@ -246,7 +247,7 @@ class ScriptedUpstream:
                     body: Any = json.loads(raw) if raw else None
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
-                rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, raw)
                 reply = upstream._next(rec)
                 try:
                     upstream._send(self, reply)

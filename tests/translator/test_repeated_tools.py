@@ -212,3 +212,86 @@ async def test_the_setting_bounds_or_turns_off_the_served_cache(env, expect):
         raw = spaced(CC)
         await warm(cache, raw)
         assert (len(cache) == 1) == (len(json.dumps(TOOLS)) <= expect)  # the fixture's ~50 KB of tools
+
+
+# ---------------------------------------------------------------- kept conversions (`RepeatedTools.form`)
+
+SERVER_TOOL = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+# name -> (the tools sent, the caps they are converted for)
+CONVERSIONS = {
+    "claude code, plain OpenAI": (TOOLS, {}),
+    "Gemini schemas, names shortened": (TOOLS, {"gemini_schema": True, "max_tool_name_length": 8}),
+    "any name length": (TOOLS, {"max_tool_name_length": None}),
+    "with a server tool (noted, dropped)": (TOOLS + [SERVER_TOOL], {"max_tool_name_length": 12}),
+}
+
+
+async def kept_form(cache: RepeatedTools, req, caps):
+    from translator.backends.chat import _kept_form
+
+    tools = req.tools
+    return cache.form(tools.entry, ("chat", caps), lambda: _kept_form(tools, caps))
+
+
+@pytest.mark.parametrize("name", list(CONVERSIONS))
+async def test_a_kept_conversion_gives_the_body_a_fresh_one_gives(name):
+    from translator.convert import encoded_json
+    from translator.convert.openai_request import BackendCaps, anthropic_to_openai, tool_name_map
+    from translator.repeated_tools import CachedTools
+
+    tools, caps_fields = CONVERSIONS[name]
+    caps = BackendCaps(**caps_fields)
+    raw = spaced({**CC, "tools": tools})
+    cache = RepeatedTools()
+    await warm(cache, raw)
+    _, plain = await decode(raw, None)
+    fresh_notes: list[str] = []
+    fresh = anthropic_to_openai(plain, model="m", caps=caps, notes=fresh_notes)
+    for _ in range(3):  # made on the first use, kept for the next ones
+        _, req = await decode(raw, cache)
+        assert type(req.tools) is CachedTools
+        converted = await kept_form(cache, req, caps)
+        notes: list[str] = []
+        body = anthropic_to_openai(req, model="m", caps=caps, notes=notes, converted_tools=converted)
+        assert encoded_json.dumps(body) == orjson.dumps(fresh)  # byte for byte
+        assert notes == fresh_notes and converted.names == tool_name_map(plain, caps)
+    (entry,) = cache._entries.values()
+    assert list(entry.forms) == [("chat", caps)]
+    assert entry.value == orjson.loads(entry.text)  # the entry stays as it was
+    if caps.max_tool_name_length == 8:
+        assert converted.names and any("shortened" in n for n in notes)
+
+
+async def test_kept_conversions_count_toward_the_bound_and_are_bounded_per_entry():
+    from translator import repeated_tools
+
+    raw = spaced(CC)
+    cache = RepeatedTools()
+    await warm(cache, raw)
+    (entry,) = cache._entries.values()
+    text = len(entry.text)
+    for i in range(repeated_tools.MAX_FORMS + 2):
+        assert cache.form(entry, i, lambda i=i: (f"form {i}", 1000 + i)) == f"form {i}"
+    kept = list(range(2, repeated_tools.MAX_FORMS + 2))  # the least recently used went
+    assert list(entry.forms) == kept
+    assert entry.size == cache._bytes == text + sum(1000 + i for i in kept)
+    assert cache.form(entry, 2, lambda: pytest.fail("made again")) == "form 2"
+
+    # A conversion that does not fit beside its entry is made but not kept.
+    small = RepeatedTools(max_total_bytes=text + 100)
+    await warm(small, raw)
+    (entry,) = small._entries.values()
+    assert small.form(entry, "big", lambda: ("big", 101)) == "big" and not entry.forms
+    assert entry.size == small._bytes == text
+
+    # Bytes of conversions push the least recently used entry out.
+    two = RepeatedTools(max_total_bytes=2 * text + 1000)
+    other = spaced({**CC, "tools": [{**TOOLS[0], "name": "Other"}] + TOOLS[1:]})
+    await warm(two, other)
+    for _ in range(2):
+        await decode(raw, two)
+    assert len(two) == 2
+    _, req = await decode(raw, two)
+    assert two.form(req.tools.entry, "k", lambda: ("v", 1001)) == "v"
+    assert len(two) == 1 and two.split(other) is None and two.split(raw) is not None
+    assert two._bytes == text + 1001

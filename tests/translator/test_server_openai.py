@@ -520,3 +520,39 @@ def test_client_gone_mid_body_is_counted_and_nothing_goes_upstream(translator, u
     upstream.push(openai_completion("still serving"))
     assert translator.client(KEY).messages.create(model="claude-sonnet-4-5", max_tokens=5,
                                                   messages=USER).content[0].text == "still serving"
+
+
+def test_kept_tool_conversions_send_the_bytes_a_fresh_conversion_sends(make_translator, tmp_path):
+    """Claude Code's request again and again to two routes whose caps convert tools differently (plain OpenAI;
+    Gemini schemas with shortened names), other tools in between: with the repeated-tools cache (tools kept
+    converted and encoded per caps) the upstream gets byte for byte what it gets with the cache off."""
+    from pathlib import Path
+
+    cc = json.loads((Path(__file__).parent / "fixtures" / "claude_code_request.json").read_text())
+    cc["stream"] = False
+    with ScriptedUpstream(default=openai_completion("ok")) as up:
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(
+            "version: 1\nrules:\n"
+            f"  - match: claude-plain\n    target: openai/gpt-4.1\n    base_url: {up.url}/v1\n"
+            f"  - match: claude-short\n    target: openai/gpt-4.1\n    base_url: {up.url}/v1\n"
+            "    caps: {gemini_schema: true, max_tool_name_length: 8}\n")
+        sent: dict[str, list[bytes]] = {}
+        for setting in ("4194304", "0"):
+            srv = make_translator(TRANSLATOR_ROUTES=str(routes), TRANSLATOR_TOOLS_CACHE_BYTES=setting)
+            bodies = []
+            for model, tools in [("claude-plain", None), ("claude-plain", None), ("claude-short", None),
+                                 ("claude-plain", cc["tools"][:3]), ("claude-short", None), ("claude-plain", None),
+                                 ("claude-short", None)]:
+                body = {**cc, "model": model, **({"tools": tools} if tools else {})}
+                r = httpx.post(f"{srv.url}/v1/messages", headers={"x-api-key": KEY}, content=json.dumps(body))
+                assert r.status_code == 200 and r.json()["content"][0]["text"] == "ok"
+                bodies.append(up.requests[-1].raw)
+            sent[setting] = bodies
+            cache = srv.app.state.keyrelay.repeated_tools
+            if cache is not None:
+                (entry,) = cache._entries.values()  # noqa: SLF001
+                assert len(entry.forms) == 2  # one conversion per caps
+    assert sent["4194304"] == sent["0"]
+    short = json.loads(sent["0"][2])
+    assert any(len(t["function"]["name"]) <= 8 and t["function"]["name"] != "Bash" for t in short["tools"])

@@ -12,17 +12,18 @@ import asyncio
 import json
 import logging
 import time
-from typing import AsyncIterator, Mapping, Protocol
+from typing import Any, AsyncIterator, Mapping, Protocol
 
 from translator import logs
 from translator.caps import caps_for
 from translator.context import RequestContext
-from translator.convert.openai_request import anthropic_to_openai, tool_name_map
+from translator.convert.openai_request import anthropic_to_openai, convert_tools, tool_name_map
 from translator.convert.openai_response import openai_to_anthropic
 from translator.convert.openai_stream import OpenAIStreamConverter
 from translator.credentials import Credential
 from translator.errors import ApiError
 from translator.ids import new_message_id
+from translator.repeated_tools import CachedTools
 from translator.request_body import OFFLOAD_BYTES, release_stepwise
 from translator.routing import Target
 from translator.sse import encode_event, encode_events
@@ -115,6 +116,11 @@ class ChatStream:
         await self._source.aclose()
 
 
+def _kept_form(tools: list, caps) -> tuple[Any, int]:
+    converted = convert_tools(tools, caps)
+    return converted, len(converted.tools.json)
+
+
 class ChatBackend:
     """Base of the backends with an OpenAI-shaped upstream: chat completions by default; the Responses API
     backend swaps in its three conversions."""
@@ -136,9 +142,19 @@ class ChatBackend:
     def _convert(self, ctx: RequestContext) -> tuple[dict, dict[str, str]]:
         caps = caps_for(ctx.target)
         notes: list[str] = []
-        body = self.to_upstream(ctx.request, model=ctx.target.model, caps=caps, notes=notes)
+        req = ctx.request
+        tools = req.tools
+        if type(tools) is CachedTools and self.to_upstream is anthropic_to_openai:
+            # Tool definitions seen before (translator.repeated_tools): converted and encoded once per caps.
+            converted = tools.cache.form(tools.entry, ("chat", caps), lambda: _kept_form(tools, caps))
+            body = anthropic_to_openai(req, model=ctx.target.model, caps=caps, notes=notes,
+                                       converted_tools=converted)
+            names = dict(converted.names)
+        else:
+            body = self.to_upstream(req, model=ctx.target.model, caps=caps, notes=notes)
+            names = tool_name_map(req, caps)
         log_conversion_notes(ctx, notes)
-        return body, tool_name_map(ctx.request, caps)  # tool names shortened for the backend, mapped back
+        return body, names  # tool names shortened for the backend, mapped back
 
     async def _call(self, ctx: RequestContext, call):
         """Convert the request, make the upstream call with it, then free a large body's lists; returns the

@@ -17,6 +17,7 @@ import orjson
 
 from translator.backends.base import BackendDeps
 from translator.backends.chat import ChatBackend
+from translator.convert.encoded_json import EncodedList
 from translator.credentials import Credential
 from translator.litellm_loader import get_litellm
 from translator.errors import (ApiError, extract_message, upstream_broken, upstream_error, upstream_timeout,
@@ -71,7 +72,8 @@ def _kwargs(target: Target, body: dict, cred: Credential, timeout: float,
     if kw.get("tools"):
         # Tool schemas can be shared with other requests (translator.repeated_tools) and LiteLLM may change what
         # it is given: it gets its own copy (a fraction of a LiteLLM call's cost).
-        kw["tools"] = orjson.loads(orjson.dumps(kw["tools"]))
+        tools = kw["tools"]
+        kw["tools"] = orjson.loads(tools.json if type(tools) is EncodedList else orjson.dumps(tools))
     kw["model"] = target.model
     if cred.key:
         kw["api_key"] = cred.key

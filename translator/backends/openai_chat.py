@@ -20,6 +20,7 @@ from translator.backends.chat import ChatBackend
 from translator.backends.transport import (Transport, UpstreamResponse, end_response, error_from_response,
                                            event_too_large, is_transport_error, json_answer, transport_error,
                                            within_reader)
+from translator.convert import encoded_json
 from translator.credentials import Credential
 from translator.errors import ApiError, extract_message, upstream_error
 from translator.routing import Target
@@ -160,7 +161,7 @@ class OpenAIChatClient:
             headers["authorization"] = f"Bearer {cred.key}"
         if trace:
             headers.update(trace)
-        return self.transport.post(self._url(target), orjson.dumps(body), headers, target.provider)
+        return self.transport.post(self._url(target), encoded_json.dumps(body), headers, target.provider)
 
     async def post_json(self, target: Target, body: dict, cred: Credential,
                         trace: Mapping[str, str] | None = None) -> object:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from translator.convert.call_ids import signature_of, upstream_call
+from translator.convert.encoded_json import EncodedList
 from translator.convert.schema_clean import clean_schema_for_gemini
 from translator.schemas.anthropic import (
     Base64Source,
@@ -448,11 +449,14 @@ class _Converter:
         self.note(f"dropped server tool {tool.name!r} (type {tool.type!r}): the backend has no equivalent")
 
     def tools(self, req: MessagesRequest) -> list[dict]:
+        return self.function_tools(req.tools)
+
+    def function_tools(self, defined: list | None) -> list[dict]:
         tools: list[dict] = []
         caps = self.caps
         gemini = caps.gemini_schema
         limit = caps.max_tool_name_length
-        for t in req.tools or ():  # (Claude Code sends two dozen tools on every request: kept to few calls each)
+        for t in defined or ():  # (Claude Code sends two dozen tools on every request: kept to few calls each)
             kind, params = t.type, t.input_schema
             if params is None or (kind is not None and kind != "custom"):  # not `t.is_custom`
                 self.server_tool(t)
@@ -471,14 +475,36 @@ class _Converter:
         return tools
 
 
+@dataclass(frozen=True, slots=True)
+class ConvertedTools:
+    """A request's tool definitions converted for a backend's caps (`convert_tools`): kept and shared read-only
+    by the requests with the same tools (translator.repeated_tools)."""
+
+    tools: EncodedList  # the function tools of the chat completions body, with their encoding
+    notes: tuple[tuple[str, int], ...]  # what their conversion noted, and how often
+    names: dict[str, str]  # `tool_name_map` of these tools
+
+
+def convert_tools(defined: list, caps: BackendCaps) -> ConvertedTools:
+    """What `anthropic_to_openai` makes of the tool definitions `defined` for `caps` (pass it as
+    `converted_tools`)."""
+    conv = _Converter(caps, None)
+    tools = EncodedList(conv.function_tools(defined))
+    names = {backend_tool_name(t.name, caps): t.name for t in defined
+             if caps.max_tool_name_length is not None and len(t.name) > caps.max_tool_name_length}
+    return ConvertedTools(tools, tuple(conv._counts.items()), names)
+
+
 def anthropic_to_openai(
     req: MessagesRequest,
     *,
     model: str,
     caps: BackendCaps,
     notes: list[str] | None = None,
+    converted_tools: ConvertedTools | None = None,
 ) -> dict[str, Any]:
-    """The OpenAI chat completions body for `req`, addressed to backend model `model`."""
+    """The OpenAI chat completions body for `req`, addressed to backend model `model`. `converted_tools`:
+    `convert_tools(req.tools, caps)` made before (the same body, without converting the tools again)."""
     conv = _Converter(caps, notes)
     body: dict[str, Any] = {"model": model, "messages": conv.messages(req)}
 
@@ -519,7 +545,12 @@ def anthropic_to_openai(
         else:
             conv.note("dropped thinking (backend has no reasoning controls)")
 
-    tools = conv.tools(req)
+    if converted_tools is None:
+        tools = conv.tools(req)
+    else:
+        tools = converted_tools.tools
+        for what, n in converted_tools.notes:
+            conv._counts[what] = conv._counts.get(what, 0) + n
     if tools:
         body["tools"] = tools
         tc = req.tool_choice

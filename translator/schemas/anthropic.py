@@ -209,13 +209,13 @@ _KNOWN_BLOCKS = frozenset(
 )
 
 
+# Block type -> the tag of its model (one lookup per content block of every request).
+_BLOCK_TAGS = {**{t: "block:server_tool" for t in SERVER_TOOL_BLOCK_TYPES}, **{t: "block:" + t for t in _KNOWN_BLOCKS}}
+
+
 def _block_tag(value: Any) -> str:
     t = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    if t in _KNOWN_BLOCKS:
-        return "block:" + t
-    if t in SERVER_TOOL_BLOCK_TYPES:
-        return "block:server_tool"
-    return "block:unknown"
+    return _BLOCK_TAGS.get(t, "block:unknown") if isinstance(t, str) else "block:unknown"
 
 
 ContentBlock = Annotated[
