@@ -2,7 +2,7 @@
 use for the same things), one line per request, written in batches.
 
 Line shape: `{"ts": "2026-01-02T03:04:05.678Z", "level": "info", "logger": ..., "msg": ..., "pid": ..., <fields>}`,
-as ext_authz writes it. The request line (`RequestLine`, msg `request`) carries request_id (Envoy's
+as ext_authz writes it. The request line (`request_fields`, msg `request`) carries request_id (Envoy's
 `x-request-id`), key_id, tenant, credential, route, status, duration_ms and the usage fields (docs/usage.md).
 Every text that a client or an upstream chose is cut to a bounded length and its control characters are
 written as visible `\\uXXXX` escapes (`clean`), so a line can never be split, forged or turn into terminal
@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 import orjson
@@ -202,8 +201,11 @@ def request_fields(route: str, method: str, path: str, status: int, duration_s: 
                    requested_model: str | None = None, model: str | None = None, backend: str | None = None,
                    provider: str | None = None, stream: bool = False, tokens: dict[str, Any] | None = None,
                    ttft_s: float | None = None, error: str | None = None, chunks: int | None = None) -> dict[str, Any]:
-    """The fields of one request's log line (the meaning of each argument: `RequestLine`). Text that a client or
-    an upstream chose is cleaned here."""
+    """The fields of one request's log line (msg `request`). Text that a client or an upstream chose is cleaned
+    here. `request_id`: Envoy's x-request-id (else the translator's own request id); `credential`:
+    x-authz-credential, passthrough / fallback (behind ext_authz); `credential_source`: which credential went
+    upstream (bearer, x-api-key, static, none); `model`: the target model the upstream saw; `backend`: openai,
+    anthropic, litellm; `tokens`: `Usage.as_dict()`."""
     out: dict[str, Any] = {
         "request_id": clean(request_id, 128), "key_id": clean(key_id, 64), "tenant": clean(tenant, 128),
         "credential": clean(credential, 32), "credential_source": credential_source, "route": route,
@@ -219,49 +221,13 @@ def request_fields(route: str, method: str, path: str, status: int, duration_s: 
     return out
 
 
-@dataclass(slots=True)
-class RequestLine:
-    """The fields of one request's log line (`request_fields` builds them)."""
-
-    route: str
-    method: str
-    path: str
-    status: int
-    duration_s: float
-    request_id: str | None = None  # Envoy's x-request-id (else the translator's own request id)
-    key_id: str | None = None
-    tenant: str | None = None
-    credential: str | None = None  # x-authz-credential: passthrough / fallback (behind ext_authz)
-    credential_source: str | None = None  # which credential went upstream: bearer, x-api-key, static, none
-    requested_model: str | None = None
-    model: str | None = None  # the target model the upstream saw
-    backend: str | None = None  # openai, anthropic, litellm
-    provider: str | None = None
-    stream: bool = False
-    tokens: dict[str, Any] | None = None  # Usage.as_dict()
-    ttft_s: float | None = None
-    error: str | None = None
-    chunks: int | None = None
-
-    def fields(self) -> dict[str, Any]:
-        return request_fields(self.route, self.method, self.path, self.status, self.duration_s, self.request_id,
-                              self.key_id, self.tenant, self.credential, self.credential_source,
-                              self.requested_model, self.model, self.backend, self.provider, self.stream,
-                              self.tokens, self.ttft_s, self.error, self.chunks)
-
-
-def log_request(logger: logging.Logger, line: RequestLine) -> None:
-    """The request's line (msg `request`); see `log_fields`."""
-    if logger.isEnabledFor(logging.INFO):
-        log_fields(logger, "request", line.fields())
-
-
 def log_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
     """A line of `fields` (`request_fields` for msg `request`) at level INFO. In the serving process (root logging
     configured by `configure`) it goes straight into the batched handler, without a LogRecord and a Formatter
     pass per request (~10 µs of the ~140 µs a tiny request cost); anywhere else (tests capturing logs, other
-    handlers or filters) it is an ordinary `logger.info` with the fields as `extra`. The caller has checked that
-    INFO is enabled."""
+    handlers or filters) it is an ordinary `logger.info` with the fields as `extra`. Nothing below INFO."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
     handler = _sole_batched_handler(logger)
     if handler is None:
         logger.info(msg, extra=fields)
@@ -271,7 +237,7 @@ def log_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None
 
 def log_info(logger: logging.Logger, msg: str, *args: Any) -> None:
     """`logger.info(msg, *args)` for a line written on every request of a kind: the same line, by the same
-    direct path as `log_request` when the serving process's handler is the only one (a LogRecord and a
+    direct path as `log_fields` when the serving process's handler is the only one (a LogRecord and a
     Formatter pass cost ~15 µs); an ordinary `logger.info` anywhere else."""
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -279,11 +245,8 @@ def log_info(logger: logging.Logger, msg: str, *args: Any) -> None:
     if handler is None:
         logger.info(msg, *args)
         return
-    _emit_info(handler, logger, clean(msg % args if args else msg, 4096) or "", {})
-
-
-def _emit_info(handler: BatchedStreamHandler, logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
-    handler.emit_line(handler.formatter.line("info", logger.name, msg, fields, time.time(),  # type: ignore[union-attr]
+    text = clean(msg % args if args else msg, 4096) or ""
+    handler.emit_line(handler.formatter.line("info", logger.name, text, {}, time.time(),  # type: ignore[union-attr]
                                              orjson.OPT_APPEND_NEWLINE))
 
 

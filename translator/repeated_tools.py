@@ -44,7 +44,7 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterator
 
 import orjson
 from pydantic import TypeAdapter
@@ -62,7 +62,6 @@ SCAN_CREDIT = 8
 _TRIES = 4  # `"tools"` occurrences looked at per body
 _KEY = b'"tools"'
 _COLON = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*")
-_COLON_STR = re.compile(r"[ \t\n\r]*:[ \t\n\r]*")
 PLACEHOLDER = "keyrelay-cached-tools-" + os.urandom(16).hex()
 _PLACEHOLDER_JSON = b'"' + PLACEHOLDER.encode() + b'"'
 _TOOLS = TypeAdapter(list[Tool])
@@ -110,16 +109,7 @@ class RepeatedTools:
         entries = self._entries
         if not entries:
             return None
-        at = 0
-        for _ in range(_TRIES):
-            at = raw.find(_KEY, at)
-            if at < 0:
-                return None
-            at += len(_KEY)
-            m = _COLON.match(raw, at)
-            if m is None:
-                continue
-            start = m.end()
+        for start in _value_starts(raw):
             prefix = raw[start:start + KEY_BYTES]
             entry = entries.get(prefix)
             if entry is not None and raw.startswith(entry.text, start):
@@ -188,22 +178,28 @@ class RepeatedTools:
             self._bytes -= dropped.size
 
 
-def _span(raw: bytes, value: list) -> bytes | None:
-    """The JSON text of a `"tools"` value in `raw` that parses to `value`, or None."""
-    text = raw.decode("utf-8")
+def _value_starts(raw: bytes) -> Iterator[int]:
+    """Where the value of each of the first `"tools"` keys in `raw` starts (after the colon); at most _TRIES
+    occurrences of the key are looked at."""
     at = 0
     for _ in range(_TRIES):
-        at = text.find('"tools"', at)
+        at = raw.find(_KEY, at)
         if at < 0:
-            return None
-        at += 7
-        m = _COLON_STR.match(text, at)
-        if m is None:
-            continue
+            return
+        at += len(_KEY)
+        m = _COLON.match(raw, at)
+        if m is not None:
+            yield m.end()
+
+
+def _span(raw: bytes, value: list) -> bytes | None:
+    """The JSON text of a `"tools"` value in `raw` that parses to `value`, or None."""
+    for start in _value_starts(raw):
+        rest = raw[start:].decode("utf-8")
         try:
-            found, end = _SCANNER.raw_decode(text, m.end())
+            found, end = _SCANNER.raw_decode(rest)
         except ValueError:
             continue
         if found == value:
-            return text[m.end():end].encode("utf-8")
+            return rest[:end].encode("utf-8")
     return None

@@ -124,11 +124,11 @@ def test_clean(text, limit, expected):
 
 
 def _line(**kw):
-    from translator.logs import RequestLine
+    from translator.logs import request_fields
 
     base = dict(route="messages", method="POST", path="/v1/messages", status=200, duration_s=0.01234)
     base.update(kw)
-    return RequestLine(**base)
+    return request_fields(**base)
 
 
 def test_request_line_fields():
@@ -137,7 +137,7 @@ def test_request_line_fields():
     fields = _line(request_id="rid-1", key_id="0123456789abcdef", tenant="team-a", credential="passthrough",
                    credential_source="bearer", requested_model="claude-sonnet-4-5", model="gpt-4.1",
                    backend="openai", provider="openai", stream=True, tokens=Usage(input=3, output=2).as_dict(),
-                   ttft_s=0.5, chunks=4).fields()
+                   ttft_s=0.5, chunks=4)
     assert fields == {
         "request_id": "rid-1", "key_id": "0123456789abcdef", "tenant": "team-a", "credential": "passthrough",
         "credential_source": "bearer", "route": "messages", "method": "POST", "path": "/v1/messages",
@@ -145,17 +145,17 @@ def test_request_line_fields():
         "backend": "openai", "provider": "openai", "stream": True,
         "tokens": {"input": 3, "output": 2, "cache_read": 0, "cache_write": 0, "reasoning": 0, "estimated": False},
         "ttft_ms": 500.0, "chunks": 4}
-    assert _line(error="api_error").fields()["error"] == "api_error"
-    assert "error" not in _line().fields() and _line().fields()["ttft_ms"] is None
+    assert _line(error="api_error")["error"] == "api_error"
+    assert "error" not in _line() and _line()["ttft_ms"] is None
 
 
 def test_request_line_escapes_what_clients_and_upstreams_chose():
     evil = "x\n{\"status\":200}\x1b[2J\u2028"
     fields = _line(request_id=evil, tenant=evil, credential=evil, requested_model=evil, model=evil, path=evil,
-                   key_id=evil, error=evil).fields()
+                   key_id=evil, error=evil)
     for name in ("request_id", "tenant", "credential", "requested_model", "model", "path", "key_id", "error"):
         assert not any(ord(c) < 0x20 or c in "\x1b\u2028" for c in fields[name]), name
-    assert len(_line(requested_model="m" * 5000).fields()["requested_model"]) == 256 + 3
+    assert len(_line(requested_model="m" * 5000)["requested_model"]) == 256 + 3
 
 
 @contextlib.contextmanager
@@ -185,14 +185,14 @@ def _serving_logging():
         root.setLevel(saved[1])
 
 
-def test_log_request_writes_one_json_line_in_the_serving_process():
+def test_log_fields_writes_one_json_line_in_the_serving_process():
     from translator import logs
 
     log = logging.getLogger("keyrelay.translator")
     with _serving_logging() as configure:
         handler = configure("info")
-        logs.log_request(log, _line(request_id="r1", tenant="t\nx"))
-        log.info("request", extra=_line(request_id="r1", tenant="t\nx").fields())  # the ordinary path
+        logs.log_fields(log, "request", _line(request_id="r1", tenant="t\nx"))
+        log.info("request", extra=_line(request_id="r1", tenant="t\nx"))  # the ordinary path
         handler.flush()
         fast, slow = [json.loads(x) for x in handler.stream.getvalue().splitlines()]
         assert fast["ts"][:19] == slow["ts"][:19]
@@ -201,7 +201,7 @@ def test_log_request_writes_one_json_line_in_the_serving_process():
         assert fast["msg"] == "request" and fast["level"] == "info" and fast["logger"] == "keyrelay.translator"
         assert fast["request_id"] == "r1" and fast["tenant"] == "t\\u000ax"
         handler = configure("warning")
-        logs.log_request(log, _line())
+        logs.log_fields(log, "request", _line())
         handler.flush()
         assert handler.stream.getvalue() == ""
 
@@ -229,11 +229,11 @@ def test_log_info_writes_the_line_logging_would_write(msg, args):
         assert handler.stream.getvalue() == ""
 
 
-def test_log_request_goes_through_logging_when_others_listen(caplog):
+def test_log_fields_goes_through_logging_when_others_listen(caplog):
     from translator import logs
 
     with caplog.at_level(logging.INFO, logger="keyrelay.translator"):
-        logs.log_request(logging.getLogger("keyrelay.translator"), _line(key_id="abc"))
+        logs.log_fields(logging.getLogger("keyrelay.translator"), "request", _line(key_id="abc"))
     assert [r.getMessage() for r in caplog.records] == ["request"]
     assert caplog.records[0].key_id == "abc" and caplog.records[0].status == 200
 

@@ -119,11 +119,15 @@ def backend_tool_name(name: str, caps: BackendCaps) -> str:
 def tool_name_map(req: Any, caps: BackendCaps) -> dict[str, str]:
     """{backend name: Anthropic name} for every tool whose name `anthropic_to_openai` shortens; pass it to
     `openai_to_anthropic(tool_names=...)` / `OpenAIStreamConverter(tool_names=...)`. Usually empty."""
+    return _shortened_names(getattr(req, "tools", None) or (), caps)
+
+
+def _shortened_names(tools: Any, caps: BackendCaps) -> dict[str, str]:
     out: dict[str, str] = {}
     limit = caps.max_tool_name_length
     if limit is None:
         return out
-    for t in getattr(req, "tools", None) or ():
+    for t in tools:
         if len(t.name) > limit:
             out[backend_tool_name(t.name, caps)] = t.name
     return out
@@ -490,9 +494,7 @@ def convert_tools(defined: list, caps: BackendCaps) -> ConvertedTools:
     `converted_tools`)."""
     conv = _Converter(caps, None)
     tools = EncodedList(conv.function_tools(defined))
-    names = {backend_tool_name(t.name, caps): t.name for t in defined
-             if caps.max_tool_name_length is not None and len(t.name) > caps.max_tool_name_length}
-    return ConvertedTools(tools, tuple(conv._counts.items()), names)
+    return ConvertedTools(tools, tuple(conv._counts.items()), _shortened_names(defined, caps))
 
 
 def anthropic_to_openai(
